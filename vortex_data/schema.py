@@ -1,0 +1,355 @@
+"""The uniform sample: field names, dtypes, units, encodings and the schema version.
+
+Every converter produces :class:`Sample` objects and every reader decodes them with
+:func:`decode_sample`; nothing else in the package knows how a field is stored.
+The format is documented for people in ``docs/format.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+import zstandard
+
+SCHEMA_VERSION = 1
+
+IGNORE_INDEX = 255
+"""Label value for 'no label here'. A sample without labels decodes to a map full of it."""
+
+NUM_CLASSES = 6
+CLASS_NAMES = ("floor", "wall", "ceiling", "door", "furniture", "object")
+
+DEPTH_SCALE_MM = 1000.0
+"""Stored depth is uint16 millimetres: metres = stored / 1000, and 0 means invalid."""
+MAX_DEPTH_M = 65.535
+
+RGB_CODECS = ("jpg", "png")
+ARRAY_CODECS = ("zst", "png")
+DEFAULT_JPEG_QUALITY = 95
+DEFAULT_ZSTD_LEVEL = 3
+
+# Tar member suffixes (webdataset splits a member name at the first dot of its basename:
+# "diode/train/00019_00183_indoors_000_010.depth.zst" -> key + "depth.zst").
+META_EXT = "json"
+
+_KEY_PART = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+class SchemaError(ValueError):
+    """A sample that does not follow the schema (bad shape, dtype, field or encoding)."""
+
+
+@dataclass
+class Intrinsics:
+    """Pinhole intrinsics in pixels, for the image resolution they are stored with."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def scaled(self, sx: float, sy: float) -> "Intrinsics":
+        """Intrinsics after resizing the image by (sx, sy), pixel-centre convention."""
+        return Intrinsics(
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=(self.cx + 0.5) * sx - 0.5,
+            cy=(self.cy + 0.5) * sy - 0.5,
+        )
+
+    def cropped(self, x0: float, y0: float) -> "Intrinsics":
+        return Intrinsics(self.fx, self.fy, self.cx - x0, self.cy - y0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"fx": float(self.fx), "fy": float(self.fy), "cx": float(self.cx), "cy": float(self.cy)}
+
+
+@dataclass
+class Sample:
+    """One RGB-D frame in the uniform convention.
+
+    rgb:      (H, W, 3) uint8, RGB order.
+    depth_mm: (H, W) uint16 millimetres, 0 = invalid. Build it with :func:`depth_to_mm`.
+    seg:      (H, W) uint8 in the 6-class taxonomy with 255 = ignore, or None (no labels).
+    meta:     JSON-able provenance (dataset, split, source files, sensor, ...). The writer adds
+              schema version, size, intrinsics and has_seg; converters put anything else here.
+    """
+
+    key: str
+    rgb: np.ndarray
+    depth_mm: np.ndarray
+    intrinsics: Intrinsics
+    seg: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    depth_range_m: tuple[float, float] | None = None
+    """The sensor's nominal valid range (informational; validity is depth_mm > 0)."""
+    rejected_depth_pixels: int = 0
+    """Pixels the converter marked invalid because their value was non-finite, negative or too far."""
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    def validate(self) -> None:
+        """Raise SchemaError naming the key and the problem when a field breaks the schema."""
+        def bad(msg: str) -> SchemaError:
+            return SchemaError(f"sample {self.key!r}: {msg}")
+
+        if self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
+            raise bad(f"rgb must be (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+        hw = self.rgb.shape[:2]
+        if self.depth_mm.dtype != np.uint16 or self.depth_mm.shape != hw:
+            raise bad(f"depth_mm must be {hw} uint16, got {self.depth_mm.shape} {self.depth_mm.dtype}")
+        if self.seg is not None and (self.seg.dtype != np.uint8 or self.seg.shape != hw):
+            raise bad(f"seg must be {hw} uint8, got {self.seg.shape} {self.seg.dtype}")
+        if self.seg is not None:
+            top = int(self.seg.max(initial=0))
+            if top >= NUM_CLASSES and top != IGNORE_INDEX:
+                bad_vals = np.unique(self.seg[(self.seg >= NUM_CLASSES) & (self.seg != IGNORE_INDEX)])
+                raise bad(f"seg holds values {bad_vals[:8].tolist()} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
+        check_key(self.key)
+
+
+def make_key(dataset: str, split: str, frame_id: str) -> str:
+    """``<dataset>/<split>/<frame id>`` with characters webdataset would misread replaced.
+
+    A dot would end the key early (webdataset splits member names at the first dot of the
+    basename), so dots and other unsafe characters become '_'. Slashes inside frame_id are kept
+    as path levels. The writer refuses duplicate keys, so a collision cannot pass silently.
+    """
+    parts = [dataset, split, *frame_id.strip("/").split("/")]
+    return "/".join(_KEY_PART.sub("_", p) for p in parts if p)
+
+
+def check_key(key: str) -> None:
+    parts = key.split("/")
+    if len(parts) < 3 or any(not p or _KEY_PART.search(p) for p in parts):
+        raise SchemaError(f"key {key!r} is not '<dataset>/<split>/<frame id>' of [A-Za-z0-9_-] parts")
+
+
+# ---------------------------------------------------------------- depth conversion
+
+@dataclass
+class DepthConversion:
+    depth_mm: np.ndarray
+    nonfinite: int
+    negative: int
+    too_far: int
+
+    @property
+    def rejected(self) -> int:
+        return self.nonfinite + self.negative + self.too_far
+
+
+def depth_to_mm(depth_m: np.ndarray, valid: np.ndarray | None = None) -> DepthConversion:
+    """Metric depth (any float array, metres) -> uint16 millimetres with 0 = invalid.
+
+    Pixels where ``valid`` is False, or whose value is non-finite, negative or beyond
+    65.535 m become 0; the last three kinds are counted so the manifest can report them.
+    Rounding is to the nearest millimetre (error <= 0.5 mm).
+    """
+    d = np.asarray(depth_m, dtype=np.float64)
+    finite = np.isfinite(d)
+    nonfinite = int((~finite).sum()) if valid is None else int((~finite & valid).sum())
+    with np.errstate(invalid="ignore"):
+        mm = np.where(finite, np.rint(d * DEPTH_SCALE_MM), 0.0)
+    neg_mask = mm < 0
+    far_mask = mm > 65535
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        neg_mask &= valid
+        far_mask &= valid
+    out = np.where((mm < 0) | (mm > 65535), 0, mm).astype(np.uint16)
+    if valid is not None:
+        out[~valid] = 0
+    return DepthConversion(out, nonfinite, int(neg_mask.sum()), int(far_mask.sum()))
+
+
+def depth_to_m(depth_mm: np.ndarray) -> np.ndarray:
+    """uint16 millimetres -> float32 metres (0 stays 0 = invalid)."""
+    return depth_mm.astype(np.float32) * np.float32(1.0 / DEPTH_SCALE_MM)
+
+
+# ---------------------------------------------------------------- resizing
+
+def resize_sample(sample: Sample, shorter_side: int) -> Sample:
+    """Resize so the shorter side is ``shorter_side`` pixels.
+
+    RGB uses area interpolation; depth and labels use nearest neighbour so a valid depth is
+    never blended with an invalid one (or a wall label with a floor label). Intrinsics follow.
+    """
+    h, w = sample.height, sample.width
+    scale = shorter_side / min(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) == (h, w):
+        return sample
+    rgb_interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    rgb = cv2.resize(sample.rgb, (nw, nh), interpolation=rgb_interp)
+    depth = cv2.resize(sample.depth_mm, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    seg = None if sample.seg is None else cv2.resize(sample.seg, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    meta = dict(sample.meta)
+    meta.setdefault("original_size", [w, h])
+    return Sample(
+        key=sample.key, rgb=rgb, depth_mm=depth, seg=seg, meta=meta,
+        intrinsics=sample.intrinsics.scaled(nw / w, nh / h),
+        depth_range_m=sample.depth_range_m, rejected_depth_pixels=sample.rejected_depth_pixels,
+    )
+
+
+# ---------------------------------------------------------------- encoding
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    rgb_codec: str = "jpg"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    array_codec: str = "zst"
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
+
+    def __post_init__(self) -> None:
+        if self.rgb_codec not in RGB_CODECS:
+            raise ValueError(f"rgb codec must be one of {RGB_CODECS}, got {self.rgb_codec!r}")
+        if self.array_codec not in ARRAY_CODECS:
+            raise ValueError(f"depth/label codec must be one of {ARRAY_CODECS}, got {self.array_codec!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
+
+
+def encode_array(arr: np.ndarray, codec: str, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
+    """2-D uint8/uint16 array -> bytes. 'zst': zstd over a .npy (self-describing, little-endian);
+    'png': lossless PNG (16-bit for uint16)."""
+    if codec == "zst":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")), allow_pickle=False)
+        return zstandard.ZstdCompressor(level=zstd_level).compress(buf.getvalue())
+    if codec == "png":
+        ok, data = cv2.imencode(".png", arr)
+        if not ok:
+            raise SchemaError(f"PNG encoding failed for array {arr.shape} {arr.dtype}")
+        return data.tobytes()
+    raise SchemaError(f"unknown array codec {codec!r}")
+
+
+def decode_array(data: bytes, codec: str) -> np.ndarray:
+    if codec == "zst":
+        raw = zstandard.ZstdDecompressor().decompress(data)
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    if codec == "png":
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise SchemaError("PNG data could not be decoded")
+        return arr
+    raise SchemaError(f"unknown array codec {codec!r}")
+
+
+def encode_rgb(rgb: np.ndarray, codec: str, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if codec == "jpg" else []
+    ok, data = cv2.imencode("." + codec, bgr, params)
+    if not ok:
+        raise SchemaError(f"{codec} encoding failed for rgb {rgb.shape}")
+    return data.tobytes()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SchemaError("RGB image data could not be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def sample_metadata(sample: Sample) -> dict[str, Any]:
+    """The JSON metadata record stored with a sample (schema-owned fields win)."""
+    dataset, split = sample.key.split("/")[:2]
+    meta = dict(sample.meta)
+    meta.update(
+        schema_version=SCHEMA_VERSION,
+        dataset=dataset,
+        split=split,
+        width=sample.width,
+        height=sample.height,
+        intrinsics=sample.intrinsics.as_dict(),
+        has_seg=sample.seg is not None,
+        depth_unit="mm",
+    )
+    meta.setdefault("original_size", [sample.width, sample.height])
+    if sample.depth_range_m is not None:
+        meta["depth_range_m"] = [float(v) for v in sample.depth_range_m]
+    return meta
+
+
+def encode_sample(sample: Sample, opts: EncodeOptions = EncodeOptions()) -> list[tuple[str, bytes]]:
+    """Sample -> ordered (extension, bytes) members. The order is fixed so shards are reproducible."""
+    sample.validate()
+    members = [
+        (META_EXT, json.dumps(sample_metadata(sample), sort_keys=True, separators=(",", ":")).encode()),
+        ("rgb." + opts.rgb_codec, encode_rgb(sample.rgb, opts.rgb_codec, opts.jpeg_quality)),
+        ("depth." + opts.array_codec, encode_array(sample.depth_mm, opts.array_codec, opts.zstd_level)),
+    ]
+    if sample.seg is not None:
+        members.append(("seg." + opts.array_codec, encode_array(sample.seg, opts.array_codec, opts.zstd_level)))
+    return members
+
+
+def _field(members: Mapping[str, bytes], name: str) -> tuple[str, bytes] | None:
+    for ext, data in members.items():
+        if ext.split(".", 1)[0] == name and "." in ext:
+            return ext.split(".", 1)[1], data
+    return None
+
+
+def decode_sample(members: Mapping[str, bytes], key: str = "?", with_rgb: bool = True) -> dict[str, Any]:
+    """Members of one sample (extension -> bytes, as webdataset groups them) -> arrays.
+
+    Returns ``{"key", "meta", "rgb" (H,W,3 uint8), "depth_mm" (H,W uint16), "seg" (H,W uint8),
+    "has_seg"}``. A sample without labels gets a map full of IGNORE_INDEX without decoding
+    anything. Raises SchemaError naming the key and field on any inconsistency.
+    """
+    try:
+        meta = json.loads(members[META_EXT])
+    except KeyError:
+        raise SchemaError(f"sample {key!r}: no '{META_EXT}' metadata member") from None
+    except ValueError as e:
+        raise SchemaError(f"sample {key!r}: metadata is not valid JSON ({e})") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"sample {key!r}: schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
+    h, w = int(meta["height"]), int(meta["width"])
+    out: dict[str, Any] = {"key": key, "meta": meta, "has_seg": bool(meta["has_seg"])}
+
+    def get(name: str) -> tuple[str, bytes]:
+        f = _field(members, name)
+        if f is None:
+            raise SchemaError(f"sample {key!r}: missing '{name}.*' member")
+        return f
+
+    def checked(name: str, arr: np.ndarray, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+        if arr.dtype != dtype or arr.shape != shape:
+            raise SchemaError(f"sample {key!r}: {name} is {arr.shape} {arr.dtype}, metadata says {shape} {np.dtype(dtype)}")
+        return arr
+
+    try:
+        if with_rgb:
+            out["rgb"] = checked("rgb", decode_rgb(get("rgb")[1]), np.uint8, (h, w, 3))
+        codec, data = get("depth")
+        out["depth_mm"] = checked("depth", decode_array(data, codec), np.uint16, (h, w))
+        if out["has_seg"]:
+            codec, data = get("seg")
+            out["seg"] = checked("seg", decode_array(data, codec), np.uint8, (h, w))
+        else:
+            out["seg"] = np.full((h, w), IGNORE_INDEX, np.uint8)
+    except SchemaError as e:
+        if str(e).startswith("sample "):
+            raise
+        raise SchemaError(f"sample {key!r}: {e}") from None
+    except (ValueError, zstandard.ZstdError) as e:
+        raise SchemaError(f"sample {key!r}: undecodable member ({e})") from None
+    return out

@@ -1,0 +1,94 @@
+"""What every converter provides: enumerate frames cheaply, then load one frame at a time.
+
+A converter reads one dataset's native layout and knows nothing of shards or training. The shard
+writer calls :meth:`Converter.enumerate` once (in the parent process), plans shards from the
+frame list, and calls :meth:`Converter.load` in worker processes, so a converter must pickle
+(open files lazily, per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..schema import Sample
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """A frame found by enumeration: where it lives, not its pixels."""
+
+    split: str
+    frame_id: str
+    files: tuple[str, ...]
+    """Source files of the frame (for provenance and the source fingerprint)."""
+    payload: Any = None
+    """Converter-private locator (an index into a .mat, a timestamp, ...). Must pickle."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An input frame that was not written, and why. Every input frame is written or rejected."""
+
+    frame: str
+    split: str
+    code: str
+    """Short machine-readable kind: missing-file, unreadable, bad-shape, bad-value, no-valid-depth, ..."""
+    reason: str
+    """A sentence a person can act on, naming the file and the problem."""
+    file: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "split": self.split, "code": self.code, "reason": self.reason, "file": self.file}
+
+
+class RejectFrame(Exception):
+    """Raised by Converter.load for a frame that cannot be written; becomes a Rejection."""
+
+    def __init__(self, code: str, reason: str, file: str | Path | None = None):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.file = None if file is None else str(file)
+
+
+@dataclass
+class Enumeration:
+    frames: list[FrameRef]
+    rejected: list[Rejection] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+    """Converter-specific facts for the manifest (e.g. frames an index lists but the disk lacks)."""
+
+
+class Converter(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add this converter's own command-line options."""
+
+    @classmethod
+    @abstractmethod
+    def from_args(cls, src: Path, args: argparse.Namespace) -> "Converter":
+        ...
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """JSON-able options that change the output; recorded in the manifest."""
+
+    @abstractmethod
+    def enumerate(self, splits: set[str] | None) -> Enumeration:
+        """All frames of the requested splits (None = all), in a deterministic order."""
+
+    @abstractmethod
+    def load(self, ref: FrameRef) -> Sample:
+        """The frame as a schema Sample; raise RejectFrame with a reason when it cannot be."""
+
+    def source_root(self) -> Path:
+        """Paths in FrameRef.files are relative to this folder."""
+        return Path(getattr(self, "src"))
