@@ -1,0 +1,30 @@
+"""Shared test fixtures.
+
+Real sample files live outside the repo (never committed): `../shared/samples` beside the
+checkout, or wherever VORTEX_DATA_SAMPLES points. Tests that need them skip cleanly when absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_samples() -> Path | None:
+    env = os.environ.get("VORTEX_DATA_SAMPLES")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "samples"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    path = find_samples()
+    if path is None:
+        pytest.skip("real sample files not present (../shared/samples or $VORTEX_DATA_SAMPLES)")
+    return path
