@@ -285,6 +285,8 @@ def _break(src: Path, folder: str, how: str) -> None:
         (base / "intrinsics.txt").write_text("500 0 320 \n0 500 240 \n")
     elif how == "empty-depth":
         write_depth_png(depth, np.zeros(cv2.imread(str(depth), cv2.IMREAD_UNCHANGED).shape, np.uint16))
+    elif how == "garbled-extrinsics":
+        (base / "extrinsics" / "20150101000000.txt").write_text("Rtilt unknown\n")
     elif how == "8bit-depth":
         cv2.imwrite(str(depth), np.full((8, 8), 7, np.uint8))
     else:
@@ -302,6 +304,7 @@ BREAKS = {  # how -> (code, file the reason must name, found at enumeration?)
     "short-intrinsics": ("bad-value", "intrinsics.txt", False),
     "empty-depth": ("no-valid-depth", ".png", False),
     "8bit-depth": ("bad-value", ".png", False),
+    "garbled-extrinsics": ("bad-value", "extrinsics", False),
 }
 
 

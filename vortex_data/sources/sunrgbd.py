@@ -139,6 +139,13 @@ def parse_rtilt(text: str, path: Path | str) -> list[list[float]]:
     return [r[:3] for r in rows[:3]]
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RejectFrame("unreadable", f"{path}: cannot be read as text ({e})", path) from None
+
+
 # ---------------------------------------------------------------- split file
 
 def split_key(path: str) -> str:
@@ -290,7 +297,7 @@ class SunRgbdConverter(Converter):
                 seen.add(rel)
                 split = "train" if split_of is None else split_of.get(rel, NOT_IN_SPLIT)
                 if subset == NYU_OVERLAP_SUBSET and not self.include_nyu_overlap:
-                    excluded += split in wanted
+                    excluded += split in wanted or split == NOT_IN_SPLIT
                     continue
                 if split == NOT_IN_SPLIT:
                     rejected.append(Rejection(rel, split, "not-in-split",
@@ -362,10 +369,7 @@ class SunRgbdConverter(Converter):
         ff: FrameFiles = ref.payload
         root = self.src
         intrinsics_path = root / ff.intrinsics
-        try:
-            k = parse_intrinsics(intrinsics_path.read_text(errors="strict"), intrinsics_path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise RejectFrame("unreadable", f"{intrinsics_path}: cannot be read ({e})", intrinsics_path) from None
+        k = parse_intrinsics(_read_text(intrinsics_path), intrinsics_path)
         rgb = read_rgb(root / ff.image)
         depth_path = root / ff.depth
         decoded = cap_depth(rotate_right_3(read_depth_png(depth_path)), self.depth)
@@ -385,9 +389,9 @@ class SunRgbdConverter(Converter):
         }
         if ff.extrinsics is not None:
             path = root / ff.extrinsics
-            meta["rtilt"] = parse_rtilt(path.read_text(), path)
+            meta["rtilt"] = parse_rtilt(_read_text(path), path)
         if ff.scene is not None:
-            meta["scene"] = (root / ff.scene).read_text(errors="replace").strip()
+            meta["scene"] = _read_text(root / ff.scene).strip()
         return Sample(
             key=make_key(self.name, ref.split, ref.frame_id),
             rgb=rgb,
