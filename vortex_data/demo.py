@@ -14,9 +14,11 @@ from .manifest import verify
 from .shards import BuildConfig, build_shards
 from .sources import get_converter
 
-# (dataset, "module:function" writing a demo source under a folder and returning --src, extra CLI args)
+# (dataset, "module:function" writing a demo source under a folder and returning --src, extra
+# build-shards arguments; "{root}" is the folder the source was written to)
 DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("diode", "vortex_data.fixtures.diode:write_demo_diode", []),
+    ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
 ]
 
 
@@ -39,8 +41,9 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
     manifests: list[Path] = []
     for dataset, target, extra in DEMO_SOURCES:
         print(f"== {dataset}: generating a small source in its native layout")
-        src = _writer(target)(out / "sources" / dataset)
-        converter = converter_from_cli(dataset, src, extra)
+        root = out / "sources" / dataset
+        src = _writer(target)(root)
+        converter = converter_from_cli(dataset, src, [a.format(root=root) for a in extra])
         cfg = BuildConfig(out_dir=out / "shards", manifest_dir=out / "manifests", workers=workers, shard_samples=4)
         result = build_shards(converter, cfg)
         for m in result.manifests:
