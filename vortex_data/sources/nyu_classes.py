@@ -82,7 +82,9 @@ def load_nyu40_lut(path: Path) -> np.ndarray:
 
 def map_labels(raw: np.ndarray, lut: np.ndarray, source: str) -> np.ndarray:
     """Raw NYU label map (ids 0..894) -> taxonomy map; an id outside the table is an error."""
-    top = int(raw.max(initial=0))
-    if top >= lut.size or (raw.dtype.kind == "i" and int(raw.min(initial=0)) < 0):
-        raise ValueError(f"{source}: label ids span {int(raw.min(initial=0))}..{top}, expected 0..{lut.size - 1}")
+    if raw.size == 0:
+        return raw.astype(np.uint8)
+    low, top = int(raw.min()), int(raw.max())
+    if low < 0 or top >= lut.size:
+        raise ValueError(f"{source}: label ids span {low}..{top}, expected 0..{lut.size - 1}")
     return lut[raw]
