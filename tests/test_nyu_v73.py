@@ -272,3 +272,19 @@ def test_memory_stays_flat_with_frame_count(tmp_path):
     growth_mib = (large - small) / 1024
     assert extra_mib > 300
     assert growth_mib < 25, f"peak RSS grew {growth_mib:.1f} MiB for {extra_mib:.0f} MiB more frame data"
+
+
+def test_float_stored_labels_are_accepted_only_when_whole(tmp_path):
+    frame = synthetic_frame(0)
+    path = write_nyu_mat(tmp_path / "m.mat", [frame, synthetic_frame(1)])
+    with h5py.File(path, "r+") as f:
+        labels = f["labels"][()].astype(np.float64)
+        del f["labels"]
+        labels[1, 3, 3] = 2.5
+        f.create_dataset("labels", data=labels)
+    conv = NyuConverter(path)
+    refs = conv.enumerate(None).frames
+    want = load_all(NyuConverter(write_nyu_mat(tmp_path / "ok.mat", [frame])))[0].seg
+    np.testing.assert_array_equal(conv.load(refs[0]).seg, want)
+    with pytest.raises(RejectFrame, match="non-integer"):
+        conv.load(refs[1])

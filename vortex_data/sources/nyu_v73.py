@@ -161,7 +161,7 @@ class NyuConverter(Converter):
             if f[key].shape != shapes[key]:
                 raise NyuFileError(f"{self.src}: dataset '{key}' has shape {f[key].shape}, expected {shapes[key]} "
                                    "(MATLAB (480, 640, ...) seen through HDF5 with axes reversed)")
-        for key, kinds in (("images", "u"), (DEPTH_KEYS[self.depth], "f"), ("labels", "ui")):
+        for key, kinds in (("images", "u"), (DEPTH_KEYS[self.depth], "f"), ("labels", "uif")):
             if f[key].dtype.kind not in kinds:
                 raise NyuFileError(f"{self.src}: dataset '{key}' has dtype {f[key].dtype}, expected kind {kinds!r}")
         for key in REQUIRED_STRINGS:
@@ -253,13 +253,22 @@ class NyuConverter(Converter):
                                       self.src) from None
         return out
 
+    def _integer_labels(self, labels: np.ndarray, i: int) -> np.ndarray:
+        """Labels as integers; a float-stored label map is accepted only if every value is whole."""
+        if labels.dtype.kind != "f":
+            return labels
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise RejectFrame("bad-value", f"{self.src}: 'labels'[{i}] (frame {frame_id(i)}) holds non-integer values",
+                              self.src)
+        return labels.astype(np.int64)
+
     def load(self, ref: FrameRef) -> Sample:
         i = int(ref.payload)
         depth_key = DEPTH_KEYS[self.depth]
         # h5py sees MATLAB's (H, W, C) as (C, W, H): a transpose makes it upright without mirroring.
         rgb = np.ascontiguousarray(self._read("images", i).transpose(2, 1, 0))
         depth_m = self._read(depth_key, i).T
-        labels = self._read("labels", i).T
+        labels = self._integer_labels(self._read("labels", i).T, i)
         conv = depth_to_mm(depth_m)
         if not conv.depth_mm.any():
             raise RejectFrame("no-valid-depth", f"{self.src}: '{depth_key}'[{i}] (frame {frame_id(i)}) has no valid depth",
