@@ -288,3 +288,13 @@ def test_float_stored_labels_are_accepted_only_when_whole(tmp_path):
     np.testing.assert_array_equal(conv.load(refs[0]).seg, want)
     with pytest.raises(RejectFrame, match="non-integer"):
         conv.load(refs[1])
+
+
+def test_loaded_sample_survives_the_shard_encoding(demo_mat):
+    from vortex_data.schema import EncodeOptions, decode_sample, encode_sample
+    s = load_all(NyuConverter(demo_mat))[0]
+    out = decode_sample(dict(encode_sample(s, EncodeOptions(rgb_codec="png"))), key=s.key)
+    np.testing.assert_array_equal(out["rgb"], s.rgb)
+    np.testing.assert_array_equal(out["depth_mm"], s.depth_mm)
+    np.testing.assert_array_equal(out["seg"], s.seg)
+    assert out["meta"]["intrinsics"]["fx"] == 518.8579 and out["meta"]["scene"] == s.meta["scene"]
