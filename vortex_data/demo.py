@@ -18,6 +18,7 @@ from .sources import get_converter
 # build-shards arguments; "{root}" is the folder the source was written to)
 DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("diode", "vortex_data.fixtures.diode:write_demo_diode", []),
+    ("nyu", "vortex_data.fixtures.nyu:write_demo_nyu_source", []),
     ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
 ]
 
