@@ -156,7 +156,7 @@ class Trainer:
         print(f"[train] {event} " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items()), flush=True)
 
     def write_status(self, status: str) -> None:
-        """<stage dir>/STATUS: 'done' or 'interrupted <reason>' (sbatch scripts requeue on the latter)."""
+        """<stage dir>/STATUS: 'running', 'done' or 'interrupted <reason>' (sbatch scripts requeue on the last)."""
         if self.dist.is_main:
             self.cfg.stage_dir.mkdir(parents=True, exist_ok=True)
             (self.cfg.stage_dir / "STATUS").write_text(status + "\n")
@@ -200,6 +200,7 @@ class Trainer:
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.cuda else None)
         self.stopper.install()
+        self.write_status("running")  # a crash leaves 'running', which the sbatch scripts do not requeue
         self.module.train()
         self.info("start", stage=cfg.stage, step=self.step, steps=cfg.steps, world_size=self.dist.world_size,
                   device=str(self.device), amp=str(self.amp_dtype))
