@@ -135,3 +135,17 @@ def test_stop_controller_triggers(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert s.reason() is None
     stop.touch()
     assert s.reason().startswith("stop-file")
+
+
+def test_eval_reports_per_dataset_rows(tmp_path: Path) -> None:
+    from vortex_data.train.data import synthetic_loader
+    from vortex_data.train.evaluate import format_table, run_evaluation
+
+    torch.set_num_threads(1)
+    assert Trainer(tiny_config(tmp_path, steps=1), synthetic_loader).run() == 0
+    ckpt = checkpoint.latest(tmp_path / "stage1" / "checkpoints")
+    res = run_evaluation(ckpt, None, synthetic_loader, batch_size=2, split="val", image_size=(64, 64), eigen_crop=False)
+    assert list(res) == ["synth_a", "synth_b", "all"]
+    assert res["all"]["images"] == res["synth_a"]["images"] + res["synth_b"]["images"] == 8
+    assert 0 <= res["synth_a"]["miou"] <= 1 and res["synth_b"]["miou"] != res["synth_b"]["miou"]  # no labels: NaN
+    assert "synth_a" in format_table(res)
