@@ -133,7 +133,7 @@ class MkvRecording:
             if (depth.codec_context.width, depth.codec_context.height) not in ((dw, dh), (0, 0)):
                 raise RecordingError(f"{self.path}: depth track is {depth.codec_context.width}x{depth.codec_context.height}"
                                      f" but mode {depth_mode} is {dw}x{dh}")
-            tag = depth.codec_context.codec_tag
+            tag = depth.codec_context.codec_tag.strip("\x00")
             if tag and tag != "b16g":
                 raise RecordingError(f"{self.path}: depth track codec tag {tag!r}, expected 'b16g' (16-bit big-endian)")
             self._meta = {
