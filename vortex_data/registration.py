@@ -208,7 +208,14 @@ def nearest_rotation(R: np.ndarray, tol: float = 0.02, source: str = "calibratio
 
 def transform(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """P' = R P + t for (N, 3) points."""
-    return points @ np.asarray(R, np.float64).reshape(3, 3).T + np.asarray(t, np.float64).reshape(1, 3)
+    R = np.asarray(R, np.float64).reshape(3, 3)
+    t = np.asarray(t, np.float64).reshape(3)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    out = np.empty((len(points), 3))
+    # Column-wise: numpy's matmul of a tall (N, 3) by a 3x3 takes a slow non-BLAS path.
+    for i in range(3):
+        out[:, i] = R[i, 0] * x + R[i, 1] * y + R[i, 2] * z + t[i]
+    return out
 
 
 def zbuffer(uv: np.ndarray, z_mm: np.ndarray, width: int, height: int) -> np.ndarray:
