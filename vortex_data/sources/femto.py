@@ -50,13 +50,17 @@ def open_recording(src: Path, pair_tol_us: int = 16_000, depth_topic: str | None
     if src.is_dir():
         if is_frame_dump(src):
             return DumpRecording(src, pair_tol_us)
-        raise RecordingError(f"{src}: a folder must be a frame dump with color/ and depth/ subfolders (docs/femto.md)")
+        if (src / "metadata.yaml").is_file():  # a ROS 2 bag
+            from .femto_bag import BagRecording
+            return BagRecording(src, pair_tol_us, depth_topic=depth_topic, color_topic=color_topic)
+        raise RecordingError(f"{src}: a folder must be a frame dump with color/ and depth/ subfolders "
+                             "or a ROS 2 bag (metadata.yaml) (docs/femto.md)")
     if not src.exists():
         raise RecordingError(f"{src}: no such file or folder")
     suffix = src.suffix.lower()
     if suffix == ".mkv":
         return MkvRecording(src, pair_tol_us)
-    if suffix == ".bag" or src.name.endswith(".bag_error"):
+    if suffix in (".bag", ".mcap", ".db3") or src.name.endswith(".bag_error"):
         from .femto_bag import BagRecording
         return BagRecording(src, pair_tol_us, depth_topic=depth_topic, color_topic=color_topic)
     raise RecordingError(f"{src}: not a Femto recording (expected a .mkv, a .bag or a frame-dump folder)")
