@@ -13,7 +13,6 @@ depths: each target pixel receives the depth of the nearest surface projected on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
