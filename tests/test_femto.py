@@ -18,7 +18,7 @@ from vortex_data.registration import register_depth_to_color
 from vortex_data.sources import RejectFrame, get_converter
 from vortex_data.sources.femto import FemtoConverter, parse_size
 from vortex_data.sources.femto_calib import CalibrationError, folder_calibration, k4a_calibration
-from vortex_data.sources.femto_mkv import MkvRecording
+from vortex_data.sources.femto_mkv import MkvRecording, read_matroska_attachment
 from vortex_data.sources.femto_recording import RecordingError, pair_by_time
 
 
@@ -151,6 +151,17 @@ def test_register_depth_mode_on_real_mkv(mkv):
     assert s.rgb.shape == (576, 640, 3)
     assert 0.5 < s.meta["color_valid_fraction"] < 0.77
     assert (s.rgb[s.depth_mm == 0] == 0).all()
+
+
+def test_attachment_read_without_pyav(mkv, samples_dir, tmp_path):
+    """The EBML fallback for PyAV versions without AttachmentStream.data finds the same bytes."""
+    c = av.open(str(mkv))
+    via_pyav = bytes(next(s for s in c.streams if s.type == "attachment").data)
+    assert read_matroska_attachment(mkv, "calibration.json") == via_pyav
+    assert json.loads(via_pyav)["CalibrationInformation"]["Cameras"]
+    assert read_matroska_attachment(mkv, "other.json") is None
+    nocal = remux(mkv, tmp_path / "nocal.mkv", drop=("calibration",))
+    assert read_matroska_attachment(nocal, "calibration.json") is None
 
 
 # ---------------------------------------------------------------- remuxed multi-capture files

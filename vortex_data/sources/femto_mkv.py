@@ -3,7 +3,8 @@
 Tracks are found by their Matroska tags (``K4A_COLOR_TRACK``, ``K4A_DEPTH_TRACK``), never by
 index. Depth blocks are raw ``b16g``: big-endian uint16 millimetres. Colour is MJPG (or BGRA,
 NV12, YUY2 raw, per the ``K4A_COLOR_MODE`` tag). The device calibration is the ``calibration.json``
-attachment, which PyAV exposes as an attachment stream's ``data``.
+attachment: PyAV >= 18 exposes it as an attachment stream's ``data``; otherwise it is read from
+the Matroska Attachments element directly.
 
 Every block is independently decodable, so reading one capture is a seek to its timestamp and a
 short demux forward; the capture's packets are matched by exact timestamp, so a seek landing
@@ -67,6 +68,57 @@ def check_matroska_complete(path: Path) -> None:
     if seg_size >= 0 and pos + seg_size > size:
         raise RecordingError(f"{path}: truncated: the Matroska segment declares {pos + seg_size} bytes "
                              f"but the file has {size}")
+
+
+_ATTACHMENTS_ID, _ATTACHED_FILE_ID = 0x1941A469, 0x61A7
+_FILE_NAME_ID, _FILE_DATA_ID = 0x466E, 0x465C
+_CLUSTER_ID = 0x1F43B675
+
+
+def _elements(f, start: int, end: int):
+    """Yield (id, data offset, data size) of the EBML elements between start and end of an open file."""
+    pos = start
+    while pos < end:
+        f.seek(pos)
+        head = f.read(16)
+        if len(head) < 2:
+            return
+        eid, p = _read_vint(head, 0, True)
+        size, p = _read_vint(head, p, False)
+        if size < 0:  # unknown size (an unfinalised cluster): nothing after it can be located
+            return
+        yield eid, pos + p, size
+        pos += p + size
+
+
+def read_matroska_attachment(path: Path, name: str) -> bytes | None:
+    """The bytes of the attachment called `name`, read from the Matroska Attachments element.
+
+    PyAV exposes attachment payloads (AttachmentStream.data) only in recent versions; this walks
+    the Segment's top-level elements (skipping clusters by their size) so any version works.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        _, pos = _read_vint(head, 0, True)
+        hsize, pos = _read_vint(head, pos, False)
+        pos += hsize
+        _, pos = _read_vint(head, pos, True)
+        seg_size, pos = _read_vint(head, pos, False)
+        end = path.stat().st_size if seg_size < 0 else pos + seg_size
+        for eid, off, size in _elements(f, pos, end):
+            if eid != _ATTACHMENTS_ID:
+                continue
+            for fid, foff, fsize in _elements(f, off, off + size):
+                if fid != _ATTACHED_FILE_ID:
+                    continue
+                fields = {}
+                for cid, coff, csize in _elements(f, foff, foff + fsize):
+                    if cid in (_FILE_NAME_ID, _FILE_DATA_ID):
+                        f.seek(coff)
+                        fields[cid] = f.read(csize)
+                if fields.get(_FILE_NAME_ID, b"").decode("utf-8", "replace") == name:
+                    return fields.get(_FILE_DATA_ID)
+    return None
 
 
 def _find_track(container: av.container.InputContainer, tag: str) -> av.stream.Stream | None:
@@ -156,12 +208,16 @@ class MkvRecording:
         c = self._container()
         att = [s for s in c.streams if s.type == "attachment"
                and ("K4A_CALIBRATION_FILE" in s.metadata or s.metadata.get("filename") == "calibration.json")]
-        if not att:
+        data = getattr(att[0], "data", None) if att else None
+        if data is None:
+            name = att[0].metadata.get("filename", "calibration.json") if att else "calibration.json"
+            data = read_matroska_attachment(self.path, name)
+        if data is None:
             raise RecordingError(f"{self.path}: no calibration.json attachment (K4A_CALIBRATION_FILE); "
                                  "the recording cannot be registered or given intrinsics")
         m = self.meta()
         try:
-            return k4a_calibration(bytes(att[0].data), m["depth_mode"], m["color_mode"], f"{self.path}:calibration.json")
+            return k4a_calibration(bytes(data), m["depth_mode"], m["color_mode"], f"{self.path}:calibration.json")
         except CalibrationError as e:
             raise RecordingError(str(e)) from None
 
