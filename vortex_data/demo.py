@@ -20,6 +20,7 @@ DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("diode", "vortex_data.fixtures.diode:write_demo_diode", []),
     ("nyu", "vortex_data.fixtures.nyu:write_demo_nyu_source", []),
     ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
+    ("femto", "vortex_data.fixtures.femto:write_demo_femto", []),
 ]
 
 
