@@ -1,0 +1,191 @@
+"""`vortex-data` command line: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .sources import CONVERTERS, get_converter
+
+EPILOG_BUILD = ("Each dataset has its own options: run `vortex-data build-shards --dataset NAME --help` to see them. "
+                "Datasets: " + ", ".join(sorted(CONVERTERS)) + ".")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    t = text.strip().lower().rstrip("b")
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+
+
+def _add_build_parser(sub: argparse._SubParsersAction, dataset: str | None) -> None:
+    p = sub.add_parser("build-shards", help="convert a dataset in its native layout into WebDataset shards + manifests",
+                       description="Convert one dataset into verified WebDataset shards and a manifest per split. "
+                                   "Parallel, deterministic (byte-identical reruns), atomic and resumable: rerun the "
+                                   "same command after a crash to finish the missing shards.",
+                       epilog=EPILOG_BUILD)
+    p.add_argument("--dataset", required=True, choices=sorted(CONVERTERS), help="which converter to run")
+    p.add_argument("--src", required=True, type=Path, help="the dataset in its native layout (folder or file)")
+    p.add_argument("--out", type=Path, default=Path("shards"), help="shard root (default: shards/)")
+    p.add_argument("--manifests", type=Path, default=Path("manifests"), help="manifest folder (default: manifests/)")
+    p.add_argument("--split", default="all", help="split to convert, or 'all' (default)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--shard-samples", type=int, default=256, help="max samples per shard (default 256)")
+    p.add_argument("--shard-bytes", type=_size, default=512 * 2**20, help="max bytes per shard, e.g. 512M (default)")
+    p.add_argument("--rgb-codec", choices=["jpg", "png"], default="jpg", help="jpg (default) or lossless png")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--depth-codec", choices=["zst", "png"], default="zst",
+                   help="lossless codec for depth and labels: zst (zstd over raw uint16, default; fastest decode) "
+                        "or png (16-bit PNG)")
+    p.add_argument("--resize", type=int, default=None, metavar="SHORT_SIDE",
+                   help="resize so the shorter side is this many pixels (RGB area, depth/labels nearest)")
+    p.add_argument("--num-tasks", type=int, default=_env_int("SLURM_ARRAY_TASK_COUNT", 1),
+                   help="split the build into this many disjoint parts (default: $SLURM_ARRAY_TASK_COUNT or 1)")
+    p.add_argument("--task-index", type=int, default=_env_int("SLURM_ARRAY_TASK_ID", 0) - _env_int("SLURM_ARRAY_TASK_MIN", 0),
+                   help="which part this process builds (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, or 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if dataset in CONVERTERS:
+        cls = get_converter(dataset)
+        cls.add_arguments(p.add_argument_group(f"{dataset} options", cls.description))
+    p.set_defaults(func=cmd_build)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .schema import EncodeOptions
+    from .shards import BuildConfig, build_shards
+    from .inspect import format_summary, manifest_summary
+
+    converter = get_converter(args.dataset).from_args(args.src, args)
+    cfg = BuildConfig(
+        out_dir=args.out, manifest_dir=args.manifests,
+        splits=None if args.split == "all" else frozenset(args.split.split(",")),
+        shard_samples=args.shard_samples, shard_bytes=args.shard_bytes,
+        encode=EncodeOptions(rgb_codec=args.rgb_codec, jpeg_quality=args.jpeg_quality, array_codec=args.depth_codec),
+        resize=args.resize, workers=args.workers, num_tasks=args.num_tasks, task_index=args.task_index,
+        progress=not args.no_progress,
+    )
+    result = build_shards(converter, cfg)
+    print(f"built {result.groups_built} shard groups, kept {result.groups_reused} verified groups from an earlier run")
+    for m in result.manifests:
+        print(format_summary(manifest_summary(m)))
+        print()
+    if cfg.num_tasks > 1:
+        print(f"part {cfg.task_index + 1} of {cfg.num_tasks} done; when all parts are done run "
+              f"`vortex-data merge-manifests {args.manifests}/{args.dataset}-SPLIT.part-*.json`")
+    return 0
+
+
+def cmd_inspect_manifest(args: argparse.Namespace) -> int:
+    from .inspect import format_summary, manifest_summary
+    s = manifest_summary(args.path)
+    print(json.dumps(s, indent=1) if args.json else format_summary(s))
+    return 0
+
+
+def cmd_inspect_shard(args: argparse.Namespace) -> int:
+    from .inspect import dump_sample, shard_listing
+    if args.dump:
+        for p in dump_sample(args.path, args.dump, args.to):
+            print(p)
+        return 0
+    rows = shard_listing(args.path)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            fields = " ".join(f"{k}:{v}" for k, v in r["fields"].items())
+            print(f"{r['key']}  {r['size']}  seg={'yes' if r['has_seg'] else 'no'}  {fields}")
+        print(f"{len(rows)} samples in {args.path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .manifest import verify
+    bad = 0
+    for path in args.manifests:
+        rep = verify(path, decode=not args.no_decode, progress=not args.no_progress)
+        print(f"{path}: {'OK' if rep.ok else 'FAILED'} ({rep.shards_checked} shards, {rep.samples_checked} samples)")
+        for p in rep.problems:
+            print(f"  {p}")
+        bad += not rep.ok
+    return 1 if bad else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .manifest import merge
+    out = merge(args.parts, args.out_dir)
+    print(f"merged {len(args.parts)} parts into {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    run_demo(args.out, workers=args.workers)
+    return 0
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vortex-data",
+        description="Depth datasets -> verified WebDataset shards -> a streaming mixture loader. "
+                    "Start with `vortex-data demo`.")
+    parser.add_argument("--version", action="version", version=f"vortex-data {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset")
+    dataset = pre.parse_known_args(argv)[0].dataset
+    _add_build_parser(sub, dataset)
+
+    ins = sub.add_parser("inspect", help="summarise a manifest or list/dump a shard")
+    isub = ins.add_subparsers(dest="what", required=True, metavar="WHAT")
+    im = isub.add_parser("manifest", help="readable summary of a manifest (counts, rejections, depth ranges)")
+    im.add_argument("path", type=Path)
+    im.add_argument("--json", action="store_true", help="machine-readable JSON")
+    im.set_defaults(func=cmd_inspect_manifest)
+    ish = isub.add_parser("shard", help="list the samples of a shard, or dump one to image files")
+    ish.add_argument("path", type=Path)
+    ish.add_argument("--json", action="store_true", help="machine-readable JSON listing")
+    ish.add_argument("--dump", metavar="KEY", help="write this sample's RGB, colourised depth, labels and metadata")
+    ish.add_argument("--to", type=Path, default=Path("."), help="folder for --dump (default: .)")
+    ish.set_defaults(func=cmd_inspect_shard)
+
+    ver = sub.add_parser("verify", help="check shard checksums and decode every sample; exit 1 naming any bad one")
+    ver.add_argument("manifests", type=Path, nargs="+")
+    ver.add_argument("--no-decode", action="store_true", help="checksums and counts only")
+    ver.add_argument("--no-progress", action="store_true")
+    ver.set_defaults(func=cmd_verify)
+
+    mer = sub.add_parser("merge-manifests", help="join the part manifests of a SLURM array build")
+    mer.add_argument("parts", type=Path, nargs="+", help="<dataset>-<split>.part-*-of-*.json files (all parts)")
+    mer.add_argument("--out-dir", type=Path, default=None, help="where to write the merged manifest (default: beside the parts)")
+    mer.set_defaults(func=cmd_merge)
+
+    demo = sub.add_parser("demo", help="generate small sources in their native formats, build, inspect and verify")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out/; replaced)")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        # Library errors carry the file and the problem; a traceback would hide them.
+        print(f"vortex-data {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Human-readable views of manifests and shards, and dumping one sample to image files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow.compute as pc
+
+from .manifest import iter_tar_samples, load_manifest
+from .schema import CLASS_NAMES, IGNORE_INDEX, decode_sample
+
+# One colour per class (RGB) for label dumps; ignore is black.
+PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [250, 170, 30], [0, 130, 180], [220, 20, 60]],
+                   np.uint8)
+
+
+def manifest_summary(path: Path) -> dict[str, Any]:
+    m = load_manifest(path)
+    out: dict[str, Any] = {"manifest": str(path), "dataset": m.dataset, "split": m.split,
+                           "converter_options": m.converter.get("options", {}), "totals": m.totals,
+                           "rejected_examples": m.rejected[:5], "report": m.report}
+    if m.part is not None:
+        out["part"] = m.part
+    try:
+        t = m.read_index()
+    except OSError:
+        return out
+    if t.num_rows:
+        def q(col: str) -> list[float]:
+            vals = pc.drop_null(t[col])
+            return [round(float(v), 3) for v in pc.quantile(vals, q=[0.0, 0.5, 1.0]).to_pylist()] if len(vals) else []
+        sizes = sorted({(w, h) for w, h in zip(t["width"].to_pylist(), t["height"].to_pylist())})
+        out["index"] = {"samples": t.num_rows, "sizes": [f"{w}x{h}" for w, h in sizes][:10],
+                        "with_labels": int(pc.sum(t["has_seg"].cast("int64")).as_py() or 0),
+                        "valid_fraction_min_median_max": q("valid_fraction"),
+                        "depth_median_m_min_median_max": q("depth_median_m")}
+    return out
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    t = s["totals"]
+    rows = [("manifest", s["manifest"]), ("dataset / split", f"{s['dataset']} / {s['split']}")]
+    if "part" in s:
+        rows.append(("part", f"{s['part']['index'] + 1} of {s['part']['count']} (merge with merge-manifests)"))
+    rows += [("options", json.dumps(s["converter_options"], sort_keys=True)),
+             ("input frames", f"{t['input_frames']} = {t['written']} written + {t['rejected']} rejected"),
+             ("shards", f"{t['shards']} ({t['bytes'] / 2**20:.1f} MiB)")]
+    if t.get("rejected_by_code"):
+        rows.append(("rejected by reason", ", ".join(f"{k}: {v}" for k, v in t["rejected_by_code"].items())))
+    if t.get("depth_rejected_pixels"):
+        rows.append(("depth pixels invalidated", f"{t['depth_rejected_pixels']} (non-finite, negative or > 65.5 m)"))
+    idx = s.get("index")
+    if idx:
+        rows += [("resolutions", ", ".join(idx["sizes"])),
+                 ("samples with labels", f"{idx['with_labels']} of {idx['samples']}"),
+                 ("valid depth fraction", "min {} / median {} / max {}".format(*idx["valid_fraction_min_median_max"])),
+                 ("median depth (m)", "min {} / median {} / max {}".format(*idx["depth_median_m_min_median_max"]))]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    for r in s["rejected_examples"]:
+        lines.append(f"  rejected {r['frame']}: {r['reason']}")
+    lines.append("For depth histograms, class balance and label-less-batch risk: vortex-data stats MANIFEST --out DIR")
+    return "\n".join(lines)
+
+
+def shard_listing(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for key, members in iter_tar_samples(path):
+        meta = json.loads(members.get("json", b"{}"))
+        out.append({"key": key, "fields": {k: len(v) for k, v in members.items()},
+                    "size": f"{meta.get('width')}x{meta.get('height')}", "has_seg": meta.get("has_seg")})
+    return out
+
+
+def colourise_depth(depth_mm: np.ndarray) -> np.ndarray:
+    """Turbo colour map over the valid range (near = blue); invalid pixels black. Returns BGR."""
+    valid = depth_mm > 0
+    out = np.zeros((*depth_mm.shape, 3), np.uint8)
+    if valid.any():
+        lo, hi = np.percentile(depth_mm[valid], [1, 99])
+        norm = np.clip((depth_mm.astype(np.float32) - lo) / max(hi - lo, 1), 0, 1)
+        out = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+        out[~valid] = 0
+    return out
+
+
+def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
+    """Write one sample's RGB, colourised depth, raw 16-bit depth, labels and metadata."""
+    for k, members in iter_tar_samples(shard):
+        if k == key:
+            break
+    else:
+        raise KeyError(f"{shard}: no sample with key {key!r}")
+    s = decode_sample(members, key)
+    to.mkdir(parents=True, exist_ok=True)
+    stem = key.replace("/", "_")
+    files = {f"{stem}_rgb.png": cv2.cvtColor(s["rgb"], cv2.COLOR_RGB2BGR),
+             f"{stem}_depth_color.png": colourise_depth(s["depth_mm"]),
+             f"{stem}_depth_mm.png": s["depth_mm"]}
+    seg = s["seg"]
+    lab = np.zeros((*seg.shape, 3), np.uint8)
+    known = seg != IGNORE_INDEX
+    lab[known] = PALETTE[seg[known]]
+    files[f"{stem}_seg.png"] = cv2.cvtColor(lab, cv2.COLOR_RGB2BGR)
+    written = []
+    for name, img in files.items():
+        cv2.imwrite(str(to / name), img)
+        written.append(to / name)
+    meta_path = to / f"{stem}_meta.json"
+    meta_path.write_text(json.dumps({**s["meta"], "classes": list(CLASS_NAMES)}, indent=1))
+    written.append(meta_path)
+    return written

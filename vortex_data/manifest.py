@@ -1,0 +1,334 @@
+"""Manifests: what a build wrote, checksummed, with every rejected frame and a Parquet index.
+
+A manifest ``<dataset>-<split>.json`` lists its shards (paths relative to the manifest file),
+their sample counts, sizes and sha256, the totals (input frames = written + rejected, always),
+each rejected frame with its reason, the converter's name and options and a fingerprint of the
+source. Its per-sample index ``<dataset>-<split>.parquet`` sits beside it. Part manifests from
+SLURM array tasks carry ``"part": {"index": i, "count": n}`` and are joined by :func:`merge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample
+
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("valid_fraction", pa.float32()),
+    ("depth_min_m", pa.float32()),
+    ("depth_median_m", pa.float32()),
+    ("depth_max_m", pa.float32()),
+    ("has_seg", pa.bool_()),
+    ("class_pixels", pa.list_(pa.int64(), NUM_CLASSES)),
+    ("ignore_pixels", pa.int64()),
+    ("rejected_depth_pixels", pa.int64()),
+    ("fx", pa.float32()),
+    ("fy", pa.float32()),
+    ("cx", pa.float32()),
+    ("cy", pa.float32()),
+])
+
+_PART_RE = re.compile(r"^(?P<base>.+)\.part-(?P<i>\d+)-of-(?P<n>\d+)$")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read, merged or trusted; the message names the file."""
+
+
+def manifest_name(dataset: str, split: str, part: tuple[int, int] | None = None) -> str:
+    base = f"{dataset}-{split}"
+    if part is not None and part[1] > 1:
+        base += f".part-{part[0]:04d}-of-{part[1]:04d}"
+    return base
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    split: str
+    converter: dict[str, Any]
+    source: dict[str, Any]
+    shards: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    totals: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+    part: dict[str, int] | None = None
+    schema_version: int = SCHEMA_VERSION
+    path: Path | None = None
+    """Where this manifest was read from or written to (not stored in the file)."""
+
+    @property
+    def index_name(self) -> str:
+        return manifest_name(self.dataset, self.split,
+                             None if self.part is None else (self.part["index"], self.part["count"])) + ".parquet"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "schema_version": self.schema_version,
+            "dataset": self.dataset,
+            "split": self.split,
+            "converter": self.converter,
+            "source": self.source,
+            "totals": self.totals,
+            "shards": self.shards,
+            "index": self.index_name,
+            "rejected": self.rejected,
+            "report": self.report,
+        }
+        if self.part is not None:
+            out["part"] = self.part
+        return out
+
+    def shard_paths(self) -> list[Path]:
+        """Absolute shard paths (the manifest stores them relative to itself)."""
+        base = self._dir()
+        return [(base / s["path"]).resolve() for s in self.shards]
+
+    def index_path(self) -> Path:
+        return self._dir() / self.index_name
+
+    def read_index(self) -> pa.Table:
+        return pq.read_table(self.index_path())
+
+    def _dir(self) -> Path:
+        if self.path is None:
+            raise ManifestError("manifest has no location; read it with load_manifest()")
+        return self.path.parent
+
+
+def compute_totals(shards: list[dict], rejected: list[dict], depth_counters: dict[str, int]) -> dict[str, Any]:
+    written = sum(s["samples"] for s in shards)
+    return {
+        "input_frames": written + len(rejected),
+        "written": written,
+        "rejected": len(rejected),
+        "rejected_by_code": dict(sorted(Counter(r["code"] for r in rejected).items())),
+        "shards": len(shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        **dict(sorted(depth_counters.items())),
+    }
+
+
+def write_manifest(m: Manifest, directory: Path, index_rows: list[dict[str, Any]]) -> Path:
+    """Write the JSON and its Parquet index atomically; returns the JSON path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = m.index_name[: -len(".parquet")]
+    json_path = directory / f"{name}.json"
+    m.path = json_path
+    table = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
+    tmp = m.index_path().with_name(m.index_name + f".tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, m.index_path())
+    atomic_write_bytes(json_path, (json.dumps(m.to_json(), indent=1, sort_keys=False) + "\n").encode())
+    return json_path
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest") from None
+    except ValueError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    try:
+        if raw["schema_version"] != SCHEMA_VERSION:
+            raise ManifestError(f"{path}: schema version {raw['schema_version']}, this vortex-data reads {SCHEMA_VERSION}")
+        return Manifest(
+            dataset=raw["dataset"], split=raw["split"], converter=raw["converter"], source=raw["source"],
+            shards=raw["shards"], rejected=raw["rejected"], totals=raw["totals"], report=raw.get("report", {}),
+            part=raw.get("part"), schema_version=raw["schema_version"], path=path,
+        )
+    except KeyError as e:
+        raise ManifestError(f"{path}: missing field {e}") from None
+
+
+# ---------------------------------------------------------------- merging SLURM parts
+
+def merge(paths: list[Path], out_dir: Path | None = None) -> Path:
+    """Join the part manifests of one SLURM array build into the full manifest.
+
+    Refuses parts from different builds (dataset, split, converter options or source differ),
+    a missing or repeated part, and duplicate shards or keys.
+    """
+    parts = [load_manifest(p) for p in paths]
+    if not parts:
+        raise ManifestError("no part manifests given")
+    first = parts[0]
+    for p in parts:
+        if p.part is None:
+            raise ManifestError(f"{p.path}: not a part manifest (no 'part' field); nothing to merge")
+        for attr in ("dataset", "split", "converter", "source"):
+            if getattr(p, attr) != getattr(first, attr):
+                raise ManifestError(f"{p.path}: {attr} differs from {first.path}; these parts are not one build")
+    count = first.part["count"]
+    seen = Counter(p.part["index"] for p in parts)
+    if any(p.part["count"] != count for p in parts):
+        raise ManifestError("parts disagree on the number of tasks: " + ", ".join(f"{p.path}" for p in parts))
+    missing = sorted(set(range(count)) - set(seen))
+    dup = sorted(i for i, c in seen.items() if c > 1)
+    if missing or dup:
+        raise ManifestError(f"parts of {first.dataset}-{first.split}: missing task indices {missing}, repeated {dup}")
+    out_dir = out_dir or first.path.parent
+    shards, rejected, rows = [], [], []
+    counters: Counter[str] = Counter()
+    for p in parts:
+        base = p.path.parent
+        for s in p.shards:
+            rel = os.path.relpath((base / s["path"]).resolve(), out_dir.resolve())
+            shards.append({**s, "path": rel})
+        rejected.extend(p.rejected)
+        counters.update({k: v for k, v in p.totals.items() if k.startswith("depth_")})
+        tbl = p.read_index().to_pylist()
+        for r in tbl:
+            r["shard"] = os.path.relpath((base / r["shard"]).resolve(), out_dir.resolve())
+        rows.extend(tbl)
+    # Shard names carry the global shard-group number, so sorting restores the single-build order.
+    order = sorted(range(len(shards)), key=lambda i: shards[i]["path"])
+    shards = [shards[i] for i in order]
+    rank = {s["path"]: i for i, s in enumerate(shards)}
+    rows.sort(key=lambda r: rank[r["shard"]])  # stable: keeps the in-shard order
+    _check_unique([s["path"] for s in shards], "shard")
+    _check_unique([r["key"] for r in rows], "sample key")
+    rejected.sort(key=lambda r: (r["split"], r["frame"]))
+    merged = Manifest(
+        dataset=first.dataset, split=first.split, converter=first.converter, source=first.source,
+        shards=shards, rejected=rejected, totals=compute_totals(shards, rejected, dict(counters)),
+        report=first.report,
+    )
+    return write_manifest(merged, out_dir, rows)
+
+
+def _check_unique(items: list[str], what: str) -> None:
+    dups = [k for k, c in Counter(items).items() if c > 1]
+    if dups:
+        raise ManifestError(f"duplicate {what}s across parts: {dups[:5]}")
+
+
+def part_paths_for(path: Path) -> list[Path]:
+    """All part manifests beside ``path`` that belong to the same dataset-split."""
+    m = _PART_RE.match(path.name[: -len(".json")] if path.name.endswith(".json") else path.name)
+    base = m.group("base") if m else path.stem
+    return sorted(path.parent.glob(f"{base}.part-*-of-*.json"))
+
+
+# ---------------------------------------------------------------- reading and verifying shards
+
+def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group tar members into samples exactly as webdataset does (key = name up to the first
+    dot of the basename; consecutive members with the same key form one sample)."""
+    with tarfile.open(path, "r:") as tf:
+        key, members = None, {}
+        for info in tf:
+            if not info.isfile():
+                continue
+            dirname, base = os.path.split(info.name)
+            stem, _, ext = base.partition(".")
+            k = os.path.join(dirname, stem)
+            if k != key and key is not None:
+                yield key, members
+                members = {}
+            key = k
+            members[ext] = tf.extractfile(info).read()
+        if key is not None:
+            yield key, members
+
+
+@dataclass
+class VerifyReport:
+    manifest: Path
+    shards_checked: int = 0
+    samples_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyReport:
+    """Check every shard's size and sha256, decode every sample, and match the index.
+
+    Each problem names the shard (and sample) it concerns; nothing stops at the first one.
+    """
+    m = load_manifest(path)
+    rep = VerifyReport(manifest=path)
+    try:
+        index = m.read_index().to_pylist()
+    except Exception as e:  # noqa: BLE001 -- any unreadable index is one reported problem
+        rep.problems.append(f"{m.index_path()}: cannot read the Parquet index ({e})")
+        index = []
+    expected: dict[str, list[str]] = {}
+    for row in index:
+        expected.setdefault(row["shard"], []).append(row["key"])
+    shards = list(zip(m.shards, m.shard_paths()))
+    if progress:
+        from tqdm import tqdm
+        shards = tqdm(shards, desc="verify", unit="shard")
+    for entry, shard in shards:
+        rel = entry["path"]
+        if not shard.is_file():
+            rep.problems.append(f"{shard}: shard missing")
+            continue
+        size = shard.stat().st_size
+        if size != entry["bytes"]:
+            rep.problems.append(f"{shard}: {size} bytes, manifest says {entry['bytes']}")
+        digest = sha256_file(shard)
+        if digest != entry["sha256"]:
+            rep.problems.append(f"{shard}: sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)")
+        rep.shards_checked += 1
+        keys = []
+        try:
+            for key, members in iter_tar_samples(shard):
+                keys.append(key)
+                if decode:
+                    try:
+                        decode_sample(members, key)
+                    except SchemaError as e:
+                        rep.problems.append(f"{shard}: {e}")
+                rep.samples_checked += 1
+        except (tarfile.TarError, OSError, EOFError) as e:
+            rep.problems.append(f"{shard}: unreadable tar ({e})")
+        if len(keys) != entry["samples"]:
+            rep.problems.append(f"{shard}: {len(keys)} samples, manifest says {entry['samples']}")
+        if index and keys != expected.get(rel, []):
+            rep.problems.append(f"{shard}: sample keys differ from the index {m.index_path().name}")
+    written = sum(s["samples"] for s in m.shards)
+    if m.totals.get("written") != written or m.totals.get("input_frames") != written + len(m.rejected):
+        rep.problems.append(f"{path}: totals do not reconcile (written {m.totals.get('written')}, "
+                            f"rejected {len(m.rejected)}, input {m.totals.get('input_frames')})")
+    if index and len(index) != written:
+        rep.problems.append(f"{m.index_path()}: {len(index)} rows, shards hold {written} samples")
+    return rep

@@ -1,0 +1,377 @@
+"""Parallel, deterministic, atomic, resumable shard writing.
+
+The plan is a pure function of the converter's frame list: frames are cut, in enumeration order,
+into *groups* of at most ``shard_samples`` frames; group ``g`` of ``<dataset>/<split>`` becomes
+``<dataset>-<split>-<g:06d>.tar`` (and ``...-<g:06d>-<k>.tar`` continuations when a group
+overflows ``shard_bytes``). Because a group is always written by one process, in order, with
+fixed tar metadata, the bytes do not depend on the worker count or on the SLURM task split.
+
+Each finished group leaves a small record in ``<shard dir>/.build/`` (shard checksums, index rows,
+rejections). Shards are written under a temporary name and renamed when complete; the record is
+written last. A rerun keeps every group whose record matches the build and whose shards still
+hash to the recorded sha256, and rebuilds the rest, so a killed build resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import tarfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .manifest import Manifest, atomic_write_bytes, compute_totals, manifest_name, sha256_file, write_manifest
+from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, SchemaError, encode_sample,
+                     make_key, resize_sample)
+from .sources.base import Converter, FrameRef, Rejection, RejectFrame
+
+DEFAULT_SHARD_SAMPLES = 256
+DEFAULT_SHARD_BYTES = 512 * 2**20
+_SHARD_RE = re.compile(r"-(\d{6})(?:-(\d+))?\.tar$")
+
+
+class BuildError(RuntimeError):
+    """A build that cannot proceed (duplicate keys, bad options); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out_dir: Path = Path("shards")
+    manifest_dir: Path = Path("manifests")
+    splits: frozenset[str] | None = None
+    shard_samples: int = DEFAULT_SHARD_SAMPLES
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    encode: EncodeOptions = EncodeOptions()
+    resize: int | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    num_tasks: int = 1
+    task_index: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shard_samples < 1 or self.shard_bytes < 1:
+            raise BuildError("shard limits must be positive")
+        if not 0 <= self.task_index < self.num_tasks:
+            raise BuildError(f"task index {self.task_index} is outside 0..{self.num_tasks - 1}")
+
+    def output_options(self) -> dict[str, Any]:
+        """Options that change the bytes written (recorded in the manifest, part of the build id)."""
+        return {"encode": asdict(self.encode), "resize": self.resize,
+                "shard_samples": self.shard_samples, "shard_bytes": self.shard_bytes}
+
+
+@dataclass
+class Group:
+    dataset: str
+    split: str
+    index: int
+    frames: list[FrameRef]
+    keys: list[str]
+    build_id: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.dataset}-{self.split}-{self.index:06d}"
+
+
+@dataclass
+class BuildResult:
+    manifests: list[Path]
+    groups_built: int
+    groups_reused: int
+
+
+# ---------------------------------------------------------------- planning
+
+def plan_groups(dataset: str, split: str, frames: list[FrameRef], shard_samples: int,
+                build_salt: str) -> list[Group]:
+    """Cut a split's frames into shard groups. Pure: the same frames give the same plan."""
+    keys = [make_key(dataset, split, f.frame_id) for f in frames]
+    dups = sorted({k for k in keys if keys.count(k) > 1}) if len(set(keys)) != len(keys) else []
+    if dups:
+        raise BuildError(f"{dataset}/{split}: frames map to duplicate keys {dups[:5]}; frame ids must be unique")
+    groups = []
+    for g, start in enumerate(range(0, len(frames), shard_samples)):
+        chunk_keys = keys[start:start + shard_samples]
+        bid = hashlib.sha256((build_salt + "\n" + "\n".join(chunk_keys)).encode()).hexdigest()
+        groups.append(Group(dataset, split, g, frames[start:start + shard_samples], chunk_keys, bid))
+    return groups
+
+
+def build_salt(converter: Converter, cfg: BuildConfig) -> str:
+    return json.dumps({"schema": SCHEMA_VERSION, "converter": converter.name, "options": converter.options(),
+                       "output": cfg.output_options()}, sort_keys=True)
+
+
+# ---------------------------------------------------------------- writing one group
+
+def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tf.addfile(info, io.BytesIO(data))
+
+
+class _RollingTar:
+    """Writes a group's samples to <stem>.tar, rolling over to <stem>-<k>.tar past the byte cap."""
+
+    def __init__(self, directory: Path, stem: str, max_bytes: int):
+        self.directory, self.stem, self.max_bytes = directory, stem, max_bytes
+        self.done: list[dict[str, Any]] = []
+        self._tf: tarfile.TarFile | None = None
+        self._file = None
+        self._count = 0
+        self._bytes = 0
+
+    @property
+    def current_name(self) -> str:
+        k = len(self.done)
+        return f"{self.stem}.tar" if k == 0 else f"{self.stem}-{k}.tar"
+
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> str:
+        size = sum(512 + -(-len(d) // 512) * 512 for _, d in members)
+        if self._tf is not None and self._count and self._bytes + size > self.max_bytes:
+            self._close()
+        if self._tf is None:
+            self._file = open(self.directory / (self.current_name + ".tmp"), "wb")
+            self._tf = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+        for ext, data in members:
+            _tar_member(self._tf, f"{key}.{ext}", data)
+        self._count += 1
+        self._bytes += size
+        return self.current_name
+
+    def _close(self) -> None:
+        name = self.current_name
+        self._tf.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        tmp, final = self.directory / (name + ".tmp"), self.directory / name
+        os.replace(tmp, final)
+        self.done.append({"name": name, "samples": self._count, "bytes": final.stat().st_size,
+                          "sha256": sha256_file(final)})
+        self._tf, self._file, self._count, self._bytes = None, None, 0, 0
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self._tf is not None:
+            self._close()
+        return self.done
+
+
+def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
+    """Per-sample statistics for the Parquet index (depth in metres, over valid pixels)."""
+    d = sample.depth_mm
+    valid = d[d > 0]
+    if valid.size:
+        dmin, dmed, dmax = float(valid.min()) / 1000, float(np.median(valid)) / 1000, float(valid.max()) / 1000
+    else:
+        dmin = dmed = dmax = float("nan")
+    if sample.seg is not None:
+        counts = np.bincount(sample.seg.ravel(), minlength=256)
+        class_pixels, ignore = counts[:NUM_CLASSES].tolist(), int(counts[IGNORE_INDEX])
+    else:
+        class_pixels, ignore = [0] * NUM_CLASSES, int(d.size)
+    k = sample.intrinsics
+    return {"key": key, "shard": shard, "width": sample.width, "height": sample.height,
+            "valid_fraction": float(valid.size / d.size), "depth_min_m": dmin, "depth_median_m": dmed,
+            "depth_max_m": dmax, "has_seg": sample.seg is not None, "class_pixels": class_pixels,
+            "ignore_pixels": ignore, "rejected_depth_pixels": int(sample.rejected_depth_pixels),
+            "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
+
+
+def _load_one(converter: Converter, ref: FrameRef, key: str, cfg: BuildConfig) -> Sample:
+    sample = converter.load(ref)
+    sample.key = key
+    if cfg.resize:
+        sample = resize_sample(sample, cfg.resize)
+    return sample
+
+
+def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[str, Any]:
+    """Convert and write one group; returns (and stores) its build record."""
+    directory = split_dir(cfg, group.dataset, group.split)
+    writer = _RollingTar(directory, group.stem, cfg.shard_bytes)
+    rows, rejected, depth_rejected = [], [], 0
+    for ref, key in zip(group.frames, group.keys):
+        try:
+            sample = _load_one(converter, ref, key, cfg)
+            members = encode_sample(sample, cfg.encode)
+        except RejectFrame as e:
+            rejected.append(Rejection(ref.frame_id, ref.split, e.code, e.reason, e.file).as_dict())
+            continue
+        except (SchemaError, OSError, ValueError) as e:
+            rejected.append(Rejection(ref.frame_id, ref.split, "error", f"{type(e).__name__}: {e}",
+                                      ref.files[0] if ref.files else None).as_dict())
+            continue
+        shard = writer.add(key, members)
+        rows.append(index_row(key, shard, sample))
+        depth_rejected += sample.rejected_depth_pixels
+    record = {"build_id": group.build_id, "group": group.index, "shards": writer.finish(), "index": rows,
+              "rejected": rejected, "depth_rejected_pixels": depth_rejected}
+    atomic_write_bytes(_record_path(cfg, group), json.dumps(record, sort_keys=True).encode())
+    return record
+
+
+def _write_group_task(args: tuple[Converter, Group, BuildConfig]) -> dict[str, Any]:
+    return write_group(*args)
+
+
+# ---------------------------------------------------------------- resume
+
+def split_dir(cfg: BuildConfig, dataset: str, split: str) -> Path:
+    return cfg.out_dir / dataset / split
+
+
+def _record_path(cfg: BuildConfig, group: Group) -> Path:
+    return split_dir(cfg, group.dataset, group.split) / ".build" / f"{group.stem}.json"
+
+
+def reusable_record(cfg: BuildConfig, group: Group) -> dict[str, Any] | None:
+    """The group's record if it belongs to this build and its shards are intact, else None."""
+    path = _record_path(cfg, group)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("build_id") != group.build_id:
+        return None
+    directory = path.parent.parent
+    for s in record["shards"]:
+        f = directory / s["name"]
+        if not f.is_file() or f.stat().st_size != s["bytes"] or sha256_file(f) != s["sha256"]:
+            return None
+    return record
+
+
+def _remove_temporaries(directory: Path) -> None:
+    for tmp in list(directory.glob("*.tar.tmp")) + list(directory.glob(".build/*.tmp-*")):
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale(directory: Path, prefix: str, keep_shards: set[str], keep_stems: set[str]) -> list[str]:
+    """Delete shards and records an earlier, different build of this split left (full builds only)."""
+    stale = [p for p in directory.glob(f"{prefix}-*.tar") if _SHARD_RE.search(p.name) and p.name not in keep_shards]
+    stale += [p for p in directory.glob(f".build/{prefix}-*.json") if p.stem not in keep_stems]
+    for p in stale:
+        p.unlink()
+    return [p.name for p in stale]
+
+
+# ---------------------------------------------------------------- the build
+
+def source_fingerprint(root: Path, frames: Iterable[FrameRef], rejected: Iterable[Rejection]) -> dict[str, Any]:
+    """sha256 over the sorted (relative path, size) of every source file the build touched.
+
+    Cheap (no file contents read) yet changes when a file is added, removed or rewritten with a
+    different size; mtimes are left out so a copied dataset fingerprints the same.
+    """
+    files = {f for fr in frames for f in fr.files} | {r.file for r in rejected if r.file}
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        p = root / rel
+        size = p.stat().st_size if p.is_file() else -1
+        h.update(f"{rel}\t{size}\n".encode())
+    return {"root": str(root.resolve()), "files": len(files), "sha256": h.hexdigest()}
+
+
+def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
+    """Convert the requested splits into shards and manifests; returns the manifests written.
+
+    With ``num_tasks > 1`` this task writes only groups ``g % num_tasks == task_index`` and a
+    part manifest; ``vortex-data merge-manifests`` joins the parts.
+    """
+    enum = converter.enumerate(set(cfg.splits) if cfg.splits else None)
+    salt = build_salt(converter, cfg)
+    by_split: dict[str, list[FrameRef]] = {}
+    for f in enum.frames:
+        by_split.setdefault(f.split, []).append(f)
+    for r in enum.rejected:
+        by_split.setdefault(r.split, [])
+    plans = {s: plan_groups(converter.name, s, frames, cfg.shard_samples, salt) for s, frames in sorted(by_split.items())}
+
+    mine = [g for groups in plans.values() for g in groups if g.index % cfg.num_tasks == cfg.task_index]
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for split in plans:
+        d = split_dir(cfg, converter.name, split)
+        (d / ".build").mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(d)
+    for g in mine:
+        rec = reusable_record(cfg, g)
+        if rec is None:
+            todo.append(g)
+        else:
+            records[(g.split, g.index)] = rec
+    reused = len(records)
+    total_frames = sum(len(g.frames) for g in todo)
+    bar = tqdm(total=total_frames, unit="frame", desc=f"{converter.name}", disable=not cfg.progress)
+    if cfg.workers <= 1 or len(todo) <= 1:
+        for g in todo:
+            records[(g.split, g.index)] = write_group(converter, g, cfg)
+            bar.update(len(g.frames))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as pool:
+            futures = {pool.submit(_write_group_task, (converter, g, cfg)): g for g in todo}
+            for fut in as_completed(futures):
+                g = futures[fut]
+                records[(g.split, g.index)] = fut.result()
+                bar.update(len(g.frames))
+    bar.close()
+
+    manifests = []
+    for split, groups in plans.items():
+        part = (cfg.task_index, cfg.num_tasks) if cfg.num_tasks > 1 else None
+        groups_here = [g for g in groups if (split, g.index) in records]
+        enum_rejected = [r for r in enum.rejected if r.split == split] if cfg.task_index == 0 else []
+        fingerprint = source_fingerprint(converter.source_root(), by_split[split],
+                                         [r for r in enum.rejected if r.split == split])
+        manifests.append(_assemble_manifest(converter, cfg, split, groups_here, records, enum_rejected, enum.report,
+                                            fingerprint, part))
+        if part is None:
+            keep = {s["name"] for g in groups_here for s in records[(split, g.index)]["shards"]}
+            _remove_stale(split_dir(cfg, converter.name, split), f"{converter.name}-{split}", keep,
+                          {g.stem for g in groups})
+    return BuildResult(manifests, groups_built=len(todo), groups_reused=reused)
+
+
+def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, groups: list[Group],
+                       records: dict, enum_rejected: list[Rejection], report: dict, fingerprint: dict,
+                       part: tuple[int, int] | None) -> Path:
+    shard_dir = split_dir(cfg, converter.name, split).resolve()
+    cfg.manifest_dir.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(shard_dir, cfg.manifest_dir.resolve())
+    shards, rows, rejected, depth_rejected = [], [], [r.as_dict() for r in enum_rejected], 0
+    for g in groups:
+        rec = records[(split, g.index)]
+        shards += [{"path": f"{rel}/{s['name']}", "samples": s["samples"], "bytes": s["bytes"], "sha256": s["sha256"]}
+                   for s in rec["shards"]]
+        rows += [{**r, "shard": f"{rel}/{r['shard']}"} for r in rec["index"]]
+        rejected += rec["rejected"]
+        depth_rejected += rec["depth_rejected_pixels"]
+    rejected.sort(key=lambda r: r["frame"])
+    m = Manifest(
+        dataset=converter.name, split=split,
+        converter={"name": converter.name, "vortex_data_version": __version__, "options": converter.options(),
+                   "output": cfg.output_options()},
+        source=fingerprint,
+        shards=shards, rejected=rejected,
+        totals=compute_totals(shards, rejected, {"depth_rejected_pixels": depth_rejected}),
+        report=report,
+        part=None if part is None else {"index": part[0], "count": part[1]},
+    )
+    return write_manifest(m, cfg.manifest_dir, rows)
