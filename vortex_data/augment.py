@@ -91,10 +91,17 @@ def _blend_lut(ratio: float, other: np.float32) -> np.ndarray:
     return np.clip(_f32(ratio) * v + _f32(1.0 - ratio) * other, 0, 255).astype(np.uint8)
 
 
+_GRAY = np.array([[0.2989, 0.587, 0.114]], np.float32)
+
+
+def _gray_f32(rgb_f32: np.ndarray) -> np.ndarray:
+    """torchvision's grayscale weights on a float32 RGB image, truncated like ``.to(uint8)``."""
+    return np.trunc(cv2.transform(rgb_f32, _GRAY))
+
+
 def grayscale(rgb: np.ndarray) -> np.ndarray:
     """torchvision ``rgb_to_grayscale`` for uint8: 0.2989 R + 0.587 G + 0.114 B, truncated."""
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    return (_f32(0.2989) * r + _f32(0.587) * g + _f32(0.114) * b).astype(np.uint8)
+    return _gray_f32(rgb.astype(np.float32)).astype(np.uint8)
 
 
 def adjust_brightness(rgb: np.ndarray, factor: float) -> np.ndarray:
@@ -103,25 +110,35 @@ def adjust_brightness(rgb: np.ndarray, factor: float) -> np.ndarray:
 
 def adjust_contrast(rgb: np.ndarray, factor: float) -> np.ndarray:
     """Blend with the mean of the (truncated) grayscale image."""
-    mean = np.float32(grayscale(rgb).astype(np.float32).mean(dtype=np.float64))
+    mean = np.float32(_gray_f32(rgb.astype(np.float32)).mean(dtype=np.float64))
     return cv2.LUT(rgb, _blend_lut(factor, mean))
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """clamp(0, 255) then truncate, as torch's ``.clamp(0, 255).to(torch.uint8)``."""
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)
 
 
 def adjust_saturation(rgb: np.ndarray, factor: float) -> np.ndarray:
     """Blend each pixel with its own grayscale value."""
-    gray = grayscale(rgb).astype(np.float32)[..., None]
-    out = _f32(factor) * rgb.astype(np.float32) + _f32(1.0 - factor) * gray
-    return np.clip(out, 0, 255).astype(np.uint8)
+    f = rgb.astype(np.float32)
+    gray = _gray_f32(f)
+    f *= _f32(factor)
+    f += (_f32(1.0 - factor) * gray)[..., None]
+    return _to_uint8(f)
 
 
 def adjust_hue(rgb: np.ndarray, factor: float) -> np.ndarray:
     """Rotate hue by ``factor`` turns in HSV (the hexcone model torchvision uses), then convert
     back with torchvision's float->uint8 rule (x * 255.999, truncated)."""
-    f = rgb.astype(np.float32) * _f32(1 / 255)
-    hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
-    hsv[..., 0] = np.mod(hsv[..., 0] + _f32(factor * 360.0), _f32(360.0))
-    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return np.clip(out * _f32(255.999), 0, 255).astype(np.uint8)
+    f = rgb.astype(np.float32)
+    f *= _f32(1 / 255)
+    h, s, v = cv2.split(cv2.cvtColor(f, cv2.COLOR_RGB2HSV))  # H in degrees [0, 360)
+    h += _f32((factor % 1.0) * 360.0)
+    h[h >= 360] -= 360  # the rotation is < 360, so one wrap is enough
+    out = cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
+    out *= _f32(255.999)
+    return _to_uint8(out)
 
 
 def color_jitter(rgb: np.ndarray, p: JitterParams) -> np.ndarray:

@@ -98,11 +98,13 @@ class EpochDataset(IterableDataset):
     def __init__(self, spec: LoaderSpec, epoch: int, start: int):
         self.spec, self.epoch, self.start = spec, epoch, start
         self.reader = ShardReader(spec.cache_dir)
+        self.worker = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.worker = wid
         plan = s.plan(self.epoch)
         total = batches_per_rank(len(plan), s.batch_size, s.world_size, s.drop_last)
         mine = list(worker_batches(self.start, total, wid, nw))
@@ -157,21 +159,34 @@ class EpochDataset(IterableDataset):
         batch["is_pad"] = torch.from_numpy((first + np.arange(len(positions))) >= n)
         if s.profile:
             batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
-                               "collate": time.perf_counter() - t0, "opens": self.reader.opens}
+                               "collate": time.perf_counter() - t0, "opens": self.reader.opens,
+                               "worker": self.worker}
         return batch
 
 
 def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
-    """Decoded, augmented samples -> batch tensors (see :func:`make_loader` for the fields)."""
-    rgb = torch.from_numpy(np.stack([np.ascontiguousarray(d["rgb"]) for d in samples]))
-    rgb = rgb.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    sd = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    depth = torch.from_numpy(np.stack([np.ascontiguousarray(d["depth_mm"]) for d in samples]).astype(np.float32))
+    """Decoded, augmented samples -> batch tensors (see :func:`make_loader` for the fields).
+
+    ``rgb`` comes out (B,3,H,W) in channels-last memory (what convolutions want on GPU) so the
+    normalisation is one pass over the pixels with no transpose copy. The arithmetic is done
+    with OpenCV/numpy per sample, which stays on one thread, rather than torch ops whose intra-op
+    threads fight the DataLoader workers for cores.
+    """
+    h, w = samples[0]["rgb"].shape[:2]
+    scale = np.array([1 / (255.0 * s) for s in std], np.float32)
+    shift = np.array([m / s for m, s in zip(mean, std)], np.float32)
+    rgb = np.empty((len(samples), h, w, 3), np.float32)
+    depth = np.empty((len(samples), 1, h, w), np.float32)
+    seg = np.empty((len(samples), h, w), np.int64)
+    for i, d in enumerate(samples):
+        np.multiply(d["rgb"], scale, out=rgb[i])
+        rgb[i] -= shift
+        np.multiply(d["depth_mm"], np.float32(1.0 / DEPTH_SCALE_MM), out=depth[i, 0])
+        seg[i] = d["seg"]
     return {
-        "rgb": rgb.sub_(m).div_(sd),
-        "depth": depth.mul_(1.0 / DEPTH_SCALE_MM).unsqueeze(1),
-        "seg": torch.from_numpy(np.stack([np.ascontiguousarray(d["seg"]) for d in samples]).astype(np.int64)),
+        "rgb": torch.from_numpy(rgb).permute(0, 3, 1, 2),
+        "depth": torch.from_numpy(depth),
+        "seg": torch.from_numpy(seg),
         "has_seg": torch.tensor([bool(d["has_seg"]) for d in samples]),
         "dataset": torch.tensor([int(d["source"]) for d in samples], dtype=torch.int64),
         "key": [d["key"] for d in samples],
