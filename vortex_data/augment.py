@@ -135,7 +135,7 @@ def adjust_hue(rgb: np.ndarray, factor: float) -> np.ndarray:
     f *= _f32(1 / 255)
     h, s, v = cv2.split(cv2.cvtColor(f, cv2.COLOR_RGB2HSV))  # H in degrees [0, 360)
     h += _f32((factor % 1.0) * 360.0)
-    h[h >= 360] -= 360  # the rotation is < 360, so one wrap is enough
+    np.subtract(h, _f32(360.0), out=h, where=h >= 360)  # the rotation is < 360: one wrap is enough
     out = cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
     out *= _f32(255.999)
     return _to_uint8(out)

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -173,14 +174,13 @@ def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Seque
     threads fight the DataLoader workers for cores.
     """
     h, w = samples[0]["rgb"].shape[:2]
-    scale = np.array([1 / (255.0 * s) for s in std], np.float32)
-    shift = np.array([m / s for m, s in zip(mean, std)], np.float32)
+    scale = tuple(1 / (255.0 * s) for s in std) + (0.0,)
+    shift = tuple(m / s for m, s in zip(mean, std)) + (0.0,)
     rgb = np.empty((len(samples), h, w, 3), np.float32)
     depth = np.empty((len(samples), 1, h, w), np.float32)
     seg = np.empty((len(samples), h, w), np.int64)
     for i, d in enumerate(samples):
-        np.multiply(d["rgb"], scale, out=rgb[i])
-        rgb[i] -= shift
+        cv2.subtract(cv2.multiply(np.ascontiguousarray(d["rgb"]), scale, dtype=cv2.CV_32F), shift, dst=rgb[i])
         np.multiply(d["depth_mm"], np.float32(1.0 / DEPTH_SCALE_MM), out=depth[i, 0])
         seg[i] = d["seg"]
     return {
