@@ -133,10 +133,11 @@ def adjust_hue(rgb: np.ndarray, factor: float) -> np.ndarray:
     back with torchvision's float->uint8 rule (x * 255.999, truncated)."""
     f = rgb.astype(np.float32)
     f *= _f32(1 / 255)
-    h, s, v = cv2.split(cv2.cvtColor(f, cv2.COLOR_RGB2HSV))  # H in degrees [0, 360)
+    hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
+    h = hsv[..., 0]
     h += _f32((factor % 1.0) * 360.0)
     np.subtract(h, _f32(360.0), out=h, where=h >= 360)  # the rotation is < 360: one wrap is enough
-    out = cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
+    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     out *= _f32(255.999)
     return _to_uint8(out)
 
