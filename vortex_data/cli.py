@@ -173,6 +173,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out/; replaced)")
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=cmd_demo)
+
+    from .stats import add_parser as _add_stats; _add_stats(sub)  # noqa: E702 -- one wiring line
     return parser
 
 

@@ -14,9 +14,12 @@ from .manifest import verify
 from .shards import BuildConfig, build_shards
 from .sources import get_converter
 
-# (dataset, "module:function" writing a demo source under a folder and returning --src, extra CLI args)
+# (dataset, "module:function" writing a demo source under a folder and returning --src, extra
+# build-shards arguments; "{root}" is the folder the source was written to)
 DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("diode", "vortex_data.fixtures.diode:write_demo_diode", []),
+    ("nyu", "vortex_data.fixtures.nyu:write_demo_nyu_source", []),
+    ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
 ]
 
 
@@ -39,8 +42,9 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
     manifests: list[Path] = []
     for dataset, target, extra in DEMO_SOURCES:
         print(f"== {dataset}: generating a small source in its native layout")
-        src = _writer(target)(out / "sources" / dataset)
-        converter = converter_from_cli(dataset, src, extra)
+        root = out / "sources" / dataset
+        src = _writer(target)(root)
+        converter = converter_from_cli(dataset, src, [a.format(root=root) for a in extra])
         cfg = BuildConfig(out_dir=out / "shards", manifest_dir=out / "manifests", workers=workers, shard_samples=4)
         result = build_shards(converter, cfg)
         for m in result.manifests:
@@ -54,5 +58,8 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
                 raise SystemExit(1)
             print()
         manifests += result.manifests
+    from .stats import demo_stats
+    print("== stats: depth/label/RGB statistics, label-less batch risk, near-duplicates")
+    demo_stats(manifests, out / "stats", workers=workers)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
     return manifests

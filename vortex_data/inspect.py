@@ -59,12 +59,25 @@ def format_summary(s: dict[str, Any]) -> str:
                  ("samples with labels", f"{idx['with_labels']} of {idx['samples']}"),
                  ("valid depth fraction", "min {} / median {} / max {}".format(*idx["valid_fraction_min_median_max"])),
                  ("median depth (m)", "min {} / median {} / max {}".format(*idx["depth_median_m_min_median_max"]))]
+    for key, value in _flat_report(s.get("report", {})):
+        rows.append((f"report: {key}", value))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     for r in s["rejected_examples"]:
         lines.append(f"  rejected {r['frame']}: {r['reason']}")
     lines.append("For depth histograms, class balance and label-less-batch risk: vortex-data stats MANIFEST --out DIR")
     return "\n".join(lines)
+
+
+def _flat_report(report: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Scalar facts of a converter report (one level of nesting), for the summary table."""
+    out = []
+    for k, v in report.items():
+        if isinstance(v, dict) and not prefix:
+            out += _flat_report(v, f"{k}.")
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) <= 200:
+            out.append((prefix + k, str(v)))
+    return out
 
 
 def shard_listing(path: Path) -> list[dict[str, Any]]:

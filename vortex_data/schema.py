@@ -113,9 +113,9 @@ class Sample:
         if self.seg is not None and (self.seg.dtype != np.uint8 or self.seg.shape != hw):
             raise bad(f"seg must be {hw} uint8, got {self.seg.shape} {self.seg.dtype}")
         if self.seg is not None:
-            top = int(self.seg.max(initial=0))
-            if top >= NUM_CLASSES and top != IGNORE_INDEX:
-                bad_vals = np.unique(self.seg[(self.seg >= NUM_CLASSES) & (self.seg != IGNORE_INDEX)])
+            out_of_range = (self.seg >= NUM_CLASSES) & (self.seg != IGNORE_INDEX)
+            if out_of_range.any():
+                bad_vals = np.unique(self.seg[out_of_range])
                 raise bad(f"seg holds values {bad_vals[:8].tolist()} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
         check_key(self.key)
 

@@ -12,6 +12,8 @@ from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
 
 CONVERTERS: dict[str, str] = {
     "diode": "vortex_data.sources.diode:DiodeConverter",
+    "nyu": "vortex_data.sources.nyu:NyuConverter",
+    "sunrgbd": "vortex_data.sources.sunrgbd:SunRgbdConverter",
 }
 
 

@@ -1,0 +1,238 @@
+"""`vortex-data stats`: numbers against brute force on generated shards, label-less risk against
+simulation, planted duplicates, and a well-formed self-contained report."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vortex_data.cli import main
+from vortex_data.fixtures.scene import random_room, random_view, render
+from vortex_data.manifest import iter_tar_samples, load_manifest
+from vortex_data.schema import Intrinsics, Sample, decode_sample, depth_to_mm, make_key
+from vortex_data.shards import BuildConfig, build_shards
+from vortex_data.sources.base import Converter, Enumeration, FrameRef
+from vortex_data.stats import compute_stats, write_outputs
+from vortex_data.stats_hash import frame_hashes, min_hamming
+from vortex_data.stats_mixture import p_labelless_iid, read_mixture, simulate_labelless_iid
+from vortex_data.stats_report import PLOT_TITLES
+
+W, H = 256, 192
+
+
+def scene(seed: int, fx_scale: float = 0.9):
+    rng = np.random.default_rng(seed)
+    view = random_view(rng, fx_scale * W, fx_scale * W, W / 2 - 0.5, H / 2 - 0.5, W, H)
+    return render(random_room(rng), view, noise_seed=seed), view
+
+
+class SceneConverter(Converter):
+    """Frames rendered from seeds; payload = (seed, labelled, crop-copy)."""
+
+    name = "scene"
+    description = "test scenes"
+    splits = ("train",)
+
+    def __init__(self, dataset: str, frames: list[tuple[int, bool, bool]], fx_scale: float):
+        self.dataset, self.frames, self.fx_scale, self.src = dataset, frames, fx_scale, Path(".")
+        self.name = dataset  # the writer names manifests and shards after the converter
+
+    @classmethod
+    def from_args(cls, src, args):  # pragma: no cover - not used from the CLI
+        raise NotImplementedError
+
+    def options(self):
+        return {"dataset": self.dataset, "fx_scale": self.fx_scale}
+
+    def enumerate(self, splits):
+        return Enumeration([FrameRef("train", f"f{i:03d}", (), p) for i, p in enumerate(self.frames)])
+
+    def load(self, ref):
+        seed, labelled, crop = ref.payload
+        # A crop-copy re-renders alpha's camera: it is the same frame, delivered by another dataset.
+        (rgb, depth, seg), view = scene(seed, 0.9 if crop else self.fx_scale)
+        depth = np.where(depth < 6.0, depth, np.nan)  # some invalid pixels
+        k = Intrinsics(view.fx, view.fy, view.cx, view.cy)
+        if crop:  # SUN-style border crop of an NYU frame, resized back up and re-encoded below as JPEG
+            # NYU 640x480 -> SUN RGB-D kv1 561x427 keeps rows 44..470 and columns 40..600.
+            y0, y1, x0, x1 = round(H * 44 / 480), round(H * 471 / 480), round(W * 40 / 640), round(W * 601 / 640)
+            rgb, depth, seg = rgb[y0:y1, x0:x1], depth[y0:y1, x0:x1], seg[y0:y1, x0:x1]
+            size = (round(rgb.shape[1] * 1.1), round(rgb.shape[0] * 1.1))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+            depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+            seg = cv2.resize(seg, size, interpolation=cv2.INTER_NEAREST)
+            k = k.cropped(x0, y0).scaled(1.1, 1.1)
+        conv = depth_to_mm(depth, np.isfinite(depth))
+        return Sample(make_key(self.dataset, "train", ref.frame_id), rgb, conv.depth_mm, k,
+                      seg=seg if labelled else None)
+
+
+def build(tmp: Path, dataset: str, frames, fx_scale: float) -> Path:
+    cfg = BuildConfig(out_dir=tmp / "shards", manifest_dir=tmp / "manifests", workers=1, shard_samples=3,
+                      progress=False)
+    return build_shards(SceneConverter(dataset, frames, fx_scale), cfg).manifests[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stats")
+    # alpha: 6 frames, 4 labelled; beta: 4 unlabelled frames, frame 0 a cropped copy of alpha's frame 0.
+    a = build(tmp, "alpha", [(100 + i, i < 4, False) for i in range(6)], 0.9)
+    b = build(tmp, "beta", [(100, False, True)] + [(200 + i, False, False) for i in range(3)], 0.6)
+    stats = compute_stats([a, b], batch_size=4, workers=1, progress=False)
+    return tmp, a, b, stats
+
+
+def brute(manifest: Path) -> dict:
+    """Decode every sample of a manifest's shards and compute the numbers with plain numpy."""
+    depth, rgb, seg = [], [], []
+    for shard in load_manifest(manifest).shard_paths():
+        for key, members in iter_tar_samples(shard):
+            s = decode_sample(members, key)
+            depth.append(s["depth_mm"].ravel())
+            rgb.append(s["rgb"].reshape(-1, 3))
+            if s["has_seg"]:
+                seg.append(s["seg"].ravel())
+    return {"depth": np.concatenate(depth), "rgb": np.concatenate(rgb).astype(np.float64),
+            "seg": np.concatenate(seg) if seg else np.zeros(0, np.uint8)}
+
+
+def test_depth_histogram_and_percentiles_match_numpy(built):
+    _, a, _, stats = built
+    ref = brute(a)
+    src = stats["sources"][0]
+    valid = ref["depth"][ref["depth"] > 0].astype(np.float64) / 1000
+    edges = np.asarray(src["depth_hist"]["edges_m"])
+    # Bin by integer mm to avoid float-edge ties; same edges as the report.
+    counts, _ = np.histogram(ref["depth"][ref["depth"] > 0], bins=edges * 1000)
+    assert src["depth_hist"]["counts"] == counts.tolist()
+    assert src["depth_valid_pixels"] == valid.size
+    for q in (1, 5, 25, 50, 75, 95, 99):
+        assert src["depth_percentiles_m"][f"p{q}"] == pytest.approx(np.percentile(valid, q, method="inverted_cdf"))
+
+
+def test_rgb_mean_std_and_class_frequency_match_numpy(built):
+    _, a, _, stats = built
+    ref = brute(a)
+    src = stats["sources"][0]
+    np.testing.assert_allclose(src["rgb_mean"], ref["rgb"].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(src["rgb_std"], ref["rgb"].std(axis=0), rtol=1e-9)
+    labelled = ref["seg"][ref["seg"] != 255]
+    freq = np.bincount(labelled, minlength=6) / labelled.size
+    np.testing.assert_allclose(src["class_frequency"], freq, rtol=1e-12)
+    assert src["labelled_fraction"] == pytest.approx(4 / 6)
+    assert stats["sources"][1]["labelled_fraction"] == 0
+
+
+def test_normalised_focal_length_shows_the_two_cameras(built):
+    _, _, _, stats = built
+    a, b = stats["sources"]
+    assert a["fx_over_width"]["values"] == [pytest.approx(0.9, abs=1e-4)]
+    assert b["fx_over_width"]["min"] == pytest.approx(0.6, abs=1e-4)
+    x0, x1 = round(W * 40 / 640), round(W * 601 / 640)
+    resized = round((x1 - x0) * 1.1)
+    assert b["fx_over_width"]["max"] == pytest.approx(0.9 * W * 1.1 / resized, abs=1e-4)  # the cropped copy
+
+
+def test_mixture_weights_by_frames_and_risk(built):
+    _, _, _, stats = built
+    mix = stats["mixture"]
+    assert [s["weight"] for s in mix["sources"]] == pytest.approx([0.6, 0.4])
+    r = mix["label_risk"]
+    p = 0.6 * 4 / 6
+    assert r["closed_form_iid"] == pytest.approx((1 - p) ** 4)
+    assert abs(r["simulated_iid"] - r["closed_form_iid"]) < 5 * r["simulated_iid_stderr"]
+    # An epoch of 10 with 4 labelled: hypergeometric C(6,4)/C(10,4), lower than the iid value.
+    assert r["closed_form_quota"] == pytest.approx(15 / 210)
+    assert r["closed_form_quota"] < r["closed_form_iid"]
+
+
+def test_closed_form_matches_simulation_for_uneven_mixture():
+    rng = np.random.default_rng(3)
+    labelled = [np.array([True, False, False, True, False]), np.zeros(7, bool), np.ones(2, bool)]
+    fr = [f.mean() for f in labelled]
+    for batch in (1, 3, 8):
+        exact = p_labelless_iid([0.5, 0.4, 0.1], fr, batch)
+        sim = simulate_labelless_iid([0.5, 0.4, 0.1], labelled, batch, 40000, rng)
+        assert abs(sim - exact) < 5 * np.sqrt(exact * (1 - exact) / 40000) + 1e-9
+    # A wrong formula would fail: (1 - p) * B is far off.
+    assert abs(p_labelless_iid([0.5, 0.4, 0.1], fr, 3) - (1 - 0.3) ** 3) < 1e-12
+
+
+def test_planted_duplicate_found_and_nothing_else(built):
+    _, _, _, stats = built
+    pairs = stats["duplicates"]["pairs"]
+    assert [(p["key_a"], p["key_b"]) for p in pairs] == [("alpha/train/f000", "beta/train/f000")]
+
+
+def test_hash_distance_separates_copy_from_other_frames():
+    base = scene(7)[0][0]
+    other = scene(8)[0][0]
+    ok, jpg = cv2.imencode(".jpg", cv2.resize(base[12:-12, 10:-10], (230, 172)), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    copy = cv2.imdecode(jpg, cv2.IMREAD_UNCHANGED)
+    h = np.stack([frame_hashes(x) for x in (base, copy, other)])
+    d = min_hamming(h, h)
+    assert d[0, 1] <= 6 < d[0, 2]
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.imgs, self.captions, self.in_caption = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+            return
+        if tag not in ("meta", "br"):
+            self.stack.append(tag)
+        self.in_caption = tag == "figcaption"
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        self.in_caption = False
+
+    def handle_data(self, data):
+        if self.in_caption:
+            self.captions.append(data)
+
+
+def test_report_is_well_formed_and_self_contained(built):
+    tmp, _, _, stats = built
+    js, html = write_outputs(stats, tmp / "report")
+    p = _Collect()
+    p.feed(html.read_text())
+    p.close()
+    assert p.stack == []
+    assert len(p.imgs) == len(PLOT_TITLES)
+    assert all(i["src"].startswith("data:image/png;base64,") for i in p.imgs)
+    assert p.captions == list(PLOT_TITLES)
+    assert "http" not in html.read_text()
+    assert json.loads(js.read_text())["sources"][0]["frames"] == 6
+
+
+def test_cli_with_mixture_file(built, tmp_path, capsys):
+    tmp, a, b, _ = built
+    mix = tmp_path / "mix.toml"
+    mix.write_text(f'name = "t"\nepoch_size = 20\n[[source]]\nname = "a"\nmanifest = "{a}"\nweight = 3\n'
+                   f'[[source]]\nname = "b"\nmanifest = "{b.name}"\nweight = 1\nextra = "ignored"\n')
+    rc = main(["stats", "--mixture", str(mix), "--manifests-dir", str(b.parent), "--batch-size", "2",
+               "--workers", "2", "--no-progress", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    s = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert [x["weight"] for x in s["mixture"]["sources"]] == [0.75, 0.25]
+    assert s["mixture"]["label_risk"]["closed_form_iid"] == pytest.approx((1 - 0.75 * 4 / 6) ** 2)
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_bad_mixture_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[source]]\nmanifest = 'x.json'\nweight = -1\n")
+    with pytest.raises(ValueError, match="bad.toml"):
+        read_mixture(bad)

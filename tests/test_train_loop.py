@@ -1,0 +1,151 @@
+"""The training loop: overfitting, exact resume after SIGTERM, the CLI's stop/requeue path, stop triggers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("timm")
+
+import torch  # noqa: E402
+
+from vortex_data.train import checkpoint  # noqa: E402
+from vortex_data.train.config import TrainConfig  # noqa: E402
+from vortex_data.train.data import LoaderRequest, SyntheticBatches  # noqa: E402
+from vortex_data.train.loop import Trainer  # noqa: E402
+from vortex_data.train.stopping import EXIT_REQUEUE, StopController  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers():
+    """Trainer.run installs process-wide handlers; put pytest's back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    threads = torch.get_num_threads()
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+    torch.set_num_threads(threads)
+
+
+def tiny_config(run_dir: Path, **kw) -> TrainConfig:
+    base = dict(run_dir=str(run_dir), loader="synthetic", steps=4, steps_per_epoch=100, ckpt_every=100,
+                batch_size=2, image_size=(64, 64), num_workers=0, warmup_steps=1, log_every=1, profile_steps=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(x) for x in (run_dir / "stage1" / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["event"] == "step"}
+
+
+class SignalAtBatch(SyntheticBatches):
+    """Sends this process a real signal while producing batch ``at`` (i.e. in the middle of a run)."""
+
+    def __init__(self, at: int, sig: int, **kw) -> None:
+        super().__init__(**kw)
+        self.at, self.sig = at, sig
+
+    def batch(self, i: int):
+        if i == self.at:
+            os.kill(os.getpid(), self.sig)
+        return super().batch(i)
+
+
+def synthetic(req: LoaderRequest, **kw) -> SyntheticBatches:
+    return SyntheticBatches(batch_size=req.batch_size, image_size=req.image_size, seed=req.seed, rank=req.rank, **kw)
+
+
+def test_overfits_two_samples(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, steps=10, lr_encoder=1e-3, lr_heads=3e-3, warmup_steps=1, min_lr_ratio=1.0)
+    assert Trainer(cfg, lambda req: synthetic(req, unique=2)).run() == 0
+    losses = list(step_losses(tmp_path).values())
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
+def test_sigterm_checkpoint_resume_matches_uninterrupted(tmp_path: Path, sig: int) -> None:
+    torch.set_num_threads(1)  # one thread: bitwise-reproducible CPU reductions
+    straight = tmp_path / "straight"
+    assert Trainer(tiny_config(straight), synthetic).run() == 0
+    want = step_losses(straight)
+
+    cut = tmp_path / "cut"
+    first = Trainer(tiny_config(cut), lambda req: SignalAtBatch(
+        1, sig, batch_size=req.batch_size, image_size=req.image_size, seed=req.seed, rank=req.rank))
+    assert first.run() == EXIT_REQUEUE
+    assert (cut / "stage1" / "STATUS").read_text().startswith("interrupted SIGTERM")
+    ckpt = checkpoint.latest(cut / "stage1" / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step_00000002"  # the step in flight finished first
+    assert not list((cut / "stage1" / "checkpoints").glob("*.tmp"))
+
+    assert Trainer(tiny_config(cut), synthetic).run() == 0  # the same command again resumes
+    got = step_losses(cut)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        assert got[step] == want[step], (step, got, want)
+    assert (cut / "stage1" / "STATUS").read_text().strip() == "done"
+
+
+def test_cli_sigterm_exits_requeue_code_and_rerun_resumes(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "vortex_data.train", "--recipe", "none", "--loader", "synthetic", "--run-dir",
+           str(tmp_path), "--batch-size", "1", "--image-size", "64", "64", "--num-workers", "0", "--log-every", "1",
+           "--profile-steps", "0", "--warmup-steps", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd + ["--steps", "10000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "stage1" / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and '"event": "step"' in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_REQUEUE, out
+    ckpt = checkpoint.latest(tmp_path / "stage1" / "checkpoints")
+    assert ckpt is not None, out
+    done = int(ckpt.name.split("_")[1])
+    rerun = subprocess.run(cmd + ["--steps", str(done + 1)], env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"resumed path={ckpt}" in rerun.stdout and f"done step={done + 1}" in rerun.stdout
+
+
+def test_stop_controller_triggers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    s = StopController(time_limit_s=100, margin_s=10, clock=lambda: now[0])
+    now[0] = 1089.0
+    assert s.reason() is None
+    now[0] = 1090.0
+    assert s.reason() == "time-limit"
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1050")  # the job ends before the time limit: it wins
+    assert StopController(time_limit_s=100, margin_s=10, clock=lambda: now[0]).deadline == 1040
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    stop = tmp_path / "STOP"
+    s = StopController(stop_file=stop)
+    assert s.reason() is None
+    stop.touch()
+    assert s.reason().startswith("stop-file")
+
+
+def test_eval_reports_per_dataset_rows(tmp_path: Path) -> None:
+    from vortex_data.train.data import synthetic_loader
+    from vortex_data.train.evaluate import format_table, run_evaluation
+
+    torch.set_num_threads(1)
+    assert Trainer(tiny_config(tmp_path, steps=1), synthetic_loader).run() == 0
+    ckpt = checkpoint.latest(tmp_path / "stage1" / "checkpoints")
+    res = run_evaluation(ckpt, None, synthetic_loader, batch_size=2, split="val", image_size=(64, 64), eigen_crop=False)
+    assert list(res) == ["synth_a", "synth_b", "all"]
+    assert res["all"]["images"] == res["synth_a"]["images"] + res["synth_b"]["images"] == 8
+    assert 0 <= res["synth_a"]["miou"] <= 1 and res["synth_b"]["miou"] != res["synth_b"]["miou"]  # no labels: NaN
+    assert "synth_a" in format_table(res)

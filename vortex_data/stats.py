@@ -1,0 +1,283 @@
+"""`vortex-data stats`: dataset statistics for manifests and a mixture, as stats.json + report.html.
+
+Per-sample facts already in the Parquet index (resolution, intrinsics, valid fraction, class
+pixels, has_seg) are read from it; depth histograms, RGB sums and image hashes need the pixels
+and come from one parallel streaming pass over the shards (:mod:`stats_pass`). The JSON holds
+every number the HTML shows; the HTML is rendered from the JSON alone (:mod:`stats_report`).
+What each number means is documented in docs/stats.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .manifest import load_manifest
+from .schema import CLASS_NAMES, NUM_CLASSES
+from .stats_hash import DEFAULT_THRESHOLD, find_duplicates
+from .stats_mixture import (MixtureSpec, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
+                            read_mixture, simulate_labelless_iid, simulate_labelless_quota)
+from .stats_numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
+                            median_frequency_weights, rgb_mean_std, summary)
+from .stats_pass import Accumulator, ShardTask, scan_shards
+
+VALID_FRACTION_EDGES = np.linspace(0.0, 1.0, 21)
+SIM_BATCHES = 20000
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One source of the report: a manifest, optionally restricted to keys matching a pattern."""
+
+    name: str
+    manifest: Path
+    key_pattern: str | None = None
+    weight: float | None = None
+
+
+def plan_units(manifests: list[Path], mixture: MixtureSpec | None) -> list[Unit]:
+    """Sources to report: the mixture's (with weights), then any other manifest given."""
+    units: list[Unit] = []
+    if mixture is not None:
+        units += [Unit(s.name, s.manifest, s.key_pattern, s.weight) for s in mixture.sources]
+    seen = {(u.manifest.resolve(), u.key_pattern) for u in units}
+    names = {u.name for u in units}
+    for path in manifests:
+        if (path.resolve(), None) in seen:
+            continue
+        m = load_manifest(path)
+        name = base = f"{m.dataset}-{m.split}"
+        i = 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.add(name)
+        seen.add((path.resolve(), None))
+        units.append(Unit(name, path))
+    if not units:
+        raise ValueError("no manifests: give MANIFEST paths or --mixture FILE")
+    return units
+
+
+def _index_rows(unit: Unit) -> dict[str, np.ndarray]:
+    m = load_manifest(unit.manifest)
+    try:
+        table = m.read_index()
+    except OSError as e:
+        raise ValueError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in
+            ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy")}
+    cols["class_pixels"] = np.array(table.column("class_pixels").to_pylist(), np.int64).reshape(-1, NUM_CLASSES)
+    if unit.key_pattern:
+        keep = np.array([bool(re.search(unit.key_pattern, k)) for k in cols["key"]], bool)
+        cols = {k: v[keep] for k, v in cols.items()}
+    return cols
+
+
+def index_stats(unit: Unit, rows: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Everything the Parquet index answers for one source."""
+    m = load_manifest(unit.manifest)
+    res, counts = np.unique([f"{w}x{h}" for w, h in zip(rows["width"], rows["height"])], return_counts=True)
+    fxn = np.round(rows["fx"].astype(np.float64) / rows["width"], 4)
+    fxn_vals, fxn_counts = np.unique(fxn, return_counts=True)
+    labelled = labelled_flags(rows)
+    vf_counts, _ = np.histogram(rows["valid_fraction"], bins=VALID_FRACTION_EDGES)
+    class_px = rows["class_pixels"].sum(axis=0)
+    return {
+        "name": unit.name, "manifest": str(unit.manifest), "dataset": m.dataset, "split": m.split,
+        "key_pattern": unit.key_pattern, "frames": int(len(rows["key"])),
+        "resolutions": {str(r): int(c) for r, c in zip(res, counts)},
+        "fx_over_width": {"values": fxn_vals.tolist(), "counts": fxn_counts.tolist(), **summary(fxn)},
+        "hfov_deg": summary(np.degrees(2 * np.arctan(0.5 / fxn))) if len(fxn) else summary(fxn),
+        "valid_fraction": {"edges": VALID_FRACTION_EDGES.tolist(), "counts": vf_counts.tolist(),
+                           **summary(rows["valid_fraction"])},
+        "has_seg_fraction": float(rows["has_seg"].mean()) if len(labelled) else 0.0,
+        "labelled_fraction": float(labelled.mean()) if len(labelled) else 0.0,
+        "class_pixels": class_px.tolist(),
+        "class_frequency": class_frequency(class_px).tolist(),
+        "class_weights": median_frequency_weights(rows["class_pixels"][labelled]).tolist(),
+    }
+
+
+def labelled_flags(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """A sample is labelled when it has a label map with at least one non-ignore pixel."""
+    return rows["has_seg"].astype(bool) & (rows["class_pixels"].sum(axis=1) > 0)
+
+
+def pixel_stats(acc: Accumulator) -> dict[str, Any]:
+    """Everything the streaming pass answers for one source (or the mixture)."""
+    edges, counts = log_histogram(acc.depth_counts)
+    mean, std = rgb_mean_std(acc.rgb_pixels, acc.rgb_sum, acc.rgb_sq_sum)
+    return {
+        "depth_hist": {"edges_m": edges.tolist(), "counts": counts.tolist(),
+                       "bins_per_decade": LOG_BINS_PER_DECADE},
+        "depth_percentiles_m": depth_percentiles_m(acc.depth_counts),
+        "depth_valid_pixels": int(acc.depth_counts[1:].sum()),
+        "depth_invalid_pixels": int(acc.depth_counts[0]),
+        "rgb_mean": mean, "rgb_std": std,
+        "rgb_mean_01": [v / 255 for v in mean], "rgb_std_01": [v / 255 for v in std],
+    }
+
+
+def mixture_accumulator(accs: list[Accumulator], weights: np.ndarray) -> Accumulator:
+    """Expected per-draw sums of a weighted mixture: sum_s w_s * (sums of s) / (frames of s).
+
+    Scaled to 'per 10^6 draws' and rounded, so the integer accumulators still apply; the
+    rounding error is below 1e-6 relative for any source with pixels.
+    """
+    scale = [w * 1e6 / a.samples if a.samples else 0.0 for a, w in zip(accs, weights)]
+    out = Accumulator(samples=10**6)
+    out.depth_counts = np.rint(sum(s * a.depth_counts.astype(np.float64) for a, s in zip(accs, scale))).astype(np.int64)
+    out.rgb_pixels = int(round(sum(s * a.rgb_pixels for a, s in zip(accs, scale))))
+    out.rgb_sum = np.rint(sum(s * a.rgb_sum.astype(np.float64) for a, s in zip(accs, scale))).astype(np.int64)
+    out.rgb_sq_sum = np.rint(sum(s * a.rgb_sq_sum.astype(np.float64) for a, s in zip(accs, scale))).astype(np.int64)
+    return out
+
+
+def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoch_size: int,
+               seed: int = 0) -> dict[str, Any]:
+    """P(batch holds no labelled sample): closed forms and simulations, iid and exact quotas."""
+    fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
+    rng = np.random.default_rng(seed)
+    sim_iid = simulate_labelless_iid(list(weights), labelled, batch, SIM_BATCHES, rng)
+    epochs = max(1, min(50, -(-SIM_BATCHES * batch // max(epoch_size, 1))))
+    sim_quota = simulate_labelless_quota(list(weights), labelled, batch, epoch_size, epochs, rng)
+    p = p_labelled_draw(list(weights), fr)
+    return {
+        "batch_size": batch, "epoch_size": epoch_size, "p_labelled_draw": p,
+        "closed_form_iid": p_labelless_iid(list(weights), fr, batch),
+        "simulated_iid": sim_iid, "simulated_iid_batches": SIM_BATCHES,
+        "simulated_iid_stderr": float(np.sqrt(max(sim_iid * (1 - sim_iid), 1e-12) / SIM_BATCHES)),
+        "closed_form_quota": p_labelless_quota(list(weights), fr, batch, epoch_size),
+        "simulated_quota": sim_quota, "simulated_quota_epochs": epochs,
+        "curve": {"batch_sizes": list(range(1, 65)),
+                  "closed_form_iid": [(1 - p) ** b for b in range(1, 65)]},
+    }
+
+
+def compute_stats(manifests: list[Path], mixture: MixtureSpec | None = None, batch_size: int = 8,
+                  workers: int = 1, progress: bool = True, dup_threshold: int = DEFAULT_THRESHOLD,
+                  seed: int = 0) -> dict[str, Any]:
+    """All report numbers as one JSON-able dict (the content of stats.json)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    units = plan_units(manifests, mixture)
+    rows = {u.name: _index_rows(u) for u in units}
+    by_shard: dict[Path, list[tuple[str, str | None]]] = {}
+    for u in units:
+        for shard in load_manifest(u.manifest).shard_paths():
+            by_shard.setdefault(shard, []).append((u.name, u.key_pattern))
+    tasks = [ShardTask(s, tuple(srcs)) for s, srcs in by_shard.items()]
+    accs = scan_shards(tasks, workers=workers, progress=progress)
+    sources = []
+    for u in units:
+        acc = accs.get(u.name, Accumulator())
+        if acc.samples != len(rows[u.name]["key"]):
+            raise ValueError(f"{u.manifest}: shards hold {acc.samples} samples for {u.name}, "
+                             f"the index lists {len(rows[u.name]['key'])}; run `vortex-data verify` on it")
+        sources.append({**index_stats(u, rows[u.name]), **pixel_stats(acc)})
+
+    if mixture is not None:
+        weights, mix_name = normalised([u.weight or 0.0 for u in units if u.weight]), mixture.name
+        mixed = [u for u in units if u.weight]
+        epoch = mixture.epoch_size or sum(len(rows[u.name]["key"]) for u in mixed)
+        weight_rule = "weights from the mixture file, normalised to sum to 1"
+    else:
+        mixed = units
+        frames = np.array([len(rows[u.name]["key"]) for u in units], np.float64)
+        weights, mix_name = frames / frames.sum(), "all sources (weights proportional to frames)"
+        epoch = int(frames.sum())
+        weight_rule = "no mixture file: every frame equally likely (weights proportional to frame counts)"
+    mix_rows = [rows[u.name] for u in mixed]
+    mix_acc = mixture_accumulator([accs.get(u.name, Accumulator()) for u in mixed], weights)
+    per_image = np.concatenate([r["class_pixels"][labelled_flags(r)] for r in mix_rows])
+    image_w = np.concatenate([np.full(int(labelled_flags(r).sum()), w / max(1, len(r["key"])))
+                              for r, w in zip(mix_rows, weights)])
+    mix_class_px = sum(w * r["class_pixels"].sum(axis=0) / max(1, len(r["key"])) for r, w in zip(mix_rows, weights))
+    labelled = [labelled_flags(r) for r in mix_rows]
+    mix = {
+        "name": mix_name, "weight_rule": weight_rule,
+        "sources": [{"name": u.name, "weight": float(w)} for u, w in zip(mixed, weights)],
+        "labelled_fraction": p_labelled_draw(list(weights), [float(f.mean()) if len(f) else 0.0 for f in labelled]),
+        "class_frequency": class_frequency(np.asarray(mix_class_px, np.float64)).tolist(),
+        "class_weights": median_frequency_weights(per_image, image_w).tolist(),
+        **pixel_stats(mix_acc),
+        "label_risk": label_risk(weights, labelled, batch_size, epoch, seed),
+    }
+
+    hashes: dict[str, tuple[list[str], np.ndarray]] = {}
+    for u in units:
+        # Units that share a manifest share its frames; compare manifests, not units.
+        label = Path(u.manifest).name
+        keys, hs = hashes.get(label, ([], np.zeros((0, 1), np.uint64)))
+        acc = accs.get(u.name, Accumulator())
+        new = [i for i, k in enumerate(acc.keys) if k not in set(keys)]
+        if new:
+            add = acc.hash_array()[new]
+            hs = add if len(keys) == 0 else np.concatenate([hs, add])
+            keys = keys + [acc.keys[i] for i in new]
+        hashes[label] = (keys, hs)
+    dups = find_duplicates(hashes, dup_threshold)
+    return {
+        "class_names": list(CLASS_NAMES), "sources": sources, "mixture": mix,
+        "duplicates": {"threshold_bits": dup_threshold, "compared": {k: len(v[0]) for k, v in hashes.items()},
+                       "pairs": [d.as_dict() for d in dups]},
+    }
+
+
+def write_outputs(stats: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write stats.json and the self-contained report.html; returns their paths."""
+    from .stats_report import render_html
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, html = out_dir / "stats.json", out_dir / "report.html"
+    js.write_text(json.dumps(stats, indent=1) + "\n")
+    html.write_text(render_html(stats), encoding="utf-8")
+    return js, html
+
+
+def demo_stats(manifests: list[Path], out_dir: Path, workers: int = 2) -> Path:
+    """Report for the demo's manifests; prints and returns the report path."""
+    stats = compute_stats(list(manifests), workers=workers, progress=False)
+    _, html = write_outputs(stats, out_dir)
+    print(f"stats report: {html}")
+    return html
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "stats", help="depth/label/RGB statistics, label-less-batch risk and cross-source duplicates -> HTML + JSON",
+        description="Statistics of built shards for one or more manifests and their mixture: frames, resolutions, "
+                    "intrinsics, depth histogram and percentiles, valid-pixel fractions, class frequencies and "
+                    "weights, RGB mean/std, the chance of a batch without labels, and near-duplicate frames "
+                    "across sources. Writes OUT/report.html (self-contained) and OUT/stats.json.")
+    p.add_argument("manifests", type=Path, nargs="*", help="manifest JSON files (<dataset>-<split>.json)")
+    p.add_argument("--mixture", type=Path, help="mixture recipe (TOML/JSON with [[source]] manifest/weight)")
+    p.add_argument("--split", default="train", help="split substituted for {split} in the mixture (default train)")
+    p.add_argument("--manifests-dir", type=Path, help="folder for relative manifest paths in the mixture")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size for the label-less-batch risk (default 8)")
+    p.add_argument("--dup-threshold", type=int, default=DEFAULT_THRESHOLD,
+                   help=f"max differing hash bits (of 64) for a near-duplicate (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the shard pass")
+    p.add_argument("--out", type=Path, required=True, help="output folder for report.html and stats.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    mixture = read_mixture(args.mixture, args.split, args.manifests_dir) if args.mixture else None
+    stats = compute_stats(args.manifests, mixture, args.batch_size, args.workers, not args.no_progress,
+                          args.dup_threshold)
+    js, html = write_outputs(stats, args.out)
+    risk = stats["mixture"]["label_risk"]
+    print(f"wrote {html} and {js}")
+    print(f"P(batch of {risk['batch_size']} without labels): {risk['closed_form_iid']:.4g} (iid closed form), "
+          f"{risk['simulated_quota']:.4g} (simulated exact quotas); "
+          f"{len(stats['duplicates']['pairs'])} cross-source near-duplicate pairs")
+    return 0

@@ -1,0 +1,203 @@
+"""Render stats.json content as one self-contained HTML page (plots as base64 PNG, no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PLOT_TITLES = (
+    "Frames per source",
+    "Depth distribution (valid pixels)",
+    "Valid-depth fraction per frame",
+    "Normalised focal length fx / width",
+    "Class pixel frequency",
+    "Risk of a batch without labels",
+)
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(title: str, draw: Callable[[plt.Axes], None]) -> str:
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    draw(ax)
+    ax.set_title(title)
+    return f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{_png(fig)}"><figcaption>{html.escape(title)}</figcaption></figure>'
+
+
+def _frames(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
+    def draw(ax: plt.Axes) -> None:
+        names = [x["name"] for x in s["sources"]]
+        ax.barh(names, [x["frames"] for x in s["sources"]], color="tab:blue", label="all frames")
+        ax.barh(names, [x["frames"] * x["labelled_fraction"] for x in s["sources"]], color="tab:orange",
+                label="with labels")
+        ax.set_xlabel("frames")
+        ax.legend()
+    return draw
+
+
+def _depth(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
+    def draw(ax: plt.Axes) -> None:
+        for src in s["sources"] + [dict(s["mixture"], name="mixture")]:
+            e = np.asarray(src["depth_hist"]["edges_m"])
+            c = np.asarray(src["depth_hist"]["counts"], np.float64)
+            if c.sum() == 0:
+                continue
+            ax.stairs(c / c.sum(), e, label=src["name"], lw=2.2 if src["name"] == "mixture" else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlim(0.1, 70)
+        ax.set_xlabel("depth (m, log scale)")
+        ax.set_ylabel("share of valid pixels per bin")
+        ax.legend(fontsize=8)
+    return draw
+
+
+def _valid(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
+    def draw(ax: plt.Axes) -> None:
+        for src in s["sources"]:
+            e = np.asarray(src["valid_fraction"]["edges"])
+            c = np.asarray(src["valid_fraction"]["counts"], np.float64)
+            ax.stairs(c / max(c.sum(), 1), e, label=src["name"])
+        ax.set_xlabel("fraction of pixels with valid depth")
+        ax.set_ylabel("share of frames")
+        ax.legend(fontsize=8)
+    return draw
+
+
+def _focal(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
+    def draw(ax: plt.Axes) -> None:
+        for i, src in enumerate(s["sources"]):
+            v, c = src["fx_over_width"]["values"], src["fx_over_width"]["counts"]
+            ax.scatter(v, [i] * len(v), s=20 + 180 * np.sqrt(np.asarray(c) / max(max(c, default=1), 1)))
+        ax.set_yticks(range(len(s["sources"])), [x["name"] for x in s["sources"]])
+        ax.set_xlabel("fx / image width (dimensionless; horizontal FOV = 2 atan(0.5 / value))")
+    return draw
+
+
+def _classes(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
+    def draw(ax: plt.Axes) -> None:
+        rows = [x for x in s["sources"] if sum(x["class_pixels"])] + [dict(s["mixture"], name="mixture")]
+        width = 0.8 / max(len(rows), 1)
+        x = np.arange(len(s["class_names"]))
+        for i, r in enumerate(rows):
+            ax.bar(x + i * width, r["class_frequency"], width, label=r["name"])
+        ax.set_xticks(x + 0.4 - width / 2, s["class_names"])
+        ax.set_ylabel("share of labelled pixels")
+        ax.legend(fontsize=8)
+    return draw
+
+
+def _risk(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
+    def draw(ax: plt.Axes) -> None:
+        r = s["mixture"]["label_risk"]
+        ax.semilogy(r["curve"]["batch_sizes"], np.maximum(r["curve"]["closed_form_iid"], 1e-300),
+                    label="closed form (1 - p)^B, independent draws")
+        ax.scatter([r["batch_size"]], [max(r["simulated_iid"], 1e-300)], color="tab:orange", zorder=3,
+                   label=f"simulated, independent draws (B={r['batch_size']})")
+        ax.scatter([r["batch_size"]], [max(r["simulated_quota"], 1e-300)], color="tab:green", marker="x",
+                   zorder=3, label=f"simulated, exact epoch quotas (B={r['batch_size']})")
+        ax.set_xlabel("batch size B (samples)")
+        ax.set_ylabel("P(no labelled sample in batch)")
+        ax.legend(fontsize=8)
+    return draw
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _f(v: Any, fmt: str = ".3g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _tables(s: dict[str, Any]) -> str:
+    src = s["sources"]
+    mix = s["mixture"]
+    out = ["<h2>Sources</h2>", _table(
+        ["source", "dataset", "split", "frames", "resolutions (WxH: frames)", "fx/width median [min, max]",
+         "horizontal FOV (deg, median)", "frames with labels", "valid depth, median frame"],
+        [[x["name"], x["dataset"], x["split"], x["frames"],
+          ", ".join(f"{k}: {v}" for k, v in x["resolutions"].items()),
+          f"{_f(x['fx_over_width']['median'])} [{_f(x['fx_over_width']['min'])}, {_f(x['fx_over_width']['max'])}]",
+          _f(x["hfov_deg"]["median"], ".1f"), f"{x['labelled_fraction']:.1%}", _f(x["valid_fraction"]["median"], ".1%")]
+         for x in src])]
+    pct = list(mix["depth_percentiles_m"])
+    out += ["<h2>Depth percentiles (m)</h2>",
+            "<p>Exact over all valid pixels: computed from a histogram with one bin per stored millimetre "
+            "(the storage resolution), so the only error is the 1 mm quantisation of the data itself.</p>",
+            _table(["source", *pct], [[x["name"], *(_f(x["depth_percentiles_m"][p], ".3f") for p in pct)]
+                                      for x in src + [dict(mix, name="mixture")]])]
+    out += ["<h2>RGB normalisation</h2>",
+            "<p>Mean and standard deviation per channel over every pixel, from exact integer sums. "
+            "Values in [0, 1] units are what a normalisation transform after /255 expects.</p>",
+            _table(["source", "mean R,G,B (0-1)", "std R,G,B (0-1)"],
+                   [[x["name"], ", ".join(f"{v:.4f}" for v in x["rgb_mean_01"]),
+                     ", ".join(f"{v:.4f}" for v in x["rgb_std_01"])] for x in src + [dict(mix, name="mixture")]])]
+    names = s["class_names"]
+    out += ["<h2>Classes</h2>",
+            "<p>Frequency = share of labelled (non-ignore) pixels. Suggested loss weights by median-frequency "
+            "balancing (Eigen &amp; Fergus, ICCV 2015): w_c = median(f) / f_c with f_c = pixels of class c / "
+            "labelled pixels of the images containing c; 0 for a class never seen.</p>",
+            _table(["source", "labelled frames", *(f"{n} freq / weight" for n in names)],
+                   [[x["name"], f"{x['labelled_fraction']:.1%}",
+                     *(f"{f:.3f} / {w:.2f}" for f, w in zip(x["class_frequency"], x["class_weights"]))]
+                    for x in src + [dict(mix, name="mixture")]])]
+    r = mix["label_risk"]
+    out += ["<h2>Mixture and label-less batches</h2>",
+            f"<p>Mixture: {html.escape(mix['name'])} ({html.escape(mix['weight_rule'])}).</p>",
+            _table(["source", "weight"], [[x["name"], f"{x['weight']:.3f}"] for x in mix["sources"]]),
+            f"<p>One draw is labelled with probability p = sum_s w_s x (labelled fraction of s) = "
+            f"{r['p_labelled_draw']:.4f}. For a batch of B = {r['batch_size']}:</p>",
+            _table(["estimate", "P(no labelled sample in the batch)"], [
+                ["closed form, independent draws: (1 - p)^B", f"{r['closed_form_iid']:.4g}"],
+                [f"simulated, independent draws ({r['simulated_iid_batches']} batches)",
+                 f"{r['simulated_iid']:.4g} ± {r['simulated_iid_stderr']:.2g} (1 s.e.)"],
+                [f"closed form, exact quotas (hypergeometric, epoch of {r['epoch_size']})",
+                 f"{r['closed_form_quota']:.4g}"],
+                [f"simulated, exact quotas ({r['simulated_quota_epochs']} shuffled epochs)", f"{r['simulated_quota']:.4g}"]]),
+            "<p>Exact per-epoch quotas draw without replacement, so labelled samples are spread a little more "
+            "evenly than independent draws and the risk is slightly lower than (1 - p)^B.</p>"]
+    d = s["duplicates"]
+    pairs = d["pairs"]
+    out += ["<h2>Near-duplicate frames across sources</h2>",
+            f"<p>64-bit DCT perceptual hashes of a centre window, matched against a grid of shifted and scaled "
+            f"windows of the other frame; a pair is listed when at most {d['threshold_bits']} of 64 bits differ. "
+            f"Catches re-encoded, resized and border-cropped copies (e.g. NYU frames inside SUN RGB-D); "
+            f"not flips, rotations or large off-centre crops. Frames hashed: "
+            f"{html.escape(', '.join(f'{k}: {v}' for k, v in d['compared'].items()))}. "
+            f"<b>{len(pairs)} pair(s)</b> found.</p>",
+            _table(["source A", "key A", "source B", "key B", "differing bits"],
+                   [[p["source_a"], p["key_a"], p["source_b"], p["key_b"], p["hamming_bits"]] for p in pairs[:500]])]
+    if len(pairs) > 500:
+        out.append(f"<p>... and {len(pairs) - 500} more in stats.json.</p>")
+    return "\n".join(out)
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "font-size:13px;text-align:left}th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}")
+
+
+def render_html(s: dict[str, Any]) -> str:
+    """The whole report as one HTML string; every plot is titled with an entry of PLOT_TITLES."""
+    draws = [_frames(s), _depth(s), _valid(s), _focal(s), _classes(s), _risk(s)]
+    figures = "\n".join(_figure(t, d) for t, d in zip(PLOT_TITLES, draws))
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>vortex-data stats</title>"
+            f"<style>{_CSS}</style></head><body>\n<h1>Dataset statistics</h1>\n"
+            "<p>Generated by <code>vortex-data stats</code>. Depth is in metres; depth and RGB numbers come from "
+            "every pixel of every frame, the rest from the manifests' Parquet index. See docs/stats.md.</p>\n"
+            f"{_tables(s)}\n<h2>Plots</h2>\n{figures}\n</body></html>\n")

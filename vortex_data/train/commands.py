@@ -1,0 +1,99 @@
+"""argparse wiring for ``vortex-data train`` and ``vortex-data eval`` (and ``python -m vortex_data.train``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vortex_data.train.config import FIELDS, build_config, load_recipe
+
+# CLI flag -> TrainConfig field, for the settings worth overriding without editing a recipe.
+_OVERRIDES = {
+    "run_dir": str, "mixture": str, "augment": str, "manifest": str, "loader": str, "steps": int,
+    "steps_per_epoch": int, "batch_size": int, "num_workers": int, "seed": int, "encoder_weights": str,
+    "lr_encoder": float, "lr_heads": float, "warmup_steps": int, "amp": str, "ckpt_every": int,
+    "time_limit_s": float, "stop_margin_s": float, "stop_file": str, "profile_steps": int, "log_every": int,
+    "init_from": str,
+}
+assert set(_OVERRIDES) <= FIELDS
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train``; rerunning the same command resumes from the stage's latest checkpoint."""
+    p = subparsers.add_parser("train", help="train EfficientViT-B1 depth + segmentation (resumes automatically)",
+                              description="Exit code 0: finished; 75: stopped early with a checkpoint (requeue and rerun).")
+    p.add_argument("--recipe", default="v6", help="shipped recipe name or TOML path ('none' for defaults only)")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds of training before a clean stop")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    for name, typ in _OVERRIDES.items():
+        flag = "--" + name.replace("_", "-")
+        if name != "time_limit_s":
+            p.add_argument(flag, dest=name, type=typ)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``eval``: per-dataset depth metrics and mIoU of a checkpoint."""
+    p = subparsers.add_parser("eval", help="evaluate a training checkpoint per dataset")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
+    p.add_argument("--manifest", help="dataset manifest handed to the loader")
+    p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--eigen-crop", action="store_true", help="evaluate inside the Eigen crop (NYU protocol)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vortex_data.train.data import resolve_factory
+    from vortex_data.train.loop import Trainer
+
+    recipe = None if args.recipe == "none" else load_recipe(args.recipe)
+    overrides = {name: getattr(args, name, None) for name in _OVERRIDES}
+    if args.image_size:
+        overrides["image_size"] = tuple(args.image_size)
+    cfg = build_config(recipe, args.stage, overrides)
+    trainer = Trainer(cfg, resolve_factory(cfg.loader))
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from vortex_data.train import checkpoint
+    from vortex_data.train.data import resolve_factory
+    from vortex_data.train.evaluate import format_table, run_evaluation
+
+    ckpt = args.checkpoint
+    if ckpt.is_dir() and not (ckpt / "train.pt").exists():
+        ckpt = checkpoint.latest(ckpt)
+        if ckpt is None:
+            print(f"no checkpoint under {args.checkpoint}", file=sys.stderr)
+            return 2
+    results = run_evaluation(ckpt, args.manifest, resolve_factory(args.loader), args.batch_size, args.split,
+                             tuple(args.image_size) if args.image_size else None, args.eigen_crop)
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vortex_data.train")
+    sub = parser.add_subparsers(dest="command")
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "eval", "-h", "--help"):
+        argv.insert(0, "train")  # `python -m vortex_data.train --stage 1 ...` means train
+    args = parser.parse_args(argv)
+    return args.func(args)

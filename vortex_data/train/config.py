@@ -1,0 +1,89 @@
+"""Training configuration: defaults, shipped TOML recipes, per-stage sections, CLI overrides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    stage: int = 1
+    mixture: str | None = "stage1"
+    augment: str | None = "default"
+    manifest: str | None = None
+    loader: str = "stream"
+    steps: int = 1000
+    steps_per_epoch: int = 500
+    batch_size: int = 8
+    image_size: tuple[int, int] = (384, 512)
+    num_workers: int = 4
+    seed: int = 0
+    max_depth: float = 10.0
+    decoder_width: int = 64
+    encoder_weights: str | None = None
+    lr_encoder: float = 3e-5
+    lr_heads: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    smooth_weight: float = 1e-3
+    amp: str = "bf16"
+    channels_last: bool = True
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 2
+    time_limit_s: float | None = None
+    stop_margin_s: float = 60.0
+    stop_file: str | None = None
+    profile_steps: int = 20
+    starve_threshold: float = 0.1
+    log_every: int = 10
+    init_from: str | None = None
+    init_from_stage: int | None = None
+    eval_min_depth: float = 1e-3
+    eval_max_depth: float = 10.0
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.run_dir) / f"stage{self.stage}"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.stage_dir / "checkpoints"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """A shipped recipe by name ('v6') or a TOML file path, parsed."""
+    import tomllib  # Python >= 3.11
+
+    path = Path(name_or_path)
+    if path.is_file():
+        return tomllib.loads(path.read_text())
+    res = resources.files("vortex_data").joinpath("recipes", f"{name_or_path}.toml")
+    if not res.is_file():
+        raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe of that name")
+    return tomllib.loads(res.read_text())
+
+
+def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str, Any]) -> TrainConfig:
+    """[common] then [stageN] then non-None overrides; unknown keys are an error, not silently dropped."""
+    values: dict[str, Any] = {"stage": stage}
+    if recipe:
+        values.update(recipe.get("common", {}))
+        values.update(recipe.get(f"stage{stage}", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - FIELDS
+    if unknown:
+        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    if "image_size" in values:
+        values["image_size"] = tuple(int(v) for v in values["image_size"])
+    return TrainConfig(**values)

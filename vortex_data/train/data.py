@@ -1,0 +1,149 @@
+"""The trainer's view of data: a batch contract, a pluggable loader factory, a synthetic source.
+
+A loader is any iterable of batch dicts with ``state_dict()`` / ``load_state_dict()`` whose
+state covers exactly the batches already yielded (so a resumed run sees the next batch):
+
+    rgb (B,3,H,W) float normalised   depth (B,1,H,W) float metres, 0 = invalid
+    seg (B,H,W) long, 255 = ignore   has_seg (B,) bool   dataset (B,)   key list[str]   intrinsics (B,4)
+
+A factory turns a :class:`LoaderRequest` into such a loader. ``--loader module:function``
+selects one; the default adapts ``vortex_data.stream.make_loader``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from vortex_data.fixtures.scene import random_room, random_view, render
+from vortex_data.schema import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LoaderRequest:
+    """Everything the trainer tells a loader factory."""
+
+    mixture: str | None
+    manifest: str | None
+    split: str
+    batch_size: int
+    image_size: tuple[int, int]
+    augment: str | None
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    training: bool = True
+    """True: shuffled and endless (or re-iterable); False: one ordered pass for evaluation."""
+
+
+class StatefulLoader(Protocol):
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+LoaderFactory = Callable[[LoaderRequest], StatefulLoader]
+
+
+def stream_loader(req: LoaderRequest) -> StatefulLoader:
+    """Adapter to the streaming loader (vortex_data.stream.make_loader): the one place to wire it."""
+    from vortex_data.stream import make_loader  # provided by the streaming-loader package module
+
+    return make_loader(**asdict(req))
+
+
+def synthetic_loader(req: LoaderRequest) -> StatefulLoader:
+    """Rendered indoor scenes (vortex_data.fixtures.scene); no files needed."""
+    return SyntheticBatches(batch_size=req.batch_size, image_size=req.image_size, seed=req.seed,
+                            rank=req.rank, num_batches=None if req.training else 4)
+
+
+FACTORIES: dict[str, LoaderFactory] = {"stream": stream_loader, "synthetic": synthetic_loader}
+
+
+def resolve_factory(spec: str) -> LoaderFactory:
+    """'stream', 'synthetic' or 'package.module:function'."""
+    if spec in FACTORIES:
+        return FACTORIES[spec]
+    module, sep, attr = spec.partition(":")
+    if not sep:
+        raise ValueError(f"loader factory {spec!r} is neither {sorted(FACTORIES)} nor 'module:function'")
+    return getattr(importlib.import_module(module), attr)
+
+
+def normalise_rgb(rgb: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 -> (3,H,W) float, ImageNet mean/std (what the timm encoder expects)."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class SyntheticBatches:
+    """Deterministic batches of ray-cast rooms: batch i depends only on (seed, rank, i).
+
+    Every second sample is label-less (has_seg False, seg all 255) and samples alternate between
+    two dataset names, so the label-less and per-dataset paths are always exercised.
+    ``unique`` > 0 cycles through that many distinct samples (for overfitting checks);
+    ``num_batches`` None means endless.
+    """
+
+    def __init__(self, batch_size: int, image_size: tuple[int, int], seed: int = 0, rank: int = 0,
+                 num_batches: int | None = None, unique: int = 0, max_depth: float = 10.0) -> None:
+        self.batch_size, self.image_size = batch_size, tuple(image_size)
+        self.seed, self.rank, self.num_batches, self.unique = seed, rank, num_batches, unique
+        self.max_depth = max_depth
+        self.index = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.index = int(state["index"])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while self.num_batches is None or self.index < self.num_batches:
+            batch = self.batch(self.index)
+            self.index += 1
+            yield batch
+        self.index = 0  # the next pass starts over, like a fresh epoch
+
+    def sample(self, n: int) -> dict[str, Any]:
+        """Sample number n of this rank's stream."""
+        if self.unique:
+            n %= self.unique
+        rng = np.random.default_rng([self.seed, self.rank, n])
+        h, w = self.image_size
+        f = 0.8 * w
+        rgb, depth, seg = render(random_room(rng), random_view(rng, f, f, w / 2 - 0.5, h / 2 - 0.5, w, h), noise_seed=n)
+        depth = np.where(np.isfinite(depth) & (depth < self.max_depth), depth, 0).astype(np.float32)
+        has_seg = n % 2 == 0
+        return {"rgb": normalise_rgb(rgb), "depth": torch.from_numpy(depth)[None],
+                "seg": torch.from_numpy(seg.astype(np.int64)) if has_seg else torch.full((h, w), IGNORE_INDEX, dtype=torch.long),
+                "has_seg": has_seg, "dataset": n % 2, "key": f"synth_{'ab'[n % 2]}/train/{self.rank}_{n:08d}",
+                "intrinsics": torch.tensor([f, f, w / 2 - 0.5, h / 2 - 0.5])}
+
+    def batch(self, i: int) -> dict[str, Any]:
+        samples = [self.sample(i * self.batch_size + j) for j in range(self.batch_size)]
+        return collate(samples)
+
+
+def collate(samples: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    samples = list(samples)
+    return {
+        "rgb": torch.stack([s["rgb"] for s in samples]),
+        "depth": torch.stack([s["depth"] for s in samples]),
+        "seg": torch.stack([s["seg"] for s in samples]),
+        "has_seg": torch.tensor([s["has_seg"] for s in samples]),
+        "dataset": torch.tensor([s["dataset"] for s in samples]),
+        "key": [s["key"] for s in samples],
+        "intrinsics": torch.stack([s["intrinsics"] for s in samples]),
+    }

@@ -1,0 +1,64 @@
+"""Evaluate a checkpoint: per-dataset depth metrics and mIoU over one ordered pass of a loader."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vortex_data.train import checkpoint
+from vortex_data.train.data import LoaderFactory, LoaderRequest
+from vortex_data.train.metrics import DEPTH_METRICS, DepthMeter, SegMeter
+from vortex_data.train.model import DepthSegNet
+
+
+def load_network(path: Path, device: torch.device) -> tuple[DepthSegNet, dict[str, Any]]:
+    """The network of a checkpoint directory or train.pt, plus the config it was trained with."""
+    shared = checkpoint.load_shared(path, device)
+    cfg = shared["config"]
+    net = DepthSegNet(cfg["max_depth"], decoder_width=cfg["decoder_width"])
+    net.load_state_dict(shared["net"])
+    return net.to(device).eval(), cfg
+
+
+def dataset_of(key: str) -> str:
+    """Keys are '<dataset>/<split>/<frame id>' (vortex_data.schema.make_key)."""
+    return key.split("/", 1)[0]
+
+
+@torch.no_grad()
+def evaluate(net: DepthSegNet, loader: Any, device: torch.device, min_depth: float, max_depth: float,
+             eigen_crop: bool = False) -> dict[str, dict[str, float]]:
+    """{dataset: {rmse, abs_rel, log10, d1, d2, d3, miou, seg_pixels, images}} plus an 'all' row."""
+    depth_meters: dict[str, DepthMeter] = defaultdict(lambda: DepthMeter(min_depth, max_depth, eigen_crop))
+    seg_meters: dict[str, SegMeter] = defaultdict(SegMeter)
+    for batch in loader:
+        out = net(batch["rgb"].to(device))
+        names = [dataset_of(k) for k in batch["key"]]
+        for name in sorted(set(names)) + ["all"]:
+            idx = torch.tensor([i for i, n in enumerate(names) if name in (n, "all")])
+            depth_meters[name].update(out["depth"][idx].cpu(), batch["depth"][idx])
+            seg_meters[name].update(out["seg"][idx].cpu(), batch["seg"][idx])
+    return {name: {**depth_meters[name].result(), **seg_meters[name].result(), "images": depth_meters[name].count}
+            for name in sorted(depth_meters, key=lambda n: (n == "all", n))}
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    cols = [*DEPTH_METRICS, "miou", "images"]
+    head = f"{'dataset':<16}" + "".join(f"{c:>10}" for c in cols)
+    rows = [head, "-" * len(head)]
+    for name, r in results.items():
+        rows.append(f"{name:<16}" + "".join(f"{r[c]:>10.4f}" if c != "images" else f"{int(r[c]):>10d}" for c in cols))
+    return "\n".join(rows)
+
+
+def run_evaluation(ckpt: Path, manifest: str | None, factory: LoaderFactory, batch_size: int, split: str,
+                   image_size: tuple[int, int] | None, eigen_crop: bool) -> dict[str, dict[str, float]]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net, cfg = load_network(ckpt, device)
+    loader = factory(LoaderRequest(mixture=None, manifest=manifest, split=split, batch_size=batch_size,
+                                   image_size=tuple(image_size or cfg["image_size"]), augment=None, seed=0,
+                                   training=False))
+    return evaluate(net, loader, device, cfg["eval_min_depth"], cfg["eval_max_depth"], eigen_crop)

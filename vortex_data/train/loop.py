@@ -1,0 +1,275 @@
+"""The walltime-safe training loop: resume, train, checkpoint, stop cleanly, profile the loader.
+
+One :class:`Trainer` per process; under torchrun (or one srun task per GPU) every rank runs the
+same loop and DistributedDataParallel averages gradients. The loop never dies mid-step on a
+signal: the handler only records it, every rank agrees on stopping via an all-reduce, then the
+checkpoint is written and :func:`Trainer.run` returns EXIT_REQUEUE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vortex_data.schema import IGNORE_INDEX
+from vortex_data.train import checkpoint, distributed
+from vortex_data.train.config import TrainConfig
+from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
+from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, seg_loss
+from vortex_data.train.model import DepthSegNet
+from vortex_data.train.optim import build_optimizer, build_scheduler
+from vortex_data.train.profiling import StepTimer, diagnose
+from vortex_data.train.stopping import EXIT_REQUEUE, StopController
+
+log = logging.getLogger("vortex_data.train")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+class MultiTaskLoss(nn.Module):
+    """Network + Kendall weights + smoothness in one module, so DDP sees (and syncs) every parameter."""
+
+    def __init__(self, net: DepthSegNet, smooth_weight: float) -> None:
+        super().__init__()
+        self.net = net
+        self.kendall = KendallWeights(("depth", "seg"))
+        self.smooth_weight = smooth_weight
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.net(rgb)
+        pred = out["depth"].float()
+        valid = depth > 0
+        losses = {"depth": berhu_loss(pred, depth, valid), "seg": seg_loss(out["seg"], seg)}
+        active = {"depth": bool(valid.any()), "seg": bool((seg != IGNORE_INDEX).any())}
+        smooth = edge_aware_smoothness(pred, rgb.float())
+        total = self.kendall(losses, active) + self.smooth_weight * smooth
+        parts = {"loss": total.detach(), "depth": losses["depth"].detach(), "seg": losses["seg"].detach(),
+                 "smooth": smooth.detach()}
+        return total, parts
+
+
+def pick_device(info: distributed.DistInfo) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+class Trainer:
+    """Builds model, optimiser, schedule and loader for one stage and runs it to the end or a stop."""
+
+    def __init__(self, cfg: TrainConfig, factory: LoaderFactory, stopper: StopController | None = None) -> None:
+        self.cfg = cfg
+        self.dist = distributed.env_info()
+        self.device = pick_device(self.dist)
+        self.dist = distributed.init(self.device.type)
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+        net = DepthSegNet(cfg.max_depth, decoder_width=cfg.decoder_width, encoder_weights=cfg.encoder_weights)
+        self.module = MultiTaskLoss(net, cfg.smooth_weight).to(self.device)
+        if self.cuda and cfg.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(net.encoder_parameters(), net.head_parameters(),
+                                         list(self.module.kendall.parameters()), cfg.lr_encoder, cfg.lr_heads,
+                                         cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        self.amp_dtype = AMP_DTYPES[cfg.amp] if self.cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.loader: StatefulLoader = factory(LoaderRequest(
+            mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
+            image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
+            world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True))
+        self.stopper = stopper or StopController(cfg.time_limit_s, cfg.stop_margin_s, cfg.stop_file)
+        self.step = 0
+        self.model: nn.Module = self.module
+
+    # ------------------------------------------------------------ state
+
+    def shared_state(self) -> dict[str, Any]:
+        return {"net": self.module.net.state_dict(), "kendall": self.module.kendall.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "config": self.cfg.as_dict()}
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"loader": self.loader.state_dict(), "rng": checkpoint.rng_state(), "step": self.step}
+
+    def save(self) -> Path:
+        path = checkpoint.save(self.cfg.ckpt_dir, self.step, self.shared_state(), self.rank_state(), self.dist,
+                               self.cfg.keep_checkpoints)
+        self.info("checkpoint", path=str(path))
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Everything needed to continue exactly where the checkpoint left off."""
+        shared = checkpoint.load_shared(path, self.device)
+        self.module.net.load_state_dict(shared["net"])
+        self.module.kendall.load_state_dict(shared["kendall"])
+        self.optimizer.load_state_dict(shared["optimizer"])
+        self.scheduler.load_state_dict(shared["scheduler"])
+        self.scaler.load_state_dict(shared["scaler"])
+        self.step = int(shared["step"])
+        mine = checkpoint.load_rank(path, self.dist.rank)
+        if mine is None:
+            # The world size changed: this rank's stream position is unknown, so it starts afresh.
+            log.warning("checkpoint %s has no state for rank %d; its loader starts from the beginning", path, self.dist.rank)
+        else:
+            self.loader.load_state_dict(mine["loader"])
+            checkpoint.set_rng_state(mine["rng"])
+        self.info("resumed", path=str(path), step=self.step)
+
+    def initialise_from(self, path: Path) -> None:
+        """Stage-2 start: network and Kendall weights only; optimiser, schedule and data start fresh."""
+        shared = checkpoint.load_shared(path, self.device)
+        self.module.net.load_state_dict(shared["net"])
+        self.module.kendall.load_state_dict(shared["kendall"])
+        self.info("initialised", path=str(path))
+
+    def init_source(self) -> Path | None:
+        if self.cfg.init_from:
+            return Path(self.cfg.init_from)
+        if self.cfg.init_from_stage:
+            src = Path(self.cfg.run_dir) / f"stage{self.cfg.init_from_stage}" / "checkpoints"
+            found = checkpoint.latest(src)
+            if found is None:
+                raise FileNotFoundError(f"stage {self.cfg.stage} starts from stage {self.cfg.init_from_stage}, "
+                                        f"but {src} holds no checkpoint; run that stage first")
+            return found
+        return None
+
+    # ------------------------------------------------------------ logging
+
+    def info(self, event: str, **fields: Any) -> None:
+        """One JSON line in <stage dir>/log.jsonl (rank 0) and a readable line on stdout."""
+        if not self.dist.is_main:
+            return
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        self.cfg.stage_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cfg.stage_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"[train] {event} " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items()), flush=True)
+
+    def write_status(self, status: str) -> None:
+        """<stage dir>/STATUS: 'running', 'done' or 'interrupted <reason>' (sbatch scripts requeue on the last)."""
+        if self.dist.is_main:
+            self.cfg.stage_dir.mkdir(parents=True, exist_ok=True)
+            (self.cfg.stage_dir / "STATUS").write_text(status + "\n")
+
+    # ------------------------------------------------------------ training
+
+    def to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rgb = batch["rgb"].to(self.device, non_blocking=True)
+        if self.cuda and self.cfg.channels_last:
+            rgb = rgb.contiguous(memory_format=torch.channels_last)
+        return rgb, batch["depth"].to(self.device, non_blocking=True).float(), batch["seg"].to(self.device, non_blocking=True).long()
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        rgb, depth, seg = self.to_device(batch)
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with autocast:
+            total, parts = self.model(rgb, depth, seg)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return parts
+
+    def next_batch(self, it: Any) -> tuple[Any, dict[str, Any]]:
+        """The next batch, starting a new pass when a finite loader runs out."""
+        try:
+            return it, next(it)
+        except StopIteration:
+            it = iter(self.loader)
+            return it, next(it)
+
+    def run(self) -> int:
+        """Train to cfg.steps; returns 0 when done, EXIT_REQUEUE after a requested stop."""
+        cfg = self.cfg
+        latest = checkpoint.latest(cfg.ckpt_dir)
+        if latest is not None:
+            self.restore(latest)
+        elif (src := self.init_source()) is not None:
+            self.initialise_from(src)
+        if self.dist.enabled:
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.cuda else None)
+        self.stopper.install()
+        self.write_status("running")  # a crash leaves 'running', which the sbatch scripts do not requeue
+        self.module.train()
+        self.info("start", stage=cfg.stage, step=self.step, steps=cfg.steps, world_size=self.dist.world_size,
+                  device=str(self.device), amp=str(self.amp_dtype))
+        it = iter(self.loader)
+        epoch_timer, profile_timer = StepTimer(), StepTimer()
+        saved_at = first_step = self.step
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            it, batch = self.next_batch(it)
+            t1 = time.perf_counter()
+            parts = self.train_step(batch)
+            if self.cuda:
+                torch.cuda.synchronize()  # so compute time is compute, not kernel-launch time
+            t2 = time.perf_counter()
+            self.step += 1
+            epoch_timer.add(t1 - t0, t2 - t1)
+            self.profile(profile_timer, self.step - first_step, t1 - t0, t2 - t1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self.log_step(parts, t1 - t0, t2 - t1)
+            if self.step % cfg.steps_per_epoch == 0:
+                self.info("epoch", epoch=self.step // cfg.steps_per_epoch, step=self.step,
+                          data_wait_fraction=round(epoch_timer.wait_fraction, 4),
+                          wait_s=round(epoch_timer.wait, 3), compute_s=round(epoch_timer.compute, 3))
+                epoch_timer.reset()
+            if self.step % cfg.steps_per_epoch == 0 or self.step % cfg.ckpt_every == 0:
+                self.save()
+                saved_at = self.step
+            reason = self.stopper.reason()
+            if distributed.any_true(reason is not None, self.device) and self.step < cfg.steps:
+                return self.stop_early(reason or "another rank stopped", saved_at)
+        if saved_at != self.step or checkpoint.latest(cfg.ckpt_dir) is None:
+            self.save()
+        self.write_status("done")
+        self.info("done", step=self.step)
+        return 0
+
+    def stop_early(self, reason: str, saved_at: int) -> int:
+        if saved_at != self.step:
+            self.save()
+        self.write_status(f"interrupted {reason}")
+        self.info("stopped", reason=reason, step=self.step, exit_code=EXIT_REQUEUE)
+        return EXIT_REQUEUE
+
+    def profile(self, timer: StepTimer, steps_run: int, wait_s: float, compute_s: float) -> None:
+        """Time steps 2..K+1 of this process (step 1 is warm-up), then report once whether data starves compute."""
+        k = self.cfg.profile_steps
+        if k <= 0 or not 2 <= steps_run <= k + 1:
+            return
+        timer.add(wait_s, compute_s)
+        if steps_run < k + 1:
+            return
+        report = diagnose(timer, self.cfg.batch_size, self.cfg.num_workers, self.cfg.starve_threshold)
+        self.info("profile", steps=timer.steps, **{key: round(v, 4) if isinstance(v, float) else v
+                                                    for key, v in vars(report).items()})
+        if report.starving:
+            log.warning(report.message())
+            if self.dist.is_main:
+                print(f"[train] WARNING {report.message()}", flush=True)
+
+    def log_step(self, parts: dict[str, torch.Tensor], wait_s: float, compute_s: float) -> None:
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        s = self.module.kendall.log_vars.detach().cpu().tolist()
+        self.info("step", step=self.step, **{k: float(v) for k, v in parts.items()},
+                  lr_encoder=lrs.get("encoder"), lr_heads=lrs.get("heads"), s_depth=s[0], s_seg=s[1],
+                  wait_s=round(wait_s, 4), compute_s=round(compute_s, 4))
+
+    def close(self) -> None:
+        distributed.shutdown()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.5g}" if isinstance(v, float) else str(v)

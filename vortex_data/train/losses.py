@@ -1,0 +1,90 @@
+"""Training losses: berHu depth, ignore-aware cross-entropy, edge-aware smoothness, Kendall weighting.
+
+Every loss returns a scalar that stays attached to the prediction's graph even when the batch
+holds nothing to supervise (it is then an exact 0 with zero gradients), so DDP never sees an
+unused parameter and the optimiser never sees a NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vortex_data.schema import IGNORE_INDEX
+
+BERHU_C_FRACTION = 0.2
+
+
+def _zero_like_graph(t: torch.Tensor) -> torch.Tensor:
+    """An exact 0.0 connected to ``t``'s graph (gradient 0 everywhere, never NaN)."""
+    return (t * 0).sum()
+
+
+def berhu_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Reverse Huber over valid pixels (Laina et al., "Deeper Depth Prediction with FCRNs", 3DV 2016).
+
+    With r = |pred - target| on valid pixels and c = 0.2 * max(r) over the batch (c carries no
+    gradient):  B(r) = r if r <= c else (r^2 + c^2) / (2c);  the loss is the mean of B(r).
+    """
+    if not bool(valid.any()):
+        return _zero_like_graph(pred)
+    r = (pred - target).abs()[valid]
+    c = (BERHU_C_FRACTION * r.max()).detach().clamp_min(1e-6)  # c = 0 only when the fit is exact
+    quad = (r * r + c * c) / (2 * c)
+    return torch.where(r <= c, r, quad).mean()
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels: -1/N sum_p log softmax(logits_p)[y_p], y_p != 255.
+
+    PyTorch's mean reduction divides by the number of labelled pixels, which is 0/0 = NaN when a
+    batch has no labels (all samples label-less); that case returns an exact, connected 0 instead.
+    """
+    if not bool((target != ignore_index).any()):
+        return _zero_like_graph(logits)
+    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+
+
+def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Edge-aware first-order smoothness (Godard et al., Monodepth2, ICCV 2019, on mean-normalised depth).
+
+    d* = d / mean(d) per image;  L = mean(|dx d*| exp(-mean_c |dx I|)) + mean(|dy d*| exp(-mean_c |dy I|)).
+    Normalising by the mean makes the term scale-free, so it cannot be lowered by shrinking depth.
+    """
+    d = depth / depth.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    dx_d = (d[..., :, 1:] - d[..., :, :-1]).abs()
+    dy_d = (d[..., 1:, :] - d[..., :-1, :]).abs()
+    dx_i = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(1, keepdim=True)
+    dy_i = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(1, keepdim=True)
+    return (dx_d * torch.exp(-dx_i)).mean() + (dy_d * torch.exp(-dy_i)).mean()
+
+
+def kendall_combine(losses: list[torch.Tensor], log_vars: torch.Tensor, active: list[bool]) -> torch.Tensor:
+    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    L = sum_i exp(-s_i) L_i + s_i with s_i = log sigma_i^2 learned per task. The paper writes
+    1/(2 sigma^2) L + log sigma for regression; we use the common factor-free form (both terms
+    doubled), which has the same minimiser s_i = log L_i for every task and treats
+    regression and classification alike.
+
+    A task that is not ``active`` (no supervision in this batch) contributes 0 * s_i: including
+    its +s_i term would push s_i down on every label-less batch and blow up the task's weight.
+    """
+    total = _zero_like_graph(log_vars)
+    for i, (loss, on) in enumerate(zip(losses, active)):
+        s = log_vars[i]
+        total = total + (torch.exp(-s) * loss + s if on else loss * 0 + s * 0)
+    return total
+
+
+class KendallWeights(nn.Module):
+    """One learned log-variance s_i per task, initialised to 0 (weight 1)."""
+
+    def __init__(self, tasks: tuple[str, ...] = ("depth", "seg")) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
+
+    def forward(self, losses: dict[str, torch.Tensor], active: dict[str, bool]) -> torch.Tensor:
+        return kendall_combine([losses[t] for t in self.tasks], self.log_vars, [active[t] for t in self.tasks])

@@ -1,0 +1,65 @@
+"""When to stop early: signals, a time limit, the SLURM job end time, a stop file.
+
+A stop is only *requested* here; the loop finishes the current step, checkpoints and exits
+with EXIT_REQUEUE, so nothing is ever killed mid-write.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+EXIT_REQUEUE = 75
+"""sysexits EX_TEMPFAIL: 'try again later' - the run stopped early with a checkpoint and wants requeueing."""
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+def slurm_deadline(env: dict[str, str] | None = None) -> float | None:
+    """Unix time the SLURM job ends, from SLURM_JOB_END_TIME when the scheduler (or the sbatch script) sets it."""
+    value = (os.environ if env is None else env).get("SLURM_JOB_END_TIME", "").strip()
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class StopController:
+    """Collects stop requests; :meth:`reason` says why (None = keep going).
+
+    ``time_limit_s`` counts from construction; ``margin_s`` is subtracted from every deadline
+    and should cover one step plus one checkpoint write.
+    """
+
+    def __init__(self, time_limit_s: float | None = None, margin_s: float = 60.0, stop_file: str | Path | None = None,
+                 clock=time.time) -> None:
+        self._clock = clock
+        self._signal: str | None = None
+        self.stop_file = Path(stop_file) if stop_file else None
+        deadlines = [d for d in (slurm_deadline(), None if time_limit_s is None else clock() + time_limit_s) if d]
+        self.deadline = min(deadlines) - margin_s if deadlines else None
+
+    def install(self) -> None:
+        """Handle SIGTERM/SIGUSR1/SIGINT by requesting a stop (main thread only: Python's rule)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signal = signal.Signals(signum).name
+
+    def request(self, why: str) -> None:
+        self._signal = why
+
+    def reason(self) -> str | None:
+        if self._signal:
+            return self._signal
+        if self.deadline is not None and self._clock() >= self.deadline:
+            return "time-limit"
+        if self.stop_file is not None and self.stop_file.exists():
+            return f"stop-file {self.stop_file}"
+        return None
