@@ -132,3 +132,21 @@ def test_remote_pipe_shards_are_fetched_into_the_cache(sets, tmp_path):
     remote = keys(make_loader(mix(tmp_path, ("nyu",), (1.0,), 8), batch_size=4, size=SIZE, cache_dir=str(cache)))
     local = keys(make_loader(mix(sets, ("nyu",), (1.0,), 8), batch_size=4, size=SIZE))
     assert remote == local and len(list(cache.glob("*.tar"))) == 3
+
+
+def test_trainer_request_wires_to_make_loader(sets, tmp_path):
+    """The trainer's adapter passes its LoaderRequest fields straight to make_loader."""
+    from vortex_data.train.data import LoaderRequest, stream_loader
+
+    cfg = tmp_path / "mix.toml"
+    cfg.write_text(f'name = "t"\nepoch_size = 12\nmanifests_dir = "{sets}"\n'
+                   '[[source]]\nname = "nyu"\nmanifest = "nyu-{split}.json"\nweight = 1\n'
+                   '[[source]]\nname = "diode"\nmanifest = "diode-{split}.json"\nweight = 1\n')
+    train = stream_loader(LoaderRequest(mixture=str(cfg), manifest=None, split="train", batch_size=4,
+                                        image_size=SIZE, augment="default", seed=1))
+    batches = list(train)
+    assert len(batches) == 3 and batches[0]["rgb"].shape == (4, 3, *SIZE)
+    ev = stream_loader(LoaderRequest(mixture=None, manifest=str(sets / "nyu-train.json"), split="train",
+                                     batch_size=5, image_size=SIZE, augment=None, seed=0, training=False))
+    got = [k for b in ev for k in b["key"]]
+    assert got == [f"nyu/train/frame_{i:05d}" for i in range(13)]  # every sample once, in order, padding trimmed

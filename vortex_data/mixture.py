@@ -289,3 +289,33 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
     if not keys:
         raise MixtureError(f"{manifest}: no samples" + (f" match key_pattern {key_pattern!r}" if key_pattern else ""))
     return SourceIndex(name or str(m.get("dataset", Path(manifest).stem)), shards, keys, arr, manifest)
+
+
+def manifest_mixture(manifest: str, name: str | None = None) -> Mixture:
+    """A one-source mixture whose epoch is the manifest's samples (e.g. for evaluation)."""
+    try:
+        m = json.loads(_read_bytes(manifest))
+        total = sum(int(s["samples"]) for s in m["shards"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MixtureError(f"{manifest}: not a readable shard manifest ({e!r})") from None
+    label = name or str(m.get("dataset", Path(manifest).stem))
+    return Mixture((Source(label, manifest, 1.0),), max(1, total), label)
+
+
+def resolve_mixture(mixture: "Mixture | str | Path | None" = None, manifest: str | None = None,
+                    manifests_dir: str | Path | None = None) -> Mixture:
+    """What a caller names -> a Mixture: a Mixture as is; a config file path; a shipped recipe
+    name (``stage1``); or, without a mixture, a single manifest. Recipes resolve manifests in
+    ``manifests_dir`` (default ``manifests/`` in the working directory)."""
+    if isinstance(mixture, Mixture):
+        return mixture
+    if mixture is not None:
+        path = Path(mixture)
+        if path.is_file():
+            return load_mixture(path, manifests_dir)
+        if path.suffix or "/" in str(mixture):
+            raise MixtureError(f"{mixture}: mixture file not found")
+        return load_mixture(recipe_path(str(mixture)), manifests_dir or "manifests")
+    if manifest is not None:
+        return manifest_mixture(str(manifest))
+    raise MixtureError("give a mixture (file, recipe name or Mixture) or a manifest")

@@ -35,7 +35,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .augment import AugmentConfig, augment_eval, augment_train, intrinsics_of
-from .mixture import EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index
+from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
+                      resolve_mixture)
 from .schema import DEPTH_SCALE_MM, decode_sample
 from .shard_reader import ShardReader
 
@@ -80,6 +81,7 @@ class LoaderSpec:
     rank: int
     world_size: int
     drop_last: bool
+    trim_pad: bool
     window_batches: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -158,6 +160,8 @@ class EpochDataset(IterableDataset):
         batch = collate(samples, s.mean, s.std)
         # batch_positions wraps with modulo, so padding is where the unwrapped position passes n.
         batch["is_pad"] = torch.from_numpy((first + np.arange(len(positions))) >= n)
+        if s.trim_pad and bool(batch["is_pad"].any()):
+            batch = trim(batch, ~batch["is_pad"])
         if s.profile:
             batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
                                "collate": time.perf_counter() - t0, "opens": self.reader.opens,
@@ -193,6 +197,13 @@ def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Seque
         "intrinsics": torch.tensor([[d["intrinsics"].fx, d["intrinsics"].fy, d["intrinsics"].cx, d["intrinsics"].cy]
                                     for d in samples], dtype=torch.float32),
     }
+
+
+def trim(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The batch restricted to the samples where ``keep`` is true."""
+    idx = keep.nonzero().flatten().tolist()
+    return {k: ([v[i] for i in idx] if isinstance(v, list) else v[keep] if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------- the resumable loader
@@ -249,41 +260,68 @@ class StreamLoader:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
 
-def make_loader(mixture: Mixture, split: str = "train", batch_size: int = 8,
-                augment: bool | AugmentConfig | None = None, num_workers: int = 0, seed: int = 0,
-                rank: int = 0, world_size: int = 1, cache_dir: str | None = None,
-                window_batches: int = 4, drop_last: bool | None = None, prefetch_factor: int = 2,
-                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                size: tuple[int, int] | None = None, profile: bool = False) -> StreamLoader:
-    """Build the loader for ``split`` of ``mixture``.
+AUGMENT_ON = ("default", "v5", "train", "on", "true")
+AUGMENT_OFF = ("none", "off", "eval", "false")
+
+
+def augment_choice(augment: bool | str | AugmentConfig | None, training: bool) -> AugmentConfig | None:
+    """None -> V5 when training; a name -> on/off; an AugmentConfig as given. None result = the
+    deterministic evaluation transform."""
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if augment is None:
+        return AugmentConfig() if training else None
+    if isinstance(augment, str):
+        if augment.lower() in AUGMENT_ON:
+            return AugmentConfig()
+        if augment.lower() in AUGMENT_OFF:
+            return None
+        raise ValueError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
+    return AugmentConfig() if augment else None
+
+
+def make_loader(mixture: Mixture | str | None = None, split: str = "train", batch_size: int = 8,
+                augment: bool | str | AugmentConfig | None = None, num_workers: int = 0, seed: int = 0,
+                rank: int = 0, world_size: int = 1, *, manifest: str | None = None,
+                training: bool | None = None, image_size: Sequence[int] | None = None,
+                size: Sequence[int] | None = None, manifests_dir: str | None = None,
+                cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
+                prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD, profile: bool = False) -> StreamLoader:
+    """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
+    name such as ``stage1``) or of a single ``manifest``.
 
     Batches: ``rgb`` float (B,3,H,W) normalised by mean/std; ``depth`` float metres (B,1,H,W),
     0 = invalid; ``seg`` int64 (B,H,W), 255 = ignore; ``has_seg`` bool (B,); ``dataset`` int64
     (B,) index into ``loader.source_names``; ``key`` list of str; ``intrinsics`` float (B,4)
-    fx, fy, cx, cy at the output size; ``is_pad`` bool (B,) (evaluation padding).
+    fx, fy, cx, cy at the output size; ``is_pad`` bool (B,).
 
-    augment: True / an AugmentConfig for V5 training augmentation, False for the deterministic
-    evaluation transform; default: augment when split == 'train'. The mixture weights and epoch
-    size apply to training; other splits read every sample once in manifest order.
+    training (default: split == 'train'): the mixture plan (weights, epoch size, reshuffled per
+    epoch, tail dropped so all ranks have equal batches). Otherwise one ordered pass over every
+    sample; with several ranks the last step is padded (``is_pad``) to keep batch counts equal,
+    with one rank the padding is trimmed. augment: None = V5 when training, else the
+    deterministic resize/centre crop; also 'default'/'v5'/'none', a bool or an AugmentConfig.
+    image_size / size: (H, W) output size (overrides the AugmentConfig's).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    train = split == "train"
-    if augment is None:
-        augment = train
-    cfg = augment if isinstance(augment, AugmentConfig) else AugmentConfig()
-    if size is not None:
-        cfg = AugmentConfig(**{**cfg.__dict__, "size": tuple(size)})
-    indices = tuple(read_source_index(mixture.manifest_path(s, split), s.name, s.key_pattern) for s in mixture.sources)
+    train = split == "train" if training is None else bool(training)
+    cfg = augment_choice(augment, train)
+    out_size = size if size is not None else image_size
+    base = cfg or AugmentConfig()
+    if out_size is not None:
+        base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
+    mix = resolve_mixture(mixture, manifest, manifests_dir)
+    indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern) for s in mix.sources)
     spec = LoaderSpec(
-        indices=indices, weights=tuple(s.weight for s in mixture.sources), epoch_size=mixture.epoch_size,
-        train=train, augmenting=augment is not False, augment=cfg, batch_size=batch_size, seed=seed, rank=rank,
+        indices=indices, weights=tuple(s.weight for s in mix.sources), epoch_size=mix.epoch_size,
+        train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
-        window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
+        trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
         cache_dir=cache_dir, profile=profile,
     )
-    fingerprint = f"{mixture.name}:{mixture.epoch_size}:" + ",".join(
-        f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mixture.sources, indices))
-    return StreamLoader(spec, [s.name for s in mixture.sources], num_workers, prefetch_factor, fingerprint)
+    fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
+        f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
+    return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)
