@@ -1,11 +1,10 @@
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vortex_data.mixture import (Mixture, MixtureError, Source, load_mixture, plan_epoch, quotas, read_source_index,
+from vortex_data.mixture import (MixtureError, load_mixture, plan_epoch, quotas, read_source_index,
                                  recipe_path, source_draws)
 
 from loader_data import build

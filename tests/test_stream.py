@@ -1,13 +1,11 @@
 """The streaming loader: batch contents, 16-bit depth, DDP/worker splitting, exact resume, remote shards."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vortex_data.augment import AugmentConfig
 from vortex_data.mixture import Mixture, Source
 from vortex_data.schema import decode_sample
 from vortex_data.shard_reader import ShardReader
