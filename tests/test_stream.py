@@ -1,0 +1,150 @@
+"""The streaming loader: batch contents, 16-bit depth, DDP/worker splitting, exact resume, remote shards."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vortex_data.mixture import Mixture, Source
+from vortex_data.schema import decode_sample
+from vortex_data.shard_reader import ShardReader
+from vortex_data.stream import make_loader
+
+from loader_data import build
+
+SIZE = (32, 48)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    build(root, "nyu", 13, 5)                       # shards of 5, 5, 3
+    build(root, "diode", 7, 3, with_seg=False)      # label-less, shards of 3, 3, 1
+    build(root, "sunrgbd", 5, 2, array_codec="png")  # 16-bit PNG depth, shards of 2, 2, 1
+    build(root, "tiny", 3, 8)                        # a single shard
+    return root / "manifests"
+
+
+def mix(mdir, names=("nyu", "diode", "sunrgbd"), weights=(0.5, 0.3, 0.2), epoch_size=24):
+    return Mixture(tuple(Source(n, f"{n}-{{split}}.json", w) for n, w in zip(names, weights)), epoch_size,
+                   "test", mdir)
+
+
+def keys(loader):
+    return [k for b in loader for k in b["key"]]
+
+
+def test_batch_fields_shapes_and_types(sets):
+    loader = make_loader(mix(sets), batch_size=4, size=SIZE, seed=0)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 6
+    b = batches[0]
+    assert b["rgb"].shape == (4, 3, *SIZE) and b["rgb"].dtype == torch.float32
+    assert b["depth"].shape == (4, 1, *SIZE) and b["depth"].dtype == torch.float32
+    assert b["seg"].shape == (4, *SIZE) and b["seg"].dtype == torch.int64
+    assert b["has_seg"].dtype == torch.bool and b["intrinsics"].shape == (4, 4)
+    assert b["dataset"].dtype == torch.int64 and len(b["key"]) == 4
+    counts = np.bincount(torch.cat([x["dataset"] for x in batches]).numpy(), minlength=3)
+    assert counts.tolist() == [12, 7, 5]  # exact quotas of 24 at weights .5/.3/.2
+    assert abs(float(torch.cat([x["rgb"] for x in batches]).mean())) < 1.5  # normalised
+
+
+def test_depth_is_16_bit_metres_exactly(sets):
+    """Stock 8-bit image decoders would squash the 16-bit PNG depth; the loader must not."""
+    loader = make_loader(mix(sets, ("sunrgbd",), (1.0,), 5), split="train", augment=False, batch_size=5,
+                         size=(48, 64))  # native size: the eval transform is the identity
+    b = next(iter(loader))
+    m = json.loads((sets / "sunrgbd-train.json").read_text())
+    reader, found = ShardReader(), {}
+    for s in m["shards"]:
+        url = str(sets / s["path"])
+        found.update(reader.read_group(url, list(reader.table(url))))
+    for i, key in enumerate(b["key"]):
+        ref = decode_sample(found[key], key)["depth_mm"]
+        assert ref.max() > 255
+        got = b["depth"][i, 0].numpy()
+        assert np.array_equal(np.rint(got * 1000).astype(np.uint16), ref)
+        assert np.allclose(got, ref / 1000.0, rtol=0, atol=1e-6)
+
+
+def test_label_less_batch_has_ignore_seg_and_no_has_seg(sets):
+    loader = make_loader(mix(sets, ("diode",), (1.0,), 6), batch_size=3, size=SIZE)
+    for b in loader:
+        assert not b["has_seg"].any() and bool((b["seg"] == 255).all())
+    labelled = next(iter(make_loader(mix(sets, ("nyu",), (1.0,), 6), batch_size=3, size=SIZE)))
+    assert labelled["has_seg"].all() and (labelled["seg"] < 6).float().mean() > 0.5
+
+
+def test_ranks_get_equal_batches_disjoint_samples(sets):
+    m = mix(sets, epoch_size=25)  # 25 samples over 3 ranks x 2: 4 batches each, 1 dropped
+    per_rank = [[b["key"] for b in make_loader(m, batch_size=2, size=SIZE, rank=r, world_size=3)] for r in range(3)]
+    assert [len(p) for p in per_rank] == [4, 4, 4]
+    full = keys(make_loader(m, batch_size=2, size=SIZE))  # the single-rank order of the same plan
+    interleaved = [k for step in zip(*per_rank) for batch in step for k in batch]
+    assert interleaved == full[:24]
+    val = [list(make_loader(m, split="train", augment=False, batch_size=4, size=SIZE, rank=r, world_size=3,
+                            drop_last=False)) for r in range(3)]
+    assert len({len(v) for v in val}) == 1  # padded to equal length
+    pads = sum(int(b["is_pad"].sum()) for v in val for b in v)
+    assert pads == 3 * 4 * len(val[0]) - 25
+
+
+def test_workers_outnumbering_shards_give_the_same_batches(sets):
+    m = mix(sets, ("tiny",), (1.0,), 8)  # one shard, two workers, cycled 3 samples
+    ref = make_loader(m, batch_size=1, size=SIZE, seed=5)
+    got = make_loader(m, batch_size=1, size=SIZE, seed=5, num_workers=2)
+    a, b = list(ref), list(got)
+    assert [x["key"] for x in a] == [x["key"] for x in b]
+    assert all(torch.equal(x["rgb"], y["rgb"]) for x, y in zip(a, b))
+
+
+def test_resume_mid_epoch_sees_exactly_the_same_samples_and_augmentations(sets):
+    m = mix(sets)
+    straight = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=2)
+    want = [b for _ in range(2) for b in straight]  # epochs 0 and 1
+    first = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=2)
+    got = list(first)  # epoch 0
+    it = iter(first)
+    got += [next(it) for _ in range(3)]  # 3 batches into epoch 1, then "crash"
+    state = first.state_dict()
+    assert (state["epoch"], state["batch"]) == (1, 3)
+    resumed = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=1)  # worker count may change
+    resumed.load_state_dict(state)
+    got += list(resumed)
+    assert [b["key"] for b in got] == [b["key"] for b in want]
+    assert all(torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["depth"], b["depth"]) for a, b in zip(got, want))
+    assert [b["key"] for b in want[:8]] != [b["key"] for b in want[8:]]  # epochs are reshuffled
+    other = make_loader(m, batch_size=3, size=SIZE, seed=8)
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state)
+
+
+def test_remote_pipe_shards_are_fetched_into_the_cache(sets, tmp_path):
+    data = json.loads((sets / "nyu-train.json").read_text())
+    for s in data["shards"]:
+        s["path"] = "pipe:cat " + str((sets / s["path"]).resolve())
+    (tmp_path / "nyu-train.json").write_text(json.dumps(data))
+    (tmp_path / "nyu-train.parquet").write_bytes((sets / "nyu-train.parquet").read_bytes())
+    cache = tmp_path / "cache"
+    remote = keys(make_loader(mix(tmp_path, ("nyu",), (1.0,), 8), batch_size=4, size=SIZE, cache_dir=str(cache)))
+    local = keys(make_loader(mix(sets, ("nyu",), (1.0,), 8), batch_size=4, size=SIZE))
+    assert remote == local and len(list(cache.glob("*.tar"))) == 3
+
+
+def test_trainer_request_wires_to_make_loader(sets, tmp_path):
+    """The trainer's adapter passes its LoaderRequest fields straight to make_loader."""
+    from vortex_data.train.data import LoaderRequest, stream_loader
+
+    cfg = tmp_path / "mix.toml"
+    cfg.write_text(f'name = "t"\nepoch_size = 12\nmanifests_dir = "{sets}"\n'
+                   '[[source]]\nname = "nyu"\nmanifest = "nyu-{split}.json"\nweight = 1\n'
+                   '[[source]]\nname = "diode"\nmanifest = "diode-{split}.json"\nweight = 1\n')
+    train = stream_loader(LoaderRequest(mixture=str(cfg), manifest=None, split="train", batch_size=4,
+                                        image_size=SIZE, augment="default", seed=1))
+    batches = list(train)
+    assert len(batches) == 3 and batches[0]["rgb"].shape == (4, 3, *SIZE)
+    ev = stream_loader(LoaderRequest(mixture=None, manifest=str(sets / "nyu-train.json"), split="train",
+                                     batch_size=5, image_size=SIZE, augment=None, seed=0, training=False))
+    got = [k for b in ev for k in b["key"]]
+    assert got == [f"nyu/train/frame_{i:05d}" for i in range(13)]  # every sample once, in order, padding trimmed

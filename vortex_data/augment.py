@@ -1,0 +1,234 @@
+"""V5 augmentation: joint geometric transforms on rgb/depth/seg plus colour jitter on RGB.
+
+Each call is a pure function of (seed, epoch, sample key, repeat): the same sample in the same
+epoch gets the same augmentation on any worker, rank or restart (exact resume depends on it).
+
+Geometry (random resized crop, then horizontal flip) moves all three maps together; RGB is
+interpolated, depth and labels use nearest neighbour so every output depth value is one that
+was measured (no blending across an object edge or with the 0 = invalid value) and depth
+values are never rescaled. Intrinsics follow the crop, the resize and the flip.
+
+Colour jitter follows torchvision's ``ColorJitter`` on uint8 tensors: factors drawn uniformly
+from [max(0, 1-b), 1+b] (brightness, contrast, saturation) and [-h, h] (hue), the four applied
+in a random order, with torchvision's blend/grayscale/HSV formulas and float->uint8 truncation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .mixture import rng_for
+from .schema import Intrinsics
+
+cv2.setNumThreads(1)  # DataLoader workers supply the parallelism; extra threads only contend
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """size: (H, W) training resolution. scale: crop area as a fraction of the image.
+    ratio: crop aspect (w/h) relative to the output aspect, sampled log-uniformly."""
+
+    size: tuple[int, int] = (480, 640)
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if min(self.brightness, self.contrast, self.saturation) < 0:
+            raise ValueError("brightness, contrast and saturation must be >= 0")
+
+
+# ---------------------------------------------------------------- colour (torchvision formulas)
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+@dataclass(frozen=True)
+class JitterParams:
+    order: tuple[int, ...]
+    brightness: float | None
+    contrast: float | None
+    saturation: float | None
+    hue: float | None
+
+
+def jitter_params(rng: np.random.Generator, cfg: AugmentConfig) -> JitterParams:
+    """Draw ColorJitter's parameters the way ``ColorJitter.get_params`` does (a zero strength
+    means 'not applied', like torchvision's None)."""
+    order = tuple(int(i) for i in rng.permutation(4))
+
+    def around_one(s: float) -> float | None:
+        return float(rng.uniform(max(0.0, 1 - s), 1 + s)) if s > 0 else None
+
+    b, c, s = around_one(cfg.brightness), around_one(cfg.contrast), around_one(cfg.saturation)
+    h = float(rng.uniform(-cfg.hue, cfg.hue)) if cfg.hue > 0 else None
+    return JitterParams(order, b, c, s, h)
+
+
+def _f32(x: float) -> np.float32:
+    return np.float32(x)
+
+
+def _blend_lut(ratio: float, other: np.float32) -> np.ndarray:
+    """torchvision ``_blend(img, other, ratio)`` for a scalar ``other`` as a 256-entry table:
+    clamp(ratio*v + (1-ratio)*other, 0, 255) truncated to uint8, in float32 like torch."""
+    v = np.arange(256, dtype=np.float32)
+    return np.clip(_f32(ratio) * v + _f32(1.0 - ratio) * other, 0, 255).astype(np.uint8)
+
+
+_GRAY = np.array([[0.2989, 0.587, 0.114]], np.float32)
+
+
+def _gray_f32(rgb_f32: np.ndarray) -> np.ndarray:
+    """torchvision's grayscale weights on a float32 RGB image, truncated like ``.to(uint8)``."""
+    return np.trunc(cv2.transform(rgb_f32, _GRAY))
+
+
+def grayscale(rgb: np.ndarray) -> np.ndarray:
+    """torchvision ``rgb_to_grayscale`` for uint8: 0.2989 R + 0.587 G + 0.114 B, truncated."""
+    return _gray_f32(rgb.astype(np.float32)).astype(np.uint8)
+
+
+def adjust_brightness(rgb: np.ndarray, factor: float) -> np.ndarray:
+    return cv2.LUT(rgb, _blend_lut(factor, np.float32(0)))
+
+
+def adjust_contrast(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with the mean of the (truncated) grayscale image."""
+    mean = np.float32(_gray_f32(rgb.astype(np.float32)).mean(dtype=np.float64))
+    return cv2.LUT(rgb, _blend_lut(factor, mean))
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """clamp(0, 255) then truncate, as torch's ``.clamp(0, 255).to(torch.uint8)``."""
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)
+
+
+def adjust_saturation(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Blend each pixel with its own grayscale value."""
+    f = rgb.astype(np.float32)
+    gray = _gray_f32(f)
+    f *= _f32(factor)
+    f += (_f32(1.0 - factor) * gray)[..., None]
+    return _to_uint8(f)
+
+
+def adjust_hue(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Rotate hue by ``factor`` turns in HSV (the hexcone model torchvision uses), then convert
+    back with torchvision's float->uint8 rule (x * 255.999, truncated)."""
+    f = rgb.astype(np.float32)
+    f *= _f32(1 / 255)
+    hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
+    h = hsv[..., 0]
+    h += _f32((factor % 1.0) * 360.0)
+    np.subtract(h, _f32(360.0), out=h, where=h >= 360)  # the rotation is < 360: one wrap is enough
+    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    out *= _f32(255.999)
+    return _to_uint8(out)
+
+
+def color_jitter(rgb: np.ndarray, p: JitterParams) -> np.ndarray:
+    """Apply the four adjustments in ``p.order`` (torchvision's fn_idx convention)."""
+    for fn in p.order:
+        if fn == BRIGHTNESS and p.brightness is not None:
+            rgb = adjust_brightness(rgb, p.brightness)
+        elif fn == CONTRAST and p.contrast is not None:
+            rgb = adjust_contrast(rgb, p.contrast)
+        elif fn == SATURATION and p.saturation is not None:
+            rgb = adjust_saturation(rgb, p.saturation)
+        elif fn == HUE and p.hue is not None:
+            rgb = adjust_hue(rgb, p.hue)
+    return rgb
+
+
+# ---------------------------------------------------------------- geometry
+
+def crop_box(rng: np.random.Generator, h: int, w: int, cfg: AugmentConfig) -> tuple[int, int, int, int]:
+    """(y0, x0, ch, cw) like torchvision ``RandomResizedCrop.get_params`` (10 tries, then the
+    largest centred crop with the output aspect), with the aspect measured relative to the
+    output size so the resize does not distort the scene on average."""
+    out_aspect = cfg.size[1] / cfg.size[0]
+    area = h * w
+    log_r = (math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*cfg.scale)
+        aspect = out_aspect * math.exp(rng.uniform(*log_r))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    return centre_box(h, w, cfg.size)
+
+
+def centre_box(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred crop with the aspect of ``size``."""
+    out_aspect = size[1] / size[0]
+    if w / h > out_aspect:
+        ch, cw = h, max(1, int(round(h * out_aspect)))
+    else:
+        ch, cw = max(1, int(round(w / out_aspect))), w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def crop_resize(sample: dict[str, Any], box: tuple[int, int, int, int], size: tuple[int, int]) -> dict[str, Any]:
+    """Crop all maps to ``box`` and resize to ``size``; RGB interpolated, depth/seg nearest."""
+    y0, x0, ch, cw = box
+    oh, ow = size
+    rgb = sample["rgb"][y0:y0 + ch, x0:x0 + cw]
+    depth = sample["depth_mm"][y0:y0 + ch, x0:x0 + cw]
+    seg = sample["seg"][y0:y0 + ch, x0:x0 + cw]
+    if (ch, cw) != (oh, ow):
+        interp = cv2.INTER_AREA if ch > oh and cw > ow else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (ow, oh), interpolation=interp)
+        depth = cv2.resize(depth, (ow, oh), interpolation=cv2.INTER_NEAREST)
+        seg = cv2.resize(seg, (ow, oh), interpolation=cv2.INTER_NEAREST)
+    k: Intrinsics = sample["intrinsics"].cropped(x0, y0).scaled(ow / cw, oh / ch)
+    return {**sample, "rgb": rgb, "depth_mm": depth, "seg": seg, "intrinsics": k}
+
+
+def hflip(sample: dict[str, Any]) -> dict[str, Any]:
+    """Mirror all maps; the principal point moves to W-1-cx (pixel-centre convention)."""
+    w = sample["rgb"].shape[1]
+    k: Intrinsics = sample["intrinsics"]
+    return {**sample, "rgb": sample["rgb"][:, ::-1], "depth_mm": sample["depth_mm"][:, ::-1],
+            "seg": sample["seg"][:, ::-1], "intrinsics": Intrinsics(k.fx, k.fy, w - 1 - k.cx, k.cy)}
+
+
+def intrinsics_of(meta: dict[str, Any]) -> Intrinsics:
+    k = meta["intrinsics"]
+    return Intrinsics(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]))
+
+
+# ---------------------------------------------------------------- entry points
+
+def augment_train(sample: dict[str, Any], cfg: AugmentConfig, seed: int, epoch: int, repeat: int = 0) -> dict[str, Any]:
+    """V5 training augmentation of a decoded sample (``rgb``, ``depth_mm``, ``seg``,
+    ``intrinsics``, ``key``). Determined by (seed, epoch, key, repeat) only."""
+    rng = rng_for(seed, "augment", epoch, sample["key"], repeat)
+    h, w = sample["rgb"].shape[:2]
+    out = crop_resize(sample, crop_box(rng, h, w, cfg), cfg.size)
+    if rng.random() < cfg.flip_p:
+        out = hflip(out)
+    out["rgb"] = color_jitter(np.ascontiguousarray(out["rgb"]), jitter_params(rng, cfg))
+    return out
+
+
+def augment_eval(sample: dict[str, Any], cfg: AugmentConfig) -> dict[str, Any]:
+    """Validation: deterministic centre crop to the output aspect, then resize."""
+    h, w = sample["rgb"].shape[:2]
+    return crop_resize(sample, centre_box(h, w, cfg.size), cfg.size)

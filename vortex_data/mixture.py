@@ -1,0 +1,327 @@
+"""Weighted dataset mixtures and the per-epoch sample plan.
+
+A mixture is a list of sources (one manifest each, with a weight) and an epoch size in samples.
+Everything here is a pure function of (seed, epoch): the plan for an epoch is the same on every
+rank, every worker and every restart, which is what makes DDP splitting and exact resume simple.
+
+Cycling rule: a source whose quota q exceeds its size n contributes ceil(q / n) whole
+permutations of its samples, each drawn with its own seed, concatenated and cut to q. So every
+sample appears either floor(q / n) or ceil(q / n) times and no sample repeats inside one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: JSON configs still work
+    tomllib = None  # type: ignore[assignment]
+
+
+class MixtureError(ValueError):
+    """A mixture config or manifest that cannot be used (names the file and the problem)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One manifest in a mixture.
+
+    manifest:    path to ``<dataset>-<split>.json``; ``{split}`` is replaced by the split asked for,
+                 relative paths are resolved against the manifests directory.
+    weight:      relative share of the epoch (normalised over the mixture).
+    key_pattern: optional regex; only keys that match are used (e.g. DIODE indoor scenes only).
+    """
+
+    name: str
+    manifest: str
+    weight: float
+    key_pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class Mixture:
+    sources: tuple[Source, ...]
+    epoch_size: int
+    name: str = "mixture"
+    manifests_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise MixtureError(f"mixture {self.name!r}: no sources")
+        if self.epoch_size <= 0:
+            raise MixtureError(f"mixture {self.name!r}: epoch_size must be positive, got {self.epoch_size}")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise MixtureError(f"mixture {self.name!r}: duplicate source names {names}")
+        for s in self.sources:
+            if not (s.weight > 0 and math.isfinite(s.weight)):
+                raise MixtureError(f"mixture {self.name!r}: source {s.name!r} weight must be > 0, got {s.weight}")
+
+    def manifest_path(self, source: Source, split: str) -> str:
+        """Manifest location for a split: a URL is kept, a relative path joins the manifests dir."""
+        path = source.manifest.replace("{split}", split)
+        if "://" in path or Path(path).is_absolute() or self.manifests_dir is None:
+            return path
+        return str(Path(self.manifests_dir) / path)
+
+
+def load_mixture(path: str | Path, manifests_dir: str | Path | None = None) -> Mixture:
+    """Read a mixture from TOML (``.toml``) or JSON.
+
+    Format: ``name``, ``epoch_size`` and a list ``source`` of tables with ``name``, ``manifest``,
+    ``weight`` and optional ``key_pattern``. ``manifests_dir`` overrides the config's own
+    ``manifests_dir``; a relative one in the config is relative to the config file.
+    """
+    path = Path(path)
+    if path.suffix == ".toml" and tomllib is None:
+        raise MixtureError(f"{path}: reading TOML needs Python 3.11+ (tomllib); write the mixture as JSON")
+    try:
+        text = path.read_text()
+        cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as e:
+        raise MixtureError(f"{path}: cannot read mixture config ({e})") from None
+    try:
+        sources = tuple(
+            Source(name=str(s["name"]), manifest=str(s["manifest"]), weight=float(s["weight"]),
+                   key_pattern=s.get("key_pattern"))
+            for s in cfg["source"]
+        )
+        epoch_size = int(cfg["epoch_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise MixtureError(f"{path}: mixture needs 'epoch_size' and [[source]] name/manifest/weight ({e!r})") from None
+    if manifests_dir is None and cfg.get("manifests_dir") is not None:
+        manifests_dir = path.parent / cfg["manifests_dir"]
+    try:
+        return Mixture(sources, epoch_size, str(cfg.get("name", path.stem)),
+                       Path(manifests_dir) if manifests_dir is not None else None)
+    except MixtureError as e:
+        raise MixtureError(f"{path}: {e}") from None
+
+
+def recipe_path(name: str) -> Path:
+    """A shipped recipe (``stage1``, ``stage2``) by name."""
+    path = Path(__file__).parent / "recipes" / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.toml"))
+        raise MixtureError(f"no recipe {name!r}; shipped: {', '.join(known)}")
+    return path
+
+
+# ---------------------------------------------------------------- pure planning functions
+
+def rng_for(seed: int, *parts: int | str) -> np.random.Generator:
+    """A generator determined by the seed and a path of ints/strings (stable across processes;
+    Python's hash() is salted per process, so strings go through blake2b)."""
+    words = [int(seed) & 0xFFFFFFFF]
+    for p in parts:
+        if isinstance(p, str):
+            p = int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little")
+        words.extend([p & 0xFFFFFFFF, (p >> 32) & 0xFFFFFFFF])
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
+
+
+def quotas(weights: Sequence[float], total: int) -> list[int]:
+    """Integer shares of ``total`` proportional to ``weights`` by the largest-remainder method.
+
+    The shares sum to exactly ``total``; ties in the remainder go to the earlier source, so the
+    result does not depend on anything but the arguments.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or not np.all(w > 0):
+        raise MixtureError(f"weights must be a non-empty list of positive numbers, got {list(weights)}")
+    exact = w / w.sum() * total
+    base = np.floor(exact).astype(np.int64)
+    left = total - int(base.sum())
+    order = sorted(range(len(w)), key=lambda i: (-(exact[i] - base[i]), i))
+    for i in order[:left]:
+        base[i] += 1
+    return [int(b) for b in base]
+
+
+def source_draws(size: int, quota: int, seed: int, epoch: int, source: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which samples of a source an epoch uses: (sample indices, pass number of each draw).
+
+    Without replacement and reshuffled every epoch; past ``size`` the source is cycled with whole
+    fresh permutations (pass 0, 1, ...). The pass number lets augmentation differ between the
+    copies of a cycled sample.
+    """
+    if size <= 0:
+        raise MixtureError(f"source {source} has no samples but a quota of {quota}")
+    passes = -(-quota // size) if quota else 0
+    idx = [rng_for(seed, "draw", epoch, source, p).permutation(size) for p in range(passes)]
+    flat = np.concatenate(idx)[:quota] if idx else np.zeros(0, np.int64)
+    rep = np.repeat(np.arange(passes), size)[:quota] if passes else np.zeros(0, np.int64)
+    return flat.astype(np.int64), rep.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """The epoch's samples in order: ``source[i]``, ``index[i]`` (into that source) and
+    ``repeat[i]`` (cycle pass) of the i-th sample."""
+
+    source: np.ndarray
+    index: np.ndarray
+    repeat: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def plan_epoch(sizes: Sequence[int], weights: Sequence[float], epoch_size: int, seed: int, epoch: int) -> EpochPlan:
+    """The training plan: exact per-source quotas, each source drawn by :func:`source_draws`,
+    then all draws interleaved by one uniform shuffle."""
+    q = quotas(weights, epoch_size)
+    parts = [source_draws(n, k, seed, epoch, s) for s, (n, k) in enumerate(zip(sizes, q))]
+    src = np.concatenate([np.full(k, s, np.int64) for s, k in enumerate(q)])
+    idx = np.concatenate([p[0] for p in parts])
+    rep = np.concatenate([p[1] for p in parts])
+    perm = rng_for(seed, "interleave", epoch).permutation(len(src))
+    return EpochPlan(src[perm], idx[perm], rep[perm])
+
+
+def plan_sequential(sizes: Sequence[int]) -> EpochPlan:
+    """The evaluation plan: every sample of every source once, in manifest order."""
+    src = np.concatenate([np.full(n, s, np.int64) for s, n in enumerate(sizes)])
+    idx = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
+    return EpochPlan(src, idx, np.zeros(len(src), np.int64))
+
+
+# ---------------------------------------------------------------- manifests -> sample lists
+
+@dataclass
+class SourceIndex:
+    """The samples of one source: shard URLs and, per sample, its key and shard number."""
+
+    name: str
+    shards: list[str]
+    keys: list[str]
+    shard_of: np.ndarray
+    manifest: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _join(base: str, rel: str) -> str:
+    if "://" in rel or rel.startswith("pipe:") or Path(rel).is_absolute():
+        return rel
+    if "://" in base:
+        return base.rsplit("/", 1)[0] + "/" + rel
+    return str(Path(base).parent / rel)
+
+
+def _read_bytes(url: str) -> bytes:
+    if "://" in url or url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        with gopen(url, "rb") as f:
+            return f.read()
+    return Path(url).read_bytes()
+
+
+def _keys_from_tar(url: str) -> list[str]:
+    """Sample keys of a shard in order, read from the tar headers (used when no index exists)."""
+    import io
+    import tarfile
+
+    keys: list[str] = []
+    with tarfile.open(fileobj=io.BytesIO(_read_bytes(url))) as tf:
+        for m in tf.getmembers():
+            if m.isfile():
+                d, _, base = m.name.rpartition("/")
+                k = (d + "/" if d else "") + base.split(".", 1)[0]
+                if not keys or keys[-1] != k:
+                    keys.append(k)
+    return keys
+
+
+def read_source_index(manifest: str, name: str | None = None, key_pattern: str | None = None) -> SourceIndex:
+    """Manifest (+ its Parquet per-sample index) -> :class:`SourceIndex`.
+
+    Without a Parquet index the shards' tar headers are listed instead (slower, same result).
+    """
+    try:
+        m = json.loads(_read_bytes(manifest))
+        shards_meta = m["shards"]
+        shards = [_join(manifest, s["path"]) for s in shards_meta]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MixtureError(f"{manifest}: not a readable shard manifest ({e!r})") from None
+    keys: list[str] = []
+    shard_of: list[int] = []
+    index_rel = m.get("index")
+    if index_rel:
+        import io
+
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(_read_bytes(_join(manifest, index_rel))), columns=["key", "shard"])
+        except (OSError, ValueError, KeyError) as e:
+            raise MixtureError(f"{manifest}: per-sample index {index_rel!r} unreadable ({e!r})") from None
+        keys = [str(k) for k in table.column("key").to_pylist()]
+        col = table.column("shard").to_pylist()
+        by_name = {Path(s["path"]).name: i for i, s in enumerate(shards_meta)}
+        by_path = {s["path"]: i for i, s in enumerate(shards_meta)}
+        for k, s in zip(keys, col):
+            if isinstance(s, int):
+                shard_of.append(s)
+            elif s in by_path or Path(str(s)).name in by_name:
+                shard_of.append(by_path.get(s, by_name.get(Path(str(s)).name)))
+            else:
+                raise MixtureError(f"{manifest}: index row {k!r} names unknown shard {s!r}")
+    else:
+        for i, url in enumerate(shards):
+            ks = _keys_from_tar(url)
+            keys.extend(ks)
+            shard_of.extend([i] * len(ks))
+    expected = sum(int(s.get("samples", 0)) for s in shards_meta)
+    if expected and expected != len(keys):
+        raise MixtureError(f"{manifest}: shards list {expected} samples but the index has {len(keys)}")
+    arr = np.asarray(shard_of, dtype=np.int64)
+    if key_pattern:
+        pat = re.compile(key_pattern)
+        keep = [i for i, k in enumerate(keys) if pat.search(k)]
+        keys, arr = [keys[i] for i in keep], arr[keep]
+    if not keys:
+        raise MixtureError(f"{manifest}: no samples" + (f" match key_pattern {key_pattern!r}" if key_pattern else ""))
+    return SourceIndex(name or str(m.get("dataset", Path(manifest).stem)), shards, keys, arr, manifest)
+
+
+def manifest_mixture(manifest: str, name: str | None = None) -> Mixture:
+    """A one-source mixture whose epoch is the manifest's samples (e.g. for evaluation)."""
+    try:
+        m = json.loads(_read_bytes(manifest))
+        total = sum(int(s["samples"]) for s in m["shards"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MixtureError(f"{manifest}: not a readable shard manifest ({e!r})") from None
+    label = name or str(m.get("dataset", Path(manifest).stem))
+    return Mixture((Source(label, manifest, 1.0),), max(1, total), label)
+
+
+def resolve_mixture(mixture: "Mixture | str | Path | None" = None, manifest: str | None = None,
+                    manifests_dir: str | Path | None = None) -> Mixture:
+    """What a caller names -> a Mixture: a Mixture as is; a config file path; a shipped recipe
+    name (``stage1``); or, without a mixture, a single manifest. Recipes resolve manifests in
+    ``manifests_dir`` (default ``manifests/`` in the working directory)."""
+    if isinstance(mixture, Mixture):
+        return mixture
+    if mixture is not None:
+        path = Path(mixture)
+        if path.is_file():
+            return load_mixture(path, manifests_dir)
+        if path.suffix or "/" in str(mixture):
+            raise MixtureError(f"{mixture}: mixture file not found")
+        return load_mixture(recipe_path(str(mixture)), manifests_dir or "manifests")
+    if manifest is not None:
+        return manifest_mixture(str(manifest))
+    raise MixtureError("give a mixture (file, recipe name or Mixture) or a manifest")

@@ -1,0 +1,327 @@
+"""The streaming training loader: mixture plan -> rank/worker split -> read, decode, augment, batch.
+
+How an epoch is split (everything below is a pure function of seed, epoch, rank, world size):
+
+* The epoch plan (:mod:`vortex_data.mixture`) is one ordered list of samples, identical on all
+  ranks. Global step ``j`` takes plan positions ``[j*W*B, (j+1)*W*B)``; rank ``r`` gets the
+  ``r``-th slice of ``B``. Every rank therefore has exactly the same number of batches
+  (``floor(N / (W*B))`` for training, which drops the tail; evaluation pads by wrapping around
+  and marks padding in ``is_pad``), whatever the shard counts: no DDP hang.
+* DataLoader worker ``w`` of ``K`` produces the rank's batches ``start + w, start + w + K, ...``;
+  the DataLoader hands batches out round-robin by worker, so the output order is the batch order
+  for any ``K`` (more workers than shards is fine: work is split by batch, not by shard).
+* A worker reads a window of ``window_batches`` batches at a time: the window's samples are
+  grouped by shard and read in file order (one open per shard per worker, kept open), then
+  decoded, augmented and collated batch by batch in plan order.
+
+Memory bound per worker: ``window_batches * B`` encoded samples (the read window) plus one
+decoded batch; the DataLoader queues at most ``prefetch_factor * K`` collated batches.
+
+Resume: ``state_dict()`` records (epoch, batches delivered). ``load_state_dict`` makes the next
+iteration start at that batch of that epoch; since plan and augmentation depend only on
+(seed, epoch, key, repeat), the continued run sees exactly the samples and augmentations the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .augment import AugmentConfig, augment_eval, augment_train, intrinsics_of
+from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
+                      resolve_mixture)
+from .schema import DEPTH_SCALE_MM, decode_sample
+from .shard_reader import ShardReader
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STATE_VERSION = 1
+
+
+# ---------------------------------------------------------------- pure splitting functions
+
+def batches_per_rank(n_samples: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    """Batches each rank yields for an epoch of ``n_samples`` (same on every rank)."""
+    step = batch_size * world_size
+    return n_samples // step if drop_last else -(-n_samples // step)
+
+
+def batch_positions(j: int, rank: int, world_size: int, batch_size: int, n_samples: int) -> np.ndarray:
+    """Plan positions of rank ``rank``'s batch ``j``; positions past the end wrap around (padding)."""
+    start = (j * world_size + rank) * batch_size
+    return np.arange(start, start + batch_size) % n_samples
+
+
+def worker_batches(start: int, total: int, worker: int, num_workers: int) -> range:
+    """The batches worker ``worker`` of ``num_workers`` produces, from batch ``start`` on."""
+    return range(start + worker, total, max(1, num_workers))
+
+
+# ---------------------------------------------------------------- the per-epoch dataset
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything a worker needs, picklable."""
+
+    indices: tuple[SourceIndex, ...]
+    weights: tuple[float, ...]
+    epoch_size: int
+    train: bool
+    augmenting: bool
+    augment: AugmentConfig
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    drop_last: bool
+    trim_pad: bool
+    window_batches: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    cache_dir: str | None
+    profile: bool
+
+    def plan(self, epoch: int) -> EpochPlan:
+        sizes = [len(ix) for ix in self.indices]
+        if self.train:
+            return plan_epoch(sizes, self.weights, self.epoch_size, self.seed, epoch)
+        return plan_sequential(sizes)
+
+
+class EpochDataset(IterableDataset):
+    """One epoch of one rank's batches from ``start`` on, split over DataLoader workers."""
+
+    def __init__(self, spec: LoaderSpec, epoch: int, start: int):
+        self.spec, self.epoch, self.start = spec, epoch, start
+        self.reader = ShardReader(spec.cache_dir)
+        self.worker = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        s = self.spec
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.worker = wid
+        plan = s.plan(self.epoch)
+        total = batches_per_rank(len(plan), s.batch_size, s.world_size, s.drop_last)
+        mine = list(worker_batches(self.start, total, wid, nw))
+        for w0 in range(0, len(mine), s.window_batches):
+            window = mine[w0:w0 + s.window_batches]
+            pos = [batch_positions(j, s.rank, s.world_size, s.batch_size, len(plan)) for j in window]
+            t0 = time.perf_counter()
+            raw = self._read(plan, np.concatenate(pos))
+            t_read = (time.perf_counter() - t0) / len(window)
+            for j, p in zip(window, pos):
+                first = (j * s.world_size + s.rank) * s.batch_size
+                yield self._batch(plan, p, raw, len(plan), t_read, first)
+
+    def _read(self, plan: EpochPlan, positions: np.ndarray) -> dict[tuple[int, int], dict[str, bytes]]:
+        """Encoded members of the given plan positions, read grouped by shard in file order."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for p in positions:
+            src, idx = int(plan.source[p]), int(plan.index[p])
+            ix = self.spec.indices[src]
+            groups.setdefault((src, int(ix.shard_of[idx])), []).append(ix.keys[idx])
+        raw: dict[tuple[int, int], dict[str, bytes]] = {}
+        for (src, shard), keys in sorted(groups.items()):
+            got = self.reader.read_group(self.spec.indices[src].shards[shard], keys)
+            for key, members in got.items():
+                raw[(src, key)] = members  # type: ignore[index]
+        return raw
+
+    def _batch(self, plan: EpochPlan, positions: np.ndarray, raw: dict, n: int, t_read: float,
+               first: int) -> dict[str, Any]:
+        s = self.spec
+        t_dec = t_aug = 0.0
+        samples = []
+        for p in positions:
+            src, idx = int(plan.source[p]), int(plan.index[p])
+            key = s.indices[src].keys[idx]
+            t0 = time.perf_counter()
+            d = decode_sample(raw[(src, key)], key)
+            d["intrinsics"] = intrinsics_of(d["meta"])
+            t1 = time.perf_counter()
+            if s.augmenting:
+                d = augment_train(d, s.augment, s.seed, self.epoch, int(plan.repeat[p]))
+            else:
+                d = augment_eval(d, s.augment)
+            t2 = time.perf_counter()
+            d["source"] = src
+            samples.append(d)
+            t_dec += t1 - t0
+            t_aug += t2 - t1
+        t0 = time.perf_counter()
+        batch = collate(samples, s.mean, s.std)
+        # batch_positions wraps with modulo, so padding is where the unwrapped position passes n.
+        batch["is_pad"] = torch.from_numpy((first + np.arange(len(positions))) >= n)
+        if s.trim_pad and bool(batch["is_pad"].any()):
+            batch = trim(batch, ~batch["is_pad"])
+        if s.profile:
+            batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
+                               "collate": time.perf_counter() - t0, "opens": self.reader.opens,
+                               "worker": self.worker}
+        return batch
+
+
+def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """Decoded, augmented samples -> batch tensors (see :func:`make_loader` for the fields).
+
+    ``rgb`` comes out (B,3,H,W) in channels-last memory (what convolutions want on GPU) so the
+    normalisation is one pass over the pixels with no transpose copy. The arithmetic is done
+    with OpenCV/numpy per sample, which stays on one thread, rather than torch ops whose intra-op
+    threads fight the DataLoader workers for cores.
+    """
+    h, w = samples[0]["rgb"].shape[:2]
+    scale = tuple(1 / (255.0 * s) for s in std) + (0.0,)
+    shift = tuple(m / s for m, s in zip(mean, std)) + (0.0,)
+    rgb = np.empty((len(samples), h, w, 3), np.float32)
+    depth = np.empty((len(samples), 1, h, w), np.float32)
+    seg = np.empty((len(samples), h, w), np.int64)
+    for i, d in enumerate(samples):
+        cv2.subtract(cv2.multiply(np.ascontiguousarray(d["rgb"]), scale, dtype=cv2.CV_32F), shift, dst=rgb[i])
+        np.multiply(d["depth_mm"], np.float32(1.0 / DEPTH_SCALE_MM), out=depth[i, 0])
+        seg[i] = d["seg"]
+    return {
+        "rgb": torch.from_numpy(rgb).permute(0, 3, 1, 2),
+        "depth": torch.from_numpy(depth),
+        "seg": torch.from_numpy(seg),
+        "has_seg": torch.tensor([bool(d["has_seg"]) for d in samples]),
+        "dataset": torch.tensor([int(d["source"]) for d in samples], dtype=torch.int64),
+        "key": [d["key"] for d in samples],
+        "intrinsics": torch.tensor([[d["intrinsics"].fx, d["intrinsics"].fy, d["intrinsics"].cx, d["intrinsics"].cy]
+                                    for d in samples], dtype=torch.float32),
+    }
+
+
+def trim(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The batch restricted to the samples where ``keep`` is true."""
+    idx = keep.nonzero().flatten().tolist()
+    return {k: ([v[i] for i in idx] if isinstance(v, list) else v[keep] if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- the resumable loader
+
+class StreamLoader:
+    """Iterable of batches with a ``state_dict``/``load_state_dict`` resume contract.
+
+    Each ``iter()`` runs the rest of the current epoch and then advances the epoch. The state
+    counts batches *delivered to the caller*, so a checkpoint taken after consuming k batches
+    resumes at batch k (batches prefetched by workers but not consumed are produced again).
+    """
+
+    def __init__(self, spec: LoaderSpec, source_names: Sequence[str], num_workers: int = 0,
+                 prefetch_factor: int = 2, fingerprint: str = ""):
+        self.spec = spec
+        self.source_names = list(source_names)
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.fingerprint = fingerprint
+        self.epoch = 0
+        self.batch = 0
+
+    def __len__(self) -> int:
+        n = len(self.spec.plan(self.epoch))
+        return batches_per_rank(n, self.spec.batch_size, self.spec.world_size, self.spec.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch = int(epoch), 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        ds = EpochDataset(self.spec, self.epoch, self.batch)
+        kw: dict[str, Any] = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
+        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
+        for b in dl:
+            self.batch += 1
+            yield b
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.spec
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch, "seed": s.seed,
+                "rank": s.rank, "world_size": s.world_size, "batch_size": s.batch_size,
+                "fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``. Refuses a state from a different seed, world size, batch
+        size or mixture, where 'the same samples' would have no meaning."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
+        mine = self.state_dict()
+        for k in ("seed", "world_size", "batch_size", "fingerprint", "rank"):
+            if state.get(k) != mine[k]:
+                raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine[k]!r}")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+AUGMENT_ON = ("default", "v5", "train", "on", "true")
+AUGMENT_OFF = ("none", "off", "eval", "false")
+
+
+def augment_choice(augment: bool | str | AugmentConfig | None, training: bool) -> AugmentConfig | None:
+    """None -> V5 when training; a name -> on/off; an AugmentConfig as given. None result = the
+    deterministic evaluation transform."""
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if augment is None:
+        return AugmentConfig() if training else None
+    if isinstance(augment, str):
+        if augment.lower() in AUGMENT_ON:
+            return AugmentConfig()
+        if augment.lower() in AUGMENT_OFF:
+            return None
+        raise ValueError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
+    return AugmentConfig() if augment else None
+
+
+def make_loader(mixture: Mixture | str | None = None, split: str = "train", batch_size: int = 8,
+                augment: bool | str | AugmentConfig | None = None, num_workers: int = 0, seed: int = 0,
+                rank: int = 0, world_size: int = 1, *, manifest: str | None = None,
+                training: bool | None = None, image_size: Sequence[int] | None = None,
+                size: Sequence[int] | None = None, manifests_dir: str | None = None,
+                cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
+                prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD, profile: bool = False) -> StreamLoader:
+    """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
+    name such as ``stage1``) or of a single ``manifest``.
+
+    Batches: ``rgb`` float (B,3,H,W) normalised by mean/std; ``depth`` float metres (B,1,H,W),
+    0 = invalid; ``seg`` int64 (B,H,W), 255 = ignore; ``has_seg`` bool (B,); ``dataset`` int64
+    (B,) index into ``loader.source_names``; ``key`` list of str; ``intrinsics`` float (B,4)
+    fx, fy, cx, cy at the output size; ``is_pad`` bool (B,).
+
+    training (default: split == 'train'): the mixture plan (weights, epoch size, reshuffled per
+    epoch, tail dropped so all ranks have equal batches). Otherwise one ordered pass over every
+    sample; with several ranks the last step is padded (``is_pad``) to keep batch counts equal,
+    with one rank the padding is trimmed. augment: None = V5 when training, else the
+    deterministic resize/centre crop; also 'default'/'v5'/'none', a bool or an AugmentConfig.
+    image_size / size: (H, W) output size (overrides the AugmentConfig's).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    train = split == "train" if training is None else bool(training)
+    cfg = augment_choice(augment, train)
+    out_size = size if size is not None else image_size
+    base = cfg or AugmentConfig()
+    if out_size is not None:
+        base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
+    mix = resolve_mixture(mixture, manifest, manifests_dir)
+    indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern) for s in mix.sources)
+    spec = LoaderSpec(
+        indices=indices, weights=tuple(s.weight for s in mix.sources), epoch_size=mix.epoch_size,
+        train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
+        world_size=world_size, drop_last=train if drop_last is None else drop_last,
+        trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
+        cache_dir=cache_dir, profile=profile,
+    )
+    fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
+        f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
+    return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)
