@@ -234,7 +234,8 @@ def test_pickles_and_loads_in_worker_processes(demo_mat):
     clone = pickle.loads(pickle.dumps(conv))
     assert clone._h5 is None
     expected = [(s.key, int(s.depth_mm.sum())) for s in load_all(conv)]
-    with multiprocessing.get_context("fork").Pool(2) as pool:
+    # spawn, as the shard writer uses: fork after torch or h5py started threads can deadlock.
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
         assert pool.map(_load_keys, [(conv, r) for r in refs]) == expected
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,6 +11,14 @@ from pathlib import Path
 
 from . import __version__
 from .sources import CONVERTERS, get_converter
+
+# Subcommands defined beside the code they run: (module, function registering its parser).
+PLUGINS = [
+    ("vortex_data.stats", "add_parser"),
+    ("vortex_data.bench_loader", "add_parser"),
+    ("vortex_data.train.commands", "add_train_parser"),
+    ("vortex_data.train.commands", "add_eval_parser"),
+]
 
 EPILOG_BUILD = ("Each dataset has its own options: run `vortex-data build-shards --dataset NAME --help` to see them. "
                 "Datasets: " + ", ".join(sorted(CONVERTERS)) + ".")
@@ -174,7 +183,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=cmd_demo)
 
-    from .stats import add_parser as _add_stats; _add_stats(sub)  # noqa: E702 -- one wiring line
+    for module, register in PLUGINS:
+        getattr(importlib.import_module(module), register)(sub)
     return parser
 
 

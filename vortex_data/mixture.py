@@ -21,10 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: JSON configs still work
-    tomllib = None  # type: ignore[assignment]
+from ._toml import tomllib
 
 
 class MixtureError(ValueError):
@@ -82,8 +79,6 @@ def load_mixture(path: str | Path, manifests_dir: str | Path | None = None) -> M
     ``manifests_dir``; a relative one in the config is relative to the config file.
     """
     path = Path(path)
-    if path.suffix == ".toml" and tomllib is None:
-        raise MixtureError(f"{path}: reading TOML needs Python 3.11+ (tomllib); write the mixture as JSON")
     try:
         text = path.read_text()
         cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)

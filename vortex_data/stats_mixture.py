@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
+from ._toml import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 

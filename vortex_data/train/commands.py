@@ -24,7 +24,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p = subparsers.add_parser("train", help="train EfficientViT-B1 depth + segmentation (resumes automatically)",
                               description="Exit code 0: finished; 75: stopped early with a checkpoint (requeue and rerun).")
     p.add_argument("--recipe", default="v6", help="shipped recipe name or TOML path ('none' for defaults only)")
-    p.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    p.add_argument("--stage", type=int, choices=(1, 2), default=None,
+                   help="run one stage; default: stage 1 then stage 2 (which starts from stage 1's weights)")
+    p.add_argument("--manifests", "--shards", dest="manifests_dir", metavar="DIR",
+                   help="folder with the converted datasets' manifests (<dataset>-<split>.json); default manifests/")
     p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds of training before a clean stop")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     for name, typ in _OVERRIDES.items():
@@ -56,14 +59,22 @@ def run_train(args: argparse.Namespace) -> int:
 
     recipe = None if args.recipe == "none" else load_recipe(args.recipe)
     overrides = {name: getattr(args, name, None) for name in _OVERRIDES}
+    overrides["manifests_dir"] = args.manifests_dir
     if args.image_size:
         overrides["image_size"] = tuple(args.image_size)
-    cfg = build_config(recipe, args.stage, overrides)
-    trainer = Trainer(cfg, resolve_factory(cfg.loader))
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    # Without --stage, both stages run in order; a rerun after a stop resumes whichever stage was
+    # interrupted (a finished stage returns at once from its last checkpoint).
+    stages = [args.stage] if args.stage else [1, 2] if recipe and "stage2" in recipe else [1]
+    for stage in stages:
+        cfg = build_config(recipe, stage, overrides)
+        trainer = Trainer(cfg, resolve_factory(cfg.loader))
+        try:
+            code = trainer.run()
+        finally:
+            trainer.close()
+        if code != 0:
+            return code
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ class TrainConfig:
     mixture: str | None = "stage1"
     augment: str | None = "default"
     manifest: str | None = None
+    manifests_dir: str | None = None
+    """Folder holding the converted datasets' manifests (<dataset>-<split>.json); default manifests/."""
     loader: str = "stream"
     steps: int = 1000
     steps_per_epoch: int = 500
@@ -63,7 +65,7 @@ FIELDS = {f.name for f in fields(TrainConfig)}
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
     """A shipped recipe by name ('v6') or a TOML file path, parsed."""
-    import tomllib  # Python >= 3.11
+    from vortex_data._toml import tomllib
 
     path = Path(name_or_path)
     if path.is_file():

@@ -41,6 +41,7 @@ class LoaderRequest:
     world_size: int = 1
     num_workers: int = 0
     training: bool = True
+    manifests_dir: str | None = None
     """True: shuffled and endless (or re-iterable); False: one ordered pass for evaluation."""
 
 

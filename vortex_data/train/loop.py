@@ -85,7 +85,8 @@ class Trainer:
         self.loader: StatefulLoader = factory(LoaderRequest(
             mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
             image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True))
+            world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True,
+            manifests_dir=cfg.manifests_dir))
         self.stopper = stopper or StopController(cfg.time_limit_s, cfg.stop_margin_s, cfg.stop_file)
         self.step = 0
         self.model: nn.Module = self.module
