@@ -1,20 +1,17 @@
 """Mixture configs as `vortex-data stats` reads them, and the risk of label-less batches.
 
-The config is the loader's recipe format (TOML, or JSON with the same keys): an optional
-``epoch_size`` and a list of sources under ``source`` (or ``sources``), each with ``manifest``,
-``weight`` and optional ``name`` and ``key_pattern``; ``{split}`` in a manifest path is
-replaced by the split asked for; other keys are ignored.
+The config is the loader's mixture format (see docs/loader.md), read by the loader's own code.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from ._toml import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .mixture import MixtureError, resolve_mixture
 
 
 class MixtureFileError(ValueError):
@@ -36,44 +33,16 @@ class MixtureSpec:
     name: str
 
 
-def _resolve(path: str, candidates: list[Path]) -> Path:
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    for base in candidates:
-        if (base / p).is_file():
-            return base / p
-    return candidates[0] / p
-
-
-def read_mixture(path: Path, split: str = "train", manifests_dir: Path | None = None) -> MixtureSpec:
-    """Parse a mixture file. Relative manifest paths are looked up in ``manifests_dir``, the
-    config's own ``manifests_dir``, the file's folder, then the working directory."""
+def read_mixture(path: Path | str, split: str = "train", manifests_dir: Path | None = None) -> MixtureSpec:
+    """The loader's mixture -- a TOML/JSON file or a shipped recipe name such as ``stage1``, read
+    by :func:`vortex_data.mixture.resolve_mixture` so both tools agree -- resolved for ``split``."""
     try:
-        text = path.read_text()
-        cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as e:
-        raise MixtureFileError(f"{path}: cannot read mixture file ({e})") from None
-    raw = cfg.get("source", cfg.get("sources"))
-    if not isinstance(raw, list) or not raw:
-        raise MixtureFileError(f"{path}: no sources (expected [[source]] tables with manifest and weight)")
-    bases = [b for b in (manifests_dir, path.parent / cfg["manifests_dir"] if "manifests_dir" in cfg else None) if b]
-    bases += [path.parent, Path.cwd()]
-    sources = []
-    for i, s in enumerate(raw):
-        try:
-            weight = float(s["weight"])
-            manifest = str(s["manifest"]).replace("{split}", split)
-        except (KeyError, TypeError, ValueError) as e:
-            raise MixtureFileError(f"{path}: source {i} needs 'manifest' and a numeric 'weight' ({e!r})") from None
-        if not (weight > 0 and math.isfinite(weight)):
-            raise MixtureFileError(f"{path}: source {i} weight must be a positive number, got {s['weight']!r}")
-        name = str(s.get("name", Path(manifest).stem))
-        sources.append(MixtureSource(name, _resolve(manifest, bases), weight, s.get("key_pattern")))
-    if len({s.name for s in sources}) != len(sources):
-        raise MixtureFileError(f"{path}: duplicate source names {[s.name for s in sources]}")
-    epoch = cfg.get("epoch_size")
-    return MixtureSpec(tuple(sources), int(epoch) if epoch is not None else None, str(cfg.get("name", path.stem)))
+        mix = resolve_mixture(str(path), manifests_dir=manifests_dir)
+    except MixtureError as e:
+        raise MixtureFileError(str(e)) from None
+    sources = tuple(MixtureSource(s.name, Path(mix.manifest_path(s, split)), s.weight, s.key_pattern)
+                    for s in mix.sources)
+    return MixtureSpec(sources, mix.epoch_size, mix.name)
 
 
 def normalised(weights: list[float]) -> np.ndarray:
