@@ -188,7 +188,7 @@ def _pipeline(keys: list[str], read: Callable[[str], dict[str, bytes]], cfg: Aug
             d = augment_train(d, cfg, 0, 0)
             d["source"] = 0
             out.append(d)
-        collate(out, IMAGENET_MEAN, IMAGENET_STD)
+        collate(out, IMAGENET_MEAN, IMAGENET_STD)["seg"].long()  # the same work as the loader
 
 
 def bench_stock_webdataset(urls: Iterable[str], limit: int) -> dict[str, Any]:
