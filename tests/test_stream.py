@@ -148,3 +148,25 @@ def test_trainer_request_wires_to_make_loader(sets, tmp_path):
                                      batch_size=5, image_size=SIZE, augment=None, seed=0, training=False))
     got = [k for b in ev for k in b["key"]]
     assert got == [f"nyu/train/frame_{i:05d}" for i in range(13)]  # every sample once, in order, padding trimmed
+
+
+def test_persistent_workers_open_each_shard_once_across_epochs_and_jumps_stay_exact(sets):
+    m = mix(sets, ("nyu",), (1.0,), 12)  # 3 shards
+    ref = make_loader(m, batch_size=2, size=SIZE, seed=3)
+    want = [[b["key"] for b in ref] for _ in range(3)]
+    loader = make_loader(m, batch_size=2, size=SIZE, seed=3, num_workers=2, profile=True)
+    opens, got = {}, []
+    for epoch in range(3):
+        batches = list(loader)
+        got.append([b["key"] for b in batches])
+        for b in batches:  # opens so far in this epoch, per worker
+            opens[(epoch, b["timing"]["worker"])] = b["timing"]["opens"]
+    assert got == want
+    assert sum(opens.values()) <= 2 * 3 and opens[(2, 0)] == opens[(2, 1)] == 0  # each worker opens each shard at most once, in epoch 0 only
+    loader.set_epoch(1)  # a jump restarts the workers at the right place
+    assert [b["key"] for b in loader] == want[1]
+    it = iter(loader)  # epoch 2, abandoned after one batch, then continued from the state
+    next(it)
+    assert (loader.epoch, loader.batch) == (2, 1)
+    assert [b["key"] for b in loader] == want[2][1:]
+    loader.close()

@@ -134,9 +134,8 @@ def adjust_hue(rgb: np.ndarray, factor: float) -> np.ndarray:
     f = rgb.astype(np.float32)
     f *= _f32(1 / 255)
     hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
-    h = hsv[..., 0]
-    h += _f32((factor % 1.0) * 360.0)
-    np.subtract(h, _f32(360.0), out=h, where=h >= 360)  # the rotation is < 360: one wrap is enough
+    # One contiguous per-channel add; OpenCV's HSV->RGB takes H modulo 360 itself, so no wrap pass.
+    cv2.add(hsv, ((factor % 1.0) * 360.0, 0.0, 0.0, 0.0), dst=hsv)
     out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     out *= _f32(255.999)
     return _to_uint8(out)

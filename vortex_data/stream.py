@@ -96,7 +96,14 @@ class LoaderSpec:
 
 
 class EpochDataset(IterableDataset):
-    """One epoch of one rank's batches from ``start`` on, split over DataLoader workers."""
+    """A rank's batches from batch ``start`` of ``epoch`` on, split over DataLoader workers.
+
+    Each ``iter()`` runs one epoch and then moves its own copy on to the start of the next, so
+    the same object (in-process) or the same persistent DataLoader workers (each holding a copy)
+    serve epoch after epoch while keeping their shard reader, i.e. their open shard handles and
+    parsed tar tables. :class:`StreamLoader` rebuilds the dataset whenever the position it wants
+    is not the one the copies will produce next (resume, ``set_epoch``, an abandoned epoch).
+    """
 
     def __init__(self, spec: LoaderSpec, epoch: int, start: int):
         self.spec, self.epoch, self.start = spec, epoch, start
@@ -104,13 +111,19 @@ class EpochDataset(IterableDataset):
         self.worker = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0
+        return self._epoch(epoch, start)
+
+    def _epoch(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         self.worker = wid
-        plan = s.plan(self.epoch)
+        opens0 = self.reader.opens
+        plan = s.plan(epoch)
         total = batches_per_rank(len(plan), s.batch_size, s.world_size, s.drop_last)
-        mine = list(worker_batches(self.start, total, wid, nw))
+        mine = list(worker_batches(start, total, wid, nw))
         for w0 in range(0, len(mine), s.window_batches):
             window = mine[w0:w0 + s.window_batches]
             pos = [batch_positions(j, s.rank, s.world_size, s.batch_size, len(plan)) for j in window]
@@ -119,7 +132,7 @@ class EpochDataset(IterableDataset):
             t_read = (time.perf_counter() - t0) / len(window)
             for j, p in zip(window, pos):
                 first = (j * s.world_size + s.rank) * s.batch_size
-                yield self._batch(plan, p, raw, len(plan), t_read, first)
+                yield self._batch(plan, epoch, p, raw, len(plan), t_read, first, self.reader.opens - opens0)
 
     def _read(self, plan: EpochPlan, positions: np.ndarray) -> dict[tuple[int, int], dict[str, bytes]]:
         """Encoded members of the given plan positions, read grouped by shard in file order."""
@@ -135,8 +148,8 @@ class EpochDataset(IterableDataset):
                 raw[(src, key)] = members  # type: ignore[index]
         return raw
 
-    def _batch(self, plan: EpochPlan, positions: np.ndarray, raw: dict, n: int, t_read: float,
-               first: int) -> dict[str, Any]:
+    def _batch(self, plan: EpochPlan, epoch: int, positions: np.ndarray, raw: dict, n: int, t_read: float,
+               first: int, opens: int) -> dict[str, Any]:
         s = self.spec
         t_dec = t_aug = 0.0
         samples = []
@@ -148,7 +161,7 @@ class EpochDataset(IterableDataset):
             d["intrinsics"] = intrinsics_of(d["meta"])
             t1 = time.perf_counter()
             if s.augmenting:
-                d = augment_train(d, s.augment, s.seed, self.epoch, int(plan.repeat[p]))
+                d = augment_train(d, s.augment, s.seed, epoch, int(plan.repeat[p]))
             else:
                 d = augment_eval(d, s.augment)
             t2 = time.perf_counter()
@@ -164,27 +177,40 @@ class EpochDataset(IterableDataset):
             batch = trim(batch, ~batch["is_pad"])
         if s.profile:
             batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
-                               "collate": time.perf_counter() - t0, "opens": self.reader.opens,
+                               "collate": time.perf_counter() - t0, "opens": opens,
                                "worker": self.worker}
         return batch
+
+
+_LUTS: dict[tuple, np.ndarray] = {}
+
+
+def rgb_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(1, 256) 3-channel float32 table: ``(v/255 - mean[c]) / std[c]`` for every uint8 ``v``."""
+    k = (tuple(mean), tuple(std))
+    if k not in _LUTS:
+        v = np.arange(256, dtype=np.float64)[:, None] / 255.0
+        _LUTS[k] = ((v - np.asarray(mean)) / np.asarray(std)).astype(np.float32).reshape(1, 256, 3)
+    return _LUTS[k]
 
 
 def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
     """Decoded, augmented samples -> batch tensors (see :func:`make_loader` for the fields).
 
     ``rgb`` comes out (B,3,H,W) in channels-last memory (what convolutions want on GPU) so the
-    normalisation is one pass over the pixels with no transpose copy. The arithmetic is done
-    with OpenCV/numpy per sample, which stays on one thread, rather than torch ops whose intra-op
-    threads fight the DataLoader workers for cores.
+    normalisation is one pass over the pixels with no transpose copy: a 256-entry table per
+    channel (``cv2.LUT`` uint8 -> float32). The arithmetic is done with OpenCV/numpy per sample,
+    which stays on one thread, rather than torch ops whose intra-op threads fight the DataLoader
+    workers for cores. ``seg`` is uint8 here (8x less to pass from a worker to the main process);
+    :class:`StreamLoader` widens it to int64 on arrival, so batches keep the documented types.
     """
     h, w = samples[0]["rgb"].shape[:2]
-    scale = tuple(1 / (255.0 * s) for s in std) + (0.0,)
-    shift = tuple(m / s for m, s in zip(mean, std)) + (0.0,)
+    lut = rgb_lut(mean, std)
     rgb = np.empty((len(samples), h, w, 3), np.float32)
     depth = np.empty((len(samples), 1, h, w), np.float32)
-    seg = np.empty((len(samples), h, w), np.int64)
+    seg = np.empty((len(samples), h, w), np.uint8)
     for i, d in enumerate(samples):
-        cv2.subtract(cv2.multiply(np.ascontiguousarray(d["rgb"]), scale, dtype=cv2.CV_32F), shift, dst=rgb[i])
+        cv2.LUT(np.ascontiguousarray(d["rgb"]), lut, dst=rgb[i])  # uint8 -> normalised float, one pass
         np.multiply(d["depth_mm"], np.float32(1.0 / DEPTH_SCALE_MM), out=depth[i, 0])
         seg[i] = d["seg"]
     return {
@@ -225,6 +251,8 @@ class StreamLoader:
         self.fingerprint = fingerprint
         self.epoch = 0
         self.batch = 0
+        self._dl: DataLoader | None = None
+        self._next: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         n = len(self.spec.plan(self.epoch))
@@ -234,13 +262,23 @@ class StreamLoader:
         self.epoch, self.batch = int(epoch), 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        ds = EpochDataset(self.spec, self.epoch, self.batch)
-        kw: dict[str, Any] = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
-        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
-        for b in dl:
+        if self._dl is None or self._next != (self.epoch, self.batch):
+            # Workers (and their open shards) persist across epochs; a jump elsewhere restarts them.
+            self._dl = None
+            ds = EpochDataset(self.spec, self.epoch, self.batch)
+            kw: dict[str, Any] = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True}
+                                  if self.num_workers else {})
+            self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
+        self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
+        for b in self._dl:
+            b["seg"] = b["seg"].long()
             self.batch += 1
             yield b
         self.epoch, self.batch = self.epoch + 1, 0
+
+    def close(self) -> None:
+        """Stop persistent workers now (otherwise they stop when the loader is garbage-collected)."""
+        self._dl = None
 
     def state_dict(self) -> dict[str, Any]:
         s = self.spec
