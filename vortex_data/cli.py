@@ -12,13 +12,17 @@ from pathlib import Path
 from . import __version__
 from .sources import CONVERTERS, get_converter
 
-# Subcommands defined beside the code they run: (module, function registering its parser).
-PLUGINS = [
-    ("vortex_data.stats", "add_parser"),
-    ("vortex_data.bench_loader", "add_parser"),
-    ("vortex_data.train.commands", "add_train_parser"),
-    ("vortex_data.train.commands", "add_eval_parser"),
-]
+# Subcommands defined beside the code they run: name -> (module, function registering its parser,
+# one-line help). A module is imported only when its command is used, so converting shards does
+# not pay for importing torch.
+PLUGINS = {
+    "stats": ("vortex_data.stats", "add_parser",
+              "depth/label/RGB statistics, label-less-batch risk and cross-source duplicates -> HTML + JSON"),
+    "bench-loader": ("vortex_data.bench_loader", "add_parser", "measure loader throughput against its baselines"),
+    "train": ("vortex_data.train.commands", "add_train_parser",
+              "train EfficientViT-B1 depth + segmentation (resumes automatically; [train] extra)"),
+    "eval": ("vortex_data.train.commands", "add_eval_parser", "evaluate a training checkpoint per dataset"),
+}
 
 EPILOG_BUILD = ("Each dataset has its own options: run `vortex-data build-shards --dataset NAME --help` to see them. "
                 "Datasets: " + ", ".join(sorted(CONVERTERS)) + ".")
@@ -183,8 +187,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=cmd_demo)
 
-    for module, register in PLUGINS:
-        getattr(importlib.import_module(module), register)(sub)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, register, help_text) in PLUGINS.items():
+        if name == command:
+            getattr(importlib.import_module(module), register)(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
