@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from .manifest import load_manifest
+from .mixture import Mixture
 from .schema import CLASS_NAMES, NUM_CLASSES
 from .stats_hash import DEFAULT_THRESHOLD, find_duplicates
-from .stats_mixture import (MixtureSpec, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
+from .stats_mixture import (normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
                             read_mixture, simulate_labelless_iid, simulate_labelless_quota)
 from .stats_numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
                             median_frequency_weights, rgb_mean_std, summary)
@@ -42,11 +43,11 @@ class Unit:
     weight: float | None = None
 
 
-def plan_units(manifests: list[Path], mixture: MixtureSpec | None) -> list[Unit]:
+def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
     """Sources to report: the mixture's (with weights), then any other manifest given."""
     units: list[Unit] = []
     if mixture is not None:
-        units += [Unit(s.name, s.manifest, s.key_pattern, s.weight) for s in mixture.sources]
+        units += [Unit(s.name, Path(s.manifest), s.key_pattern, s.weight) for s in mixture.sources]
     seen = {(u.manifest.resolve(), u.key_pattern) for u in units}
     names = {u.name for u in units}
     for path in manifests:
@@ -161,7 +162,7 @@ def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoc
     }
 
 
-def compute_stats(manifests: list[Path], mixture: MixtureSpec | None = None, batch_size: int = 8,
+def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_size: int = 8,
                   workers: int = 1, progress: bool = True, dup_threshold: int = DEFAULT_THRESHOLD,
                   seed: int = 0) -> dict[str, Any]:
     """All report numbers as one JSON-able dict (the content of stats.json)."""
@@ -186,7 +187,7 @@ def compute_stats(manifests: list[Path], mixture: MixtureSpec | None = None, bat
     if mixture is not None:
         weights, mix_name = normalised([u.weight or 0.0 for u in units if u.weight]), mixture.name
         mixed = [u for u in units if u.weight]
-        epoch = mixture.epoch_size or sum(len(rows[u.name]["key"]) for u in mixed)
+        epoch = mixture.epoch_size
         weight_rule = "weights from the mixture file, normalised to sum to 1"
     else:
         mixed = units
@@ -257,9 +258,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "weights, RGB mean/std, the chance of a batch without labels, and near-duplicate frames "
                     "across sources. Writes OUT/report.html (self-contained) and OUT/stats.json.")
     p.add_argument("manifests", type=Path, nargs="*", help="manifest JSON files (<dataset>-<split>.json)")
-    p.add_argument("--mixture", type=Path, help="mixture recipe (TOML/JSON with [[source]] manifest/weight)")
+    p.add_argument("--mixture", type=Path,
+                   help="the loader's mixture: a TOML/JSON file ([[source]] name/manifest/weight) or a shipped "
+                        "recipe name (stage1, stage2)")
     p.add_argument("--split", default="train", help="split substituted for {split} in the mixture (default train)")
-    p.add_argument("--manifests-dir", type=Path, help="folder for relative manifest paths in the mixture")
+    p.add_argument("--manifests-dir", type=Path, help="folder for relative manifest paths in the mixture (default: the file's manifests_dir; "
+                        "manifests/ for a recipe name)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size for the label-less-batch risk (default 8)")
     p.add_argument("--dup-threshold", type=int, default=DEFAULT_THRESHOLD,
                    help=f"max differing hash bits (of 64) for a near-duplicate (default {DEFAULT_THRESHOLD})")

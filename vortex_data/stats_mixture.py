@@ -5,44 +5,21 @@ The config is the loader's mixture format (see docs/loader.md), read by the load
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .mixture import MixtureError, resolve_mixture
+from .mixture import Mixture, quotas as loader_quotas, resolve_mixture
 
 
-class MixtureFileError(ValueError):
-    """A mixture file that cannot be used; the message names the file and the problem."""
-
-
-@dataclass(frozen=True)
-class MixtureSource:
-    name: str
-    manifest: Path
-    weight: float
-    key_pattern: str | None = None
-
-
-@dataclass(frozen=True)
-class MixtureSpec:
-    sources: tuple[MixtureSource, ...]
-    epoch_size: int | None
-    name: str
-
-
-def read_mixture(path: Path | str, split: str = "train", manifests_dir: Path | None = None) -> MixtureSpec:
+def read_mixture(path: Path | str, split: str = "train", manifests_dir: Path | None = None) -> Mixture:
     """The loader's mixture -- a TOML/JSON file or a shipped recipe name such as ``stage1``, read
-    by :func:`vortex_data.mixture.resolve_mixture` so both tools agree -- resolved for ``split``."""
-    try:
-        mix = resolve_mixture(str(path), manifests_dir=manifests_dir)
-    except MixtureError as e:
-        raise MixtureFileError(str(e)) from None
-    sources = tuple(MixtureSource(s.name, Path(mix.manifest_path(s, split)), s.weight, s.key_pattern)
-                    for s in mix.sources)
-    return MixtureSpec(sources, mix.epoch_size, mix.name)
+    by :func:`vortex_data.mixture.resolve_mixture` so both tools agree -- with every source's
+    manifest resolved to its path for ``split``. Raises :class:`MixtureError` naming the file."""
+    mix = resolve_mixture(str(path), manifests_dir=manifests_dir)
+    sources = tuple(replace(s, manifest=mix.manifest_path(s, split)) for s in mix.sources)
+    return replace(mix, sources=sources, manifests_dir=None)
 
 
 def normalised(weights: list[float]) -> np.ndarray:
@@ -73,13 +50,13 @@ def simulate_labelless_iid(weights: list[float], labelled: list[np.ndarray], bat
 
 
 def quotas(weights: list[float], total: int) -> list[int]:
-    """Exact per-epoch shares by the largest-remainder method (as the loader plans epochs)."""
-    exact = normalised(weights) * total
-    base = np.floor(exact).astype(np.int64)
-    order = sorted(range(len(base)), key=lambda i: (-(exact[i] - base[i]), i))
-    for i in order[: total - int(base.sum())]:
-        base[i] += 1
-    return base.tolist()
+    """The loader's exact per-epoch shares (:func:`vortex_data.mixture.quotas`); a source of
+    weight 0 (no frames, when weights follow frame counts) gets none."""
+    used = [i for i, w in enumerate(weights) if w > 0]
+    out = [0] * len(weights)
+    for i, q in zip(used, loader_quotas([weights[i] for i in used], total)):
+        out[i] = q
+    return out
 
 
 def simulate_labelless_quota(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
