@@ -179,14 +179,20 @@ _SAMPLE_PITCH_PX = 0.9
 pixel leaves no pixel of a source pixel's footprint unvisited."""
 
 
-def unproject(depth_mm: np.ndarray, cam: CameraModel) -> tuple[np.ndarray, np.ndarray]:
-    """Valid depth pixels -> camera-frame points in metres (M, 3) and their flat pixel indices (M,)."""
+def _valid_rays(depth_mm: np.ndarray, cam: CameraModel) -> tuple[RayTable, np.ndarray, np.ndarray, np.ndarray]:
+    """The camera's ray table, and for its valid depth pixels (depth > 0, ray undistorted): flat
+    pixel indices (M,), rays in the z=1 plane (M, 2) and depths in metres (M,)."""
     if depth_mm.shape != (cam.height, cam.width):
         raise ValueError(f"depth is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the camera is {cam.width}x{cam.height}")
     table = pixel_rays(cam)
     z = depth_mm.reshape(-1).astype(np.float64) / 1000.0
     pix = np.nonzero((z > 0) & table.ok)[0]
-    r, zz = table.rays[pix], z[pix]
+    return table, pix, table.rays[pix], z[pix]
+
+
+def unproject(depth_mm: np.ndarray, cam: CameraModel) -> tuple[np.ndarray, np.ndarray]:
+    """Valid depth pixels -> camera-frame points in metres (M, 3) and their flat pixel indices (M,)."""
+    _, pix, r, zz = _valid_rays(depth_mm, cam)
     return np.stack([r[:, 0] * zz, r[:, 1] * zz, zz], axis=1), pix
 
 
@@ -267,12 +273,7 @@ def register_depth_to_color(depth_mm: np.ndarray, depth_cam: CameraModel, color_
     target = color_cam.resized(*(out_size or color_cam.size))
     if undistort:
         target = target.undistorted()
-    if depth_mm.shape != (depth_cam.height, depth_cam.width):
-        raise ValueError(f"depth is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the camera is {depth_cam.width}x{depth_cam.height}")
-    table = pixel_rays(depth_cam)
-    z = depth_mm.reshape(-1).astype(np.float64) / 1000.0
-    pix = np.nonzero((z > 0) & table.ok)[0]
-    rays, zz = table.rays[pix], z[pix]
+    table, pix, rays, zz = _valid_rays(depth_mm, depth_cam)
     uv0, ok0, _ = _warp_samples(rays, zz, R, t, target)
     # Footprint of each source pixel in the target, measured at its own depth.
     uvx, _, _ = _warp_samples(rays + table.du[pix], zz, R, t, target)
