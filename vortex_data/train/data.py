@@ -16,14 +16,13 @@ import importlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+import cv2
 import numpy as np
 import torch
 
 from vortex_data.fixtures.scene import random_room, random_view, render
 from vortex_data.schema import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vortex_data.stream import IMAGENET_MEAN, IMAGENET_STD, make_loader, rgb_lut
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,8 @@ class LoaderRequest:
     world_size: int = 1
     num_workers: int = 0
     training: bool = True
-    manifests_dir: str | None = None
     """True: shuffled and endless (or re-iterable); False: one ordered pass for evaluation."""
+    manifests_dir: str | None = None
 
 
 class StatefulLoader(Protocol):
@@ -56,8 +55,6 @@ LoaderFactory = Callable[[LoaderRequest], StatefulLoader]
 
 def stream_loader(req: LoaderRequest) -> StatefulLoader:
     """Adapter to the streaming loader (vortex_data.stream.make_loader): the one place to wire it."""
-    from vortex_data.stream import make_loader  # provided by the streaming-loader package module
-
     return make_loader(**asdict(req))
 
 
@@ -81,11 +78,9 @@ def resolve_factory(spec: str) -> LoaderFactory:
 
 
 def normalise_rgb(rgb: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float, ImageNet mean/std (what the timm encoder expects)."""
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    """(H,W,3) uint8 -> (3,H,W) float, ImageNet mean/std (what the timm encoder expects), by the
+    streaming loader's own table so both loaders normalise identically."""
+    return torch.from_numpy(cv2.LUT(np.ascontiguousarray(rgb), rgb_lut(IMAGENET_MEAN, IMAGENET_STD))).permute(2, 0, 1)
 
 
 class SyntheticBatches:
