@@ -66,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     # interrupted (a finished stage returns at once from its last checkpoint).
     stages = [args.stage] if args.stage else [1, 2] if recipe and "stage2" in recipe else [1]
     for stage in stages:
-        cfg = build_config(recipe, stage, overrides)
+        cfg = build_config(recipe, stage, overrides, recipe_name=args.recipe)
         trainer = Trainer(cfg, resolve_factory(cfg.loader))
         try:
             code = trainer.run()
@@ -85,6 +85,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from vortex_data.train.evaluate import format_table, run_evaluation
 
     ckpt = args.checkpoint
+    if not ckpt.exists():
+        print(f"{ckpt}: no such checkpoint (a checkpoint directory, train.pt, or a stage's checkpoints/ dir)",
+              file=sys.stderr)
+        return 2
     if ckpt.is_dir() and not (ckpt / "train.pt").exists():
         ckpt = checkpoint.latest(ckpt)
         if ckpt is None:

@@ -76,12 +76,17 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     return tomllib.loads(res.read_text())
 
 
-def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str, Any]) -> TrainConfig:
-    """[common] then [stageN] then non-None overrides; unknown keys are an error, not silently dropped."""
+def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str, Any],
+                 recipe_name: str = "recipe") -> TrainConfig:
+    """[common] then [stageN] then non-None overrides; unknown keys are an error, not silently dropped.
+    ``recipe_name`` (the recipe's name or path) is what error messages call the recipe."""
     values: dict[str, Any] = {"stage": stage}
     if recipe:
-        values.update(recipe.get("common", {}))
-        values.update(recipe.get(f"stage{stage}", {}))
+        for section in ("common", f"stage{stage}"):
+            unknown = set(recipe.get(section, {})) - FIELDS
+            if unknown:
+                raise ValueError(f"{recipe_name}: unknown training settings in [{section}]: {sorted(unknown)}")
+            values.update(recipe.get(section, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - FIELDS
     if unknown:
