@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .manifest import Manifest, atomic_write_bytes, compute_totals, manifest_name, sha256_file, write_manifest
+from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
 from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, SchemaError, encode_sample,
                      make_key, resize_sample)
 from .sources.base import Converter, FrameRef, Rejection, RejectFrame

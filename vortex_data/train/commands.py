@@ -29,11 +29,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--manifests", "--shards", dest="manifests_dir", metavar="DIR",
                    help="folder with the converted datasets' manifests (<dataset>-<split>.json); default manifests/")
     p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds of training before a clean stop")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")
     for name, typ in _OVERRIDES.items():
         flag = "--" + name.replace("_", "-")
         if name != "time_limit_s":
-            p.add_argument(flag, dest=name, type=typ)
+            p.add_argument(flag, dest=name, type=typ, help=f"override the recipe's {name}")
     p.set_defaults(func=run_train)
     return p
 
@@ -44,9 +44,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
     p.add_argument("--manifest", help="dataset manifest handed to the loader")
     p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")
-    p.add_argument("--split", default="val")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--split", default="val", help="split the loader reads (default val)")
+    p.add_argument("--batch-size", type=int, default=8, help="default 8")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="evaluation size (default: the checkpoint's training image_size)")
     p.add_argument("--eigen-crop", action="store_true", help="evaluate inside the Eigen crop (NYU protocol)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.set_defaults(func=run_eval)
