@@ -78,3 +78,9 @@ def test_source_index_from_parquet_matches_tar_listing(tmp_path):
         read_source_index(str(manifest), key_pattern="nothing-matches")
     with pytest.raises(MixtureError, match="missing.json"):
         read_source_index(str(tmp_path / "missing.json"))
+
+
+def test_unknown_recipe_lists_only_mixture_recipes():
+    from vortex_data.mixture import MixtureError, recipe_path
+    with pytest.raises(MixtureError, match=r"no recipe 'stage9'; shipped: stage1, stage2$"):
+        recipe_path("stage9")

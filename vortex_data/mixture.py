@@ -106,7 +106,8 @@ def recipe_path(name: str) -> Path:
     """A shipped recipe (``stage1``, ``stage2``) by name."""
     path = Path(__file__).parent / "recipes" / f"{name}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.toml"))
+        # recipes/ also holds training recipes (v6); only files with [[source]] tables are mixtures.
+        known = sorted(p.stem for p in path.parent.glob("*.toml") if "[[source]]" in p.read_text())
         raise MixtureError(f"no recipe {name!r}; shipped: {', '.join(known)}")
     return path
 
