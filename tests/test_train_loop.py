@@ -149,3 +149,18 @@ def test_eval_reports_per_dataset_rows(tmp_path: Path) -> None:
     assert res["all"]["images"] == res["synth_a"]["images"] + res["synth_b"]["images"] == 8
     assert 0 <= res["synth_a"]["miou"] <= 1 and res["synth_b"]["miou"] != res["synth_b"]["miou"]  # no labels: NaN
     assert "synth_a" in format_table(res)
+
+
+def test_eval_skips_padded_samples(tmp_path: Path) -> None:
+    from vortex_data.train.data import synthetic_loader
+    from vortex_data.train.evaluate import evaluate, load_network
+
+    torch.set_num_threads(1)
+    assert Trainer(tiny_config(tmp_path, steps=1), synthetic_loader).run() == 0
+    net, cfg = load_network(checkpoint.latest(tmp_path / "stage1" / "checkpoints"), torch.device("cpu"))
+    batches = list(synthetic_loader(LoaderRequest(mixture=None, manifest=None, split="val", batch_size=2,
+                                                  image_size=(64, 64), augment=None, seed=0, training=False)))
+    padded = [dict(b, is_pad=torch.tensor([False, True])) for b in batches]
+    plain = evaluate(net, batches, torch.device("cpu"), 1e-3, 10.0)
+    res = evaluate(net, padded, torch.device("cpu"), 1e-3, 10.0)
+    assert plain["all"]["images"] == 2 * res["all"]["images"] == 8

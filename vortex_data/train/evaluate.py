@@ -36,9 +36,14 @@ def evaluate(net: DepthSegNet, loader: Any, device: torch.device, min_depth: flo
     seg_meters: dict[str, SegMeter] = defaultdict(SegMeter)
     for batch in loader:
         out = net(batch["rgb"].to(device))
-        names = [dataset_of(k) for k in batch["key"]]
-        for name in sorted(set(names)) + ["all"]:
-            idx = torch.tensor([i for i, n in enumerate(names) if name in (n, "all")])
+        # A multi-rank evaluation pass pads its last step (is_pad) so every rank has equal batches;
+        # padded samples repeat real ones and must not be counted twice.
+        pad = batch.get("is_pad")
+        names = {i: dataset_of(k) for i, k in enumerate(batch["key"]) if pad is None or not bool(pad[i])}
+        for name in sorted(set(names.values())) + ["all"]:
+            idx = torch.tensor([i for i, n in names.items() if name in (n, "all")], dtype=torch.long)
+            if idx.numel() == 0:
+                continue
             depth_meters[name].update(out["depth"][idx].cpu(), batch["depth"][idx])
             seg_meters[name].update(out["seg"][idx].cpu(), batch["seg"][idx])
     return {name: {**depth_meters[name].result(), **seg_meters[name].result(), "images": depth_meters[name].count}
