@@ -97,3 +97,19 @@ def test_unindexed_bag_rejected(bags, tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(RecordingError, match=r"crashed\.bag_error: .*not indexed.*rosbag reindex"):
         FemtoConverter(path).enumerate(None)
+
+
+def test_bag_depth_conversion_invalidates_and_counts_bad_values():
+    """Float metres and scaled depth units go through schema.depth_to_mm: out-of-range values
+    become invalid and are counted (never clipped to 65.535 m); REP 118 NaN/inf are plain holes."""
+    import numpy as np
+
+    from vortex_data.sources.femto_bag import _pixels_to_depth_mm
+
+    m = np.array([[2.5, np.nan, np.inf], [-0.5, 70.0, 0.0]], "<f4")
+    conv = _pixels_to_depth_mm(m.tobytes(), 3, 2, 12, "32fc1", 1.0, False, "t")
+    assert conv.depth_mm.tolist() == [[2500, 0, 0], [0, 0, 0]]
+    assert (conv.nonfinite, conv.negative, conv.too_far) == (0, 1, 1)
+    raw = np.array([[1000, 40000]], "<u2")
+    scaled = _pixels_to_depth_mm(raw.tobytes(), 2, 1, 4, "z16", 2.0, False, "t")
+    assert scaled.depth_mm.tolist() == [[2000, 0]] and scaled.too_far == 1

@@ -226,7 +226,8 @@ class FemtoConverter(Converter):
         }
         return Sample(key=make_key("femto", ref.split, ref.frame_id), rgb=rgb, depth_mm=depth,
                       intrinsics=camera.intrinsics(), meta=meta,
-                      depth_range_m=DEPTH_RANGES.get(info.get("depth_mode", "")))
+                      depth_range_m=DEPTH_RANGES.get(info.get("depth_mode", "")),
+                      rejected_depth_pixels=data.rejected_depth_pixels)
 
     def _register(self, data: CaptureData, calib: FemtoCalibration):
         R, t = calib.rotation, calib.translation

@@ -31,6 +31,7 @@ import numpy as np
 from .femto_calib import CalibrationError, FemtoCalibration, _make
 from .femto_recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
 from ..registration import CameraModel
+from ..schema import DepthConversion, depth_to_mm
 
 ORBBEC_DEPTH = "/cam/sensor_3/frameType_3"
 ORBBEC_COLOR = "/cam/sensor_2/frameType_2"
@@ -133,22 +134,24 @@ def _profile_camera(p: dict[str, Any]) -> CameraModel:
 
 
 def _pixels_to_depth_mm(pixels: bytes | np.ndarray, width: int, height: int, step: int, encoding: str,
-                        units_mm: float, bigendian: bool, where: str) -> np.ndarray:
+                        units_mm: float, bigendian: bool, where: str) -> DepthConversion:
+    """Raw depth message pixels -> uint16 mm through schema.depth_to_mm, so values that are
+    negative or beyond 65.535 m become invalid and are counted rather than clipped. In 32FC1
+    (REP 118) NaN and +/-inf mean 'no measurement': invalid, but not counted as bad values."""
     buf = np.frombuffer(pixels, np.uint8) if not isinstance(pixels, np.ndarray) else pixels.reshape(-1).view(np.uint8)
     if encoding == "32fc1":
         rows = buf[: step * height].reshape(height, step)[:, : width * 4]
-        m = np.ascontiguousarray(rows).view(">f4" if bigendian else "<f4").reshape(height, width).astype(np.float64)
-        m = np.where(np.isfinite(m) & (m > 0), np.rint(m * 1000.0), 0)
-        return m.clip(0, 65535).astype(np.uint16)
+        m = np.ascontiguousarray(rows).view(">f4" if bigendian else "<f4").reshape(height, width)
+        return depth_to_mm(m, valid=np.isfinite(m))
     if encoding not in DEPTH_ENCODINGS:
         raise ValueError(f"{where}: depth encoding {encoding!r} is not one of {DEPTH_ENCODINGS + ('32fc1',)}")
     if buf.size < step * height or step < width * 2:
         raise ValueError(f"{where}: depth has {buf.size} bytes, step {step}, for {width}x{height} uint16")
     rows = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, : width * 2])
     d = rows.view(">u2" if bigendian else "<u2").reshape(height, width).astype(np.uint16)
-    if units_mm != 1.0:
-        d = np.rint(d.astype(np.float64) * units_mm).clip(0, 65535).astype(np.uint16)
-    return d
+    if units_mm == 1.0:
+        return DepthConversion(d, 0, 0, 0)
+    return depth_to_mm(d * (units_mm / 1000.0))
 
 
 # ---------------------------------------------------------------- the recording
@@ -294,7 +297,8 @@ class BagRecording:
             bpp = {"RGB8": 3, "BGR8": 3, "BGRA": 4, "YUYV": 2, "YUY2": 2}.get(fmt)
             if bpp and c["step"] != c["width"] * bpp:  # drop row padding
                 pixels = np.frombuffer(pixels, np.uint8).reshape(c["height"], c["step"])[:, : c["width"] * bpp].tobytes()
-        return CaptureData(decode_color(pixels, fmt, c["width"], c["height"], where), depth)
+        return CaptureData(decode_color(pixels, fmt, c["width"], c["height"], where), depth.depth_mm,
+                           depth.rejected)
 
     # ---------------------------------------------------------------- calibration
 

@@ -45,6 +45,8 @@ class CaptureData:
     """(H, W, 3) uint8 RGB in the colour camera."""
     depth_mm: np.ndarray
     """(H, W) uint16 millimetres in the depth camera, 0 = invalid."""
+    rejected_depth_pixels: int = 0
+    """Pixels made invalid because their value was negative or too far (see schema.depth_to_mm)."""
 
 
 class Recording(Protocol):
