@@ -93,3 +93,9 @@ def test_resize_uses_nearest_for_depth_and_scales_intrinsics():
     assert set(np.unique(r.seg)) <= set(np.unique(s.seg))
     assert r.intrinsics.fx == pytest.approx(25.0) and r.intrinsics.cx == pytest.approx((31.5 + 0.5) / 2 - 0.5)
     assert r.meta["original_size"] == [128, 96]
+
+
+def test_member_names_split_like_webdataset():
+    from vortex_data.schema import split_member
+    assert split_member("sunrgbd/train/kv1/b3dodata/img_0063.depth.zst") == ("sunrgbd/train/kv1/b3dodata/img_0063", "depth.zst")
+    assert split_member("k.json") == ("k", "json")

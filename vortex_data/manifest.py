@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample
+from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample, split_member
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -254,9 +254,7 @@ def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         for info in tf:
             if not info.isfile():
                 continue
-            dirname, base = os.path.split(info.name)
-            stem, _, ext = base.partition(".")
-            k = os.path.join(dirname, stem)
+            k, ext = split_member(info.name)
             if k != key and key is not None:
                 yield key, members
                 members = {}

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ._toml import tomllib
+from .schema import split_member
 
 
 class MixtureError(ValueError):
@@ -234,8 +235,7 @@ def _keys_from_tar(url: str) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(_read_bytes(url))) as tf:
         for m in tf.getmembers():
             if m.isfile():
-                d, _, base = m.name.rpartition("/")
-                k = (d + "/" if d else "") + base.split(".", 1)[0]
+                k = split_member(m.name)[0]
                 if not keys or keys[-1] != k:
                     keys.append(k)
     return keys

@@ -131,6 +131,14 @@ def make_key(dataset: str, split: str, frame_id: str) -> str:
     return "/".join(_KEY_PART.sub("_", p) for p in parts if p)
 
 
+def split_member(name: str) -> tuple[str, str]:
+    """Tar member name -> (key, extension), split at the first dot of the basename exactly as
+    webdataset does: ``"nyu/train/0001.depth.zst"`` -> ``("nyu/train/0001", "depth.zst")``."""
+    d, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (d + "/" if d else "") + stem, ext
+
+
 def check_key(key: str) -> None:
     parts = key.split("/")
     if len(parts) < 3 or any(not p or _KEY_PART.search(p) for p in parts):

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from .schema import split_member
+
 
 class ShardReadError(IOError):
     """A shard that is missing, unreadable, or lacks a sample the index promises."""
@@ -24,14 +26,6 @@ class ShardReadError(IOError):
 
 def is_remote(url: str) -> bool:
     return url.startswith("pipe:") or "://" in url and not url.startswith("file://")
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """Tar member name -> (key, extension), splitting at the first dot of the basename as
-    webdataset does."""
-    d, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (d + "/" if d else "") + stem, ext
 
 
 class ShardReader:
