@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ INDEX_SCHEMA = pa.schema([
     ("cy", pa.float32()),
 ])
 
-_PART_RE = re.compile(r"^(?P<base>.+)\.part-(?P<i>\d+)-of-(?P<n>\d+)$")
 
 
 class ManifestError(ValueError):
@@ -235,13 +233,6 @@ def _check_unique(items: list[str], what: str) -> None:
     dups = [k for k, c in Counter(items).items() if c > 1]
     if dups:
         raise ManifestError(f"duplicate {what}s across parts: {dups[:5]}")
-
-
-def part_paths_for(path: Path) -> list[Path]:
-    """All part manifests beside ``path`` that belong to the same dataset-split."""
-    m = _PART_RE.match(path.name[: -len(".json")] if path.name.endswith(".json") else path.name)
-    base = m.group("base") if m else path.stem
-    return sorted(path.parent.glob(f"{base}.part-*-of-*.json"))
 
 
 # ---------------------------------------------------------------- reading and verifying shards

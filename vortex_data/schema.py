@@ -183,11 +183,6 @@ def depth_to_mm(depth_m: np.ndarray, valid: np.ndarray | None = None) -> DepthCo
     return DepthConversion(out, nonfinite, int(neg_mask.sum()), int(far_mask.sum()))
 
 
-def depth_to_m(depth_mm: np.ndarray) -> np.ndarray:
-    """uint16 millimetres -> float32 metres (0 stays 0 = invalid)."""
-    return depth_mm.astype(np.float32) * np.float32(1.0 / DEPTH_SCALE_MM)
-
-
 # ---------------------------------------------------------------- resizing
 
 def resize_sample(sample: Sample, shorter_side: int) -> Sample:
