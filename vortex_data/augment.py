@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .geometry import resize_intrinsics, resize_nearest, resize_rgb
 from .mixture import rng_for
 from .schema import Intrinsics
 
@@ -185,18 +186,14 @@ def centre_box(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, in
 
 
 def crop_resize(sample: dict[str, Any], box: tuple[int, int, int, int], size: tuple[int, int]) -> dict[str, Any]:
-    """Crop all maps to ``box`` and resize to ``size``; RGB interpolated, depth/seg nearest."""
+    """Crop all maps to ``box`` and resize to ``size`` by the policy in :mod:`vortex_data.geometry`."""
     y0, x0, ch, cw = box
     oh, ow = size
     rgb = sample["rgb"][y0:y0 + ch, x0:x0 + cw]
     depth = sample["depth_mm"][y0:y0 + ch, x0:x0 + cw]
     seg = sample["seg"][y0:y0 + ch, x0:x0 + cw]
-    if (ch, cw) != (oh, ow):
-        interp = cv2.INTER_AREA if ch > oh and cw > ow else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (ow, oh), interpolation=interp)
-        depth = cv2.resize(depth, (ow, oh), interpolation=cv2.INTER_NEAREST)
-        seg = cv2.resize(seg, (ow, oh), interpolation=cv2.INTER_NEAREST)
-    k: Intrinsics = sample["intrinsics"].cropped(x0, y0).scaled(ow / cw, oh / ch)
+    rgb, depth, seg = resize_rgb(rgb, size), resize_nearest(depth, size), resize_nearest(seg, size)
+    k: Intrinsics = resize_intrinsics(sample["intrinsics"].cropped(x0, y0), (ch, cw), size)
     return {**sample, "rgb": rgb, "depth_mm": depth, "seg": seg, "intrinsics": k}
 
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .geometry import resize_nearest
 from .schema import Intrinsics
 
 NO_DISTORTION = (0.0,) * 8
@@ -315,8 +316,7 @@ def register_color_to_depth(rgb: np.ndarray, depth_mm: np.ndarray, depth_cam: Ca
     if rgb.shape[:2] != (color_cam.height, color_cam.width):
         raise ValueError(f"colour is {rgb.shape[1]}x{rgb.shape[0]} but its camera is {color_cam.width}x{color_cam.height}")
     target = depth_cam.resized(*(out_size or depth_cam.size))
-    if target.size != depth_cam.size:
-        depth_mm = cv2.resize(depth_mm, target.size, interpolation=cv2.INTER_NEAREST)
+    depth_mm = resize_nearest(depth_mm, (target.height, target.width))
     pts, pix = unproject(depth_mm, target)
     pts_c = transform(pts, R, t)
     uv, ok = project(pts_c, color_cam)

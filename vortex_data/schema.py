@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import zstandard
 
+from .geometry import resize_intrinsics, resize_nearest, resize_rgb, scale_centre
+
 SCHEMA_VERSION = 1
 
 IGNORE_INDEX = 255
@@ -55,13 +57,8 @@ class Intrinsics:
     cy: float
 
     def scaled(self, sx: float, sy: float) -> "Intrinsics":
-        """Intrinsics after resizing the image by (sx, sy), pixel-centre convention."""
-        return Intrinsics(
-            fx=self.fx * sx,
-            fy=self.fy * sy,
-            cx=(self.cx + 0.5) * sx - 0.5,
-            cy=(self.cy + 0.5) * sy - 0.5,
-        )
+        """Intrinsics after resizing the image by (sx, sy), pixel-centre convention (see geometry)."""
+        return Intrinsics(fx=self.fx * sx, fy=self.fy * sy, cx=scale_centre(self.cx, sx), cy=scale_centre(self.cy, sy))
 
     def cropped(self, x0: float, y0: float) -> "Intrinsics":
         return Intrinsics(self.fx, self.fy, self.cx - x0, self.cy - y0)
@@ -186,25 +183,21 @@ def depth_to_mm(depth_m: np.ndarray, valid: np.ndarray | None = None) -> DepthCo
 # ---------------------------------------------------------------- resizing
 
 def resize_sample(sample: Sample, shorter_side: int) -> Sample:
-    """Resize so the shorter side is ``shorter_side`` pixels.
-
-    RGB uses area interpolation; depth and labels use nearest neighbour so a valid depth is
-    never blended with an invalid one (or a wall label with a floor label). Intrinsics follow.
-    """
+    """Resize so the shorter side is ``shorter_side`` pixels, by the one policy in
+    :mod:`vortex_data.geometry`: RGB area (shrinking) or linear, depth and labels the nearest
+    source pixel (never blended), intrinsics by the pixel-centre rule."""
     h, w = sample.height, sample.width
     scale = shorter_side / min(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) == (h, w):
         return sample
-    rgb_interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    rgb = cv2.resize(sample.rgb, (nw, nh), interpolation=rgb_interp)
-    depth = cv2.resize(sample.depth_mm, (nw, nh), interpolation=cv2.INTER_NEAREST)
-    seg = None if sample.seg is None else cv2.resize(sample.seg, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    out_hw = (nh, nw)
     meta = dict(sample.meta)
     meta.setdefault("original_size", [w, h])
     return Sample(
-        key=sample.key, rgb=rgb, depth_mm=depth, seg=seg, meta=meta,
-        intrinsics=sample.intrinsics.scaled(nw / w, nh / h),
+        key=sample.key, rgb=resize_rgb(sample.rgb, out_hw), depth_mm=resize_nearest(sample.depth_mm, out_hw),
+        seg=None if sample.seg is None else resize_nearest(sample.seg, out_hw), meta=meta,
+        intrinsics=resize_intrinsics(sample.intrinsics, (h, w), out_hw),
         depth_range_m=sample.depth_range_m, rejected_depth_pixels=sample.rejected_depth_pixels,
     )
 

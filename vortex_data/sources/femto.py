@@ -9,12 +9,11 @@ registered into the colour camera by default (``--register color``).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
-import numpy as np
-
+from ..geometry import resize_nearest, resize_rgb
 from ..registration import register_color_to_depth, register_depth_to_color
 from ..schema import Sample, make_key
 from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
@@ -232,28 +231,23 @@ class FemtoConverter(Converter):
     def _register(self, data: CaptureData, calib: FemtoCalibration):
         R, t = calib.rotation, calib.translation
         if self.register == "color":
-            reg = register_depth_to_color(data.depth_mm, calib.depth, calib.color, R, t, self.out_size)
-            return _resize_rgb(data.rgb, reg.camera.size), reg.depth_mm, reg.camera, {}
+            target = calib.color.resized(*(self.out_size or calib.color.size))
+            # The z-buffer keeps the nearer of the depth pixels that land in one target pixel, so
+            # registering straight into a target smaller than the depth image would pull slanted
+            # surfaces toward their near side. Register where a depth pixel covers at least one
+            # target pixel (an integer multiple of the output), then resize by the one policy.
+            m = max(1, math.ceil(calib.depth.fx / target.fx - 1e-6))
+            reg = register_depth_to_color(data.depth_mm, calib.depth, calib.color, R, t,
+                                          (target.width * m, target.height * m))
+            hw = (target.height, target.width)
+            return resize_rgb(data.rgb, hw), resize_nearest(reg.depth_mm, hw), reg.camera.resized(*target.size), {}
         if self.register == "depth":
             rc = register_color_to_depth(data.rgb, data.depth_mm, calib.depth, calib.color, R, t, self.out_size)
-            depth = _resize_depth(data.depth_mm, rc.camera.size)
+            depth = resize_nearest(data.depth_mm, (rc.camera.height, rc.camera.width))
             return rc.rgb, depth, rc.camera, {"color_valid_fraction": float(rc.valid.mean())}
         camera = calib.depth.resized(*(self.out_size or calib.depth.size))
         # Unregistered: colour is only resized to the depth image's size; its pixels do NOT
         # correspond to the depth pixels (meta says so), and intrinsics are the depth camera's.
-        return (_resize_rgb(data.rgb, camera.size), _resize_depth(data.depth_mm, camera.size), camera,
+        hw = (camera.height, camera.width)
+        return (resize_rgb(data.rgb, hw), resize_nearest(data.depth_mm, hw), camera,
                 {"rgb_registered": False, "color_camera": calib.color.as_dict()})
-
-
-def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (rgb.shape[1], rgb.shape[0]) == tuple(size):
-        return rgb
-    interp = cv2.INTER_AREA if size[0] < rgb.shape[1] else cv2.INTER_LINEAR
-    return cv2.resize(rgb, tuple(size), interpolation=interp)
-
-
-def _resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest neighbour, so valid and invalid depths are never blended."""
-    if (depth.shape[1], depth.shape[0]) == tuple(size):
-        return depth
-    return cv2.resize(depth, tuple(size), interpolation=cv2.INTER_NEAREST)
