@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,6 +47,18 @@ INDEX_SCHEMA = pa.schema([
 
 class ManifestError(ValueError):
     """A manifest that cannot be read, merged or trusted; the message names the file."""
+
+
+SHARD_NAME_RE = re.compile(r"-(\d{6})(?:-(\d+))?\.tar$")
+"""``<dataset>-<split>-<group:06d>.tar`` and its continuations ``...-<group:06d>-<k>.tar``."""
+
+
+def shard_position(path: str) -> tuple[int, int]:
+    """(group, continuation) of a shard file name: its place in a single build's order."""
+    m = SHARD_NAME_RE.search(str(path))
+    if m is None:
+        raise ManifestError(f"{path}: not a shard name (<dataset>-<split>-<group>[-<k>].tar)")
+    return int(m.group(1)), int(m.group(2) or 0)
 
 
 def manifest_name(dataset: str, split: str, part: tuple[int, int] | None = None) -> str:
@@ -213,8 +226,9 @@ def merge(paths: list[Path], out_dir: Path | None = None) -> Path:
         for r in tbl:
             r["shard"] = os.path.relpath((base / r["shard"]).resolve(), out_dir.resolve())
         rows.extend(tbl)
-    # Shard names carry the global shard-group number, so sorting restores the single-build order.
-    order = sorted(range(len(shards)), key=lambda i: shards[i]["path"])
+    # Shard names carry the global (group, continuation) numbers: sorting by them, not by the
+    # name as a string ('-000000-1.tar' < '-000000.tar', '-10' < '-2'), restores the single-build order.
+    order = sorted(range(len(shards)), key=lambda i: shard_position(shards[i]["path"]))
     shards = [shards[i] for i in order]
     rank = {s["path"]: i for i, s in enumerate(shards)}
     rows.sort(key=lambda r: rank[r["shard"]])  # stable: keeps the in-shard order
