@@ -8,6 +8,8 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import cv2
@@ -20,7 +22,8 @@ from vortex_data.fixtures.nyu import NyuFrame, mat73_header, synthetic_frame, wr
 from vortex_data.fixtures.scene import CEILING, DOOR, FLOOR, FURNITURE, OBJECT, WALL
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.sources.base import FrameRef, RejectFrame
-from vortex_data.sources.nyu_splits import SplitError, make_split, official_split, random80_split
+from vortex_data.sources.nyu_splits import (SplitError, make_split, official_split, random80_split, scene_overlap,
+                                           scenes80_split)
 from vortex_data.sources.nyu import NYU_INTRINSICS, NyuConverter, NyuFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,6 +141,100 @@ def test_random80_counts_and_determinism():
     assert len(random80_split(7, 0)["train"]) == round(0.8 * 7)
 
 
+def nyu_like_scenes(n_scenes: int, seed: int = 0) -> list[str]:
+    """Frames come several to a scene and consecutive, as in NYU's labeled set."""
+    counts = np.random.default_rng(seed).integers(1, 7, n_scenes)
+    return [f"room_{j:04d}" for j, c in enumerate(counts) for _ in range(c)]
+
+
+def test_scenes80_keeps_every_scene_on_one_side():
+    scenes = nyu_like_scenes(120)
+    split = scenes80_split(scenes, seed=0)
+    assert sorted(split["train"] + split["val"]) == list(range(1, len(scenes) + 1))
+    side = {s: set() for s in scenes}
+    for name, frames in (("train", split["train"]), ("val", split["val"])):
+        for i in frames:
+            side[scenes[i - 1]].add(name)
+    assert all(len(v) == 1 for v in side.values())
+    assert scene_overlap(scenes, split["train"], split["val"]) == {"frames": 0, "scenes": 0}
+    assert len(split["train"]) == round(0.8 * len(scenes))      # enough scenes to hit 80 % exactly
+    assert split == scenes80_split(scenes, seed=0) and split != scenes80_split(scenes, seed=1)
+
+
+def test_scenes80_is_as_close_to_80_percent_as_whole_scenes_allow():
+    scenes = [f"s{j}" for j, c in enumerate([7, 5, 5, 3, 11, 2, 9]) for _ in range(c)]  # 42 frames
+    counts = [7, 5, 5, 3, 11, 2, 9]
+    target = 0.8 * len(scenes)
+    best = min(abs(sum(c) - target) for k in range(1, len(counts)) for c in combinations(counts, k))
+    for seed in range(5):
+        n_train = len(scenes80_split(scenes, seed)["train"])
+        assert abs(n_train - target) == best
+
+
+def test_scenes80_of_one_scene_is_all_train():
+    assert scenes80_split(["a"] * 5, seed=0) == {"train": [1, 2, 3, 4, 5], "val": []}
+    assert len(scenes80_split(["a", "b"], seed=0)["val"]) == 1
+    with pytest.raises(SplitError):
+        scenes80_split([], seed=0)
+
+
+def test_random80_puts_the_same_scenes_on_both_sides():
+    """The reproduction: four frames per scene, random80 splits half the scenes across train/val."""
+    scenes = [f"room_{j:03d}" for j in range(50) for _ in range(4)]
+    split = random80_split(len(scenes), seed=0)
+    overlap = scene_overlap(scenes, split["train"], split["val"])
+    assert overlap["frames"] > 0 and overlap["scenes"] >= 15
+    assert scene_overlap(scenes, *(scenes80_split(scenes, 0)[k] for k in ("train", "val")))["frames"] == 0
+
+
+@pytest.fixture(scope="module")
+def scene_mat(tmp_path_factory):
+    base = synthetic_frame(5)
+    scenes = ["kitchen_0001"] * 3 + ["bedroom_0002"] * 4 + ["office_0003"] * 2 + ["bathroom_0004"]
+    return write_nyu_mat(tmp_path_factory.mktemp("scenes") / "nyu_depth_v2_labeled.mat",
+                         [replace(base, scene=s) for s in scenes]), scenes
+
+
+def test_fixture_scenes_cell_is_matlab_v73(scene_mat):
+    path, scenes = scene_mat
+    with h5py.File(path, "r") as f:
+        cell = f["scenes"]
+        assert cell.shape == (1, len(scenes)) and cell.dtype == h5py.ref_dtype
+        assert cell.attrs["MATLAB_class"] == b"cell"
+        ref = cell[0, 3]
+        assert f[ref].name.startswith("/#refs#/") and f[ref].attrs["MATLAB_class"] == b"char"
+        assert f[ref].dtype == np.uint16 and f[ref].shape == (len(scenes[3]), 1)
+        assert "".join(map(chr, f[ref][:, 0])) == scenes[3]
+
+
+def test_scenes80_is_the_default_and_the_manifest_records_scenes(scene_mat):
+    path, scenes = scene_mat
+    conv = NyuConverter(path)
+    opts = conv.options()
+    assert opts["split_scheme"] == "scenes80" and opts["split_seed"] == 0
+    train_scenes, val_scenes = opts["split_scenes"]["train"], opts["split_scenes"]["val"]
+    assert not set(train_scenes) & set(val_scenes) and set(train_scenes) | set(val_scenes) == set(scenes)
+    assert sorted(train_scenes) == train_scenes
+    for split, idx in opts["split_indices"].items():
+        assert {scenes[i - 1] for i in idx} == set(opts["split_scenes"][split])
+    assert len(opts["split_indices"]["train"]) == 8                # 3 + 4 + 1 of 10 frames: exactly 80 %
+    report = conv.enumerate(None).report
+    assert report["held_out_frames_sharing_a_train_scene"] == 0 and report["scenes_on_both_sides"] == 0
+    json.dumps(opts)
+
+
+def test_random80_report_counts_frames_sharing_a_train_scene(scene_mat):
+    path, scenes = scene_mat
+    conv = NyuConverter(path, split_scheme="random80", split_seed=0)
+    split = conv.split_indices()
+    assert split == random80_split(len(scenes), 0)                  # the seed's exact split, unchanged
+    expected = scene_overlap(scenes, split["train"], split["val"])
+    report = conv.enumerate(None).report
+    assert report["held_out_frames_sharing_a_train_scene"] == expected["frames"] > 0
+    assert report["scenes_on_both_sides"] == expected["scenes"]
+    assert "split_scenes" not in conv.options()
+
+
 def test_official_split_matches_real_splits_mat(samples_dir):
     m = scipy.io.loadmat(samples_dir / "nyu" / "splits.mat")
     shipped = official_split(1449)
@@ -158,7 +255,7 @@ def test_bad_splits_file_is_named(tmp_path):
 
 
 def test_options_record_split_indices_and_enumerate_follows_them(demo_mat, tmp_path):
-    conv = NyuConverter(demo_mat, split_seed=3)
+    conv = NyuConverter(demo_mat, split_scheme="random80", split_seed=3)
     opts = conv.options()
     assert opts["split_scheme"] == "random80" and opts["split_seed"] == 3
     frames = conv.enumerate(None).frames

@@ -21,7 +21,7 @@ import numpy as np
 from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_6, nyu894_to_6_lut
 from ..schema import Intrinsics, Sample, depth_to_mm, make_key
 from .base import Converter, Enumeration, FrameRef, RejectFrame
-from .nyu_splits import SCHEME_SPLITS, SCHEMES, make_split
+from .nyu_splits import DEFAULT_SCHEME, SCHEME_SPLITS, SCHEMES, SEEDED_SCHEMES, make_split, scene_overlap, split_scenes
 
 HEIGHT, WIDTH = 480, 640
 # Kinect RGB intrinsics from the NYU Depth V2 toolbox, camera_params.m (fx_rgb, fy_rgb, cx_rgb,
@@ -66,7 +66,7 @@ class NyuConverter(Converter):
     description = "NYU Depth V2 labeled set (nyu_depth_v2_labeled.mat, 1,449 frames, 894-class labels)"
     splits = ("train", "val", "test")
 
-    def __init__(self, src: str | Path, depth: str = "filled", split_scheme: str = "random80",
+    def __init__(self, src: str | Path, depth: str = "filled", split_scheme: str = DEFAULT_SCHEME,
                  split_seed: int = 0, splits_file: str | Path | None = None,
                  label_map: str | Path | None = None):
         if depth not in DEPTH_KEYS:
@@ -84,6 +84,7 @@ class NyuConverter(Converter):
         self._mapping = None if label_map is None else load_nyu40_to_6(label_map)
         self._lut = nyu894_to_6_lut(self._mapping)
         self._split: dict[str, list[int]] | None = None
+        self._scene_names: list[str] | None = None
         self._n_frames: int | None = None
         self._h5: h5py.File | None = None
         self._h5_pid: int | None = None
@@ -94,9 +95,11 @@ class NyuConverter(Converter):
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--depth", choices=sorted(DEPTH_KEYS), default="filled",
                            help="NYU: 'filled' = depths (inpainted), 'raw' = rawDepths (0 = hole)")
-        group.add_argument("--split-scheme", choices=SCHEMES, default="random80",
-                           help="NYU: random80 = seeded 80/20 train/val; official = splits.mat 795 train / 654 test")
-        group.add_argument("--split-seed", type=int, default=0, help="NYU: seed of the random80 split")
+        group.add_argument("--split-scheme", choices=SCHEMES, default=DEFAULT_SCHEME,
+                           help="NYU: scenes80 = whole scenes, seeded, ~80/20 train/val (no room on both sides); "
+                                "random80 = the seed's frame-level 80/20 split (val shares rooms with train); "
+                                "official = splits.mat 795 train / 654 test")
+        group.add_argument("--split-seed", type=int, default=0, help="NYU: seed of the scenes80 / random80 split")
         group.add_argument("--splits-file", type=Path, default=None,
                            help="NYU: splits.mat (trainNdxs/testNdxs) or JSON overriding the shipped official split")
         group.add_argument("--label-map", type=Path, default=None,
@@ -104,7 +107,7 @@ class NyuConverter(Converter):
 
     @classmethod
     def from_args(cls, src: Path, args: argparse.Namespace) -> "NyuConverter":
-        return cls(src, depth=getattr(args, "depth", "filled"), split_scheme=getattr(args, "split_scheme", "random80"),
+        return cls(src, depth=getattr(args, "depth", "filled"), split_scheme=getattr(args, "split_scheme", DEFAULT_SCHEME),
                    split_seed=getattr(args, "split_seed", 0), splits_file=getattr(args, "splits_file", None),
                    label_map=getattr(args, "label_map", None))
 
@@ -193,8 +196,20 @@ class NyuConverter(Converter):
     def split_indices(self) -> dict[str, list[int]]:
         """Split name -> sorted 1-based frame numbers."""
         if self._split is None:
-            self._split = make_split(self.split_scheme, self.frame_count(), self.split_seed, self.splits_file)
+            scenes = self.scene_names() if self.split_scheme == "scenes80" else None
+            self._split = make_split(self.split_scheme, self.frame_count(), self.split_seed, self.splits_file, scenes)
         return self._split
+
+    def scene_names(self) -> list[str]:
+        """The ``scenes`` cell: the scene of every frame, in frame order."""
+        if self._scene_names is None:
+            with self._open() as f:
+                n = self._n_frames = self._validate(f)
+                try:
+                    self._scene_names = [_decode_char(f, f["scenes"][0, i]) for i in range(n)]
+                except (OSError, KeyError, ValueError, TypeError) as e:
+                    raise NyuFileError(f"{self.src}: cannot decode the 'scenes' cell ({e})") from None
+        return self._scene_names
 
     def options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -206,8 +221,10 @@ class NyuConverter(Converter):
             "label_map": "default" if self._mapping is None else {"file": str(self.label_map),
                                                                   "nyu40_to_6": self._mapping},
         }
-        if self.split_scheme == "random80":
+        if self.split_scheme in SEEDED_SCHEMES:
             opts["split_seed"] = self.split_seed
+            if self.split_scheme == "scenes80":
+                opts["split_scenes"] = split_scenes(self.scene_names(), self.split_indices())
         else:
             opts["splits_file"] = "shipped" if self.splits_file is None else str(self.splits_file)
         return opts
@@ -227,9 +244,14 @@ class NyuConverter(Converter):
         by_frame = {i: s for s in scheme_splits for i in split[s]}
         frames = [FrameRef(split=by_frame[i], frame_id=frame_id(i - 1), files=(self.src.name,), payload=i - 1)
                   for i in range(1, n + 1) if splits is None or by_frame[i] in splits]
+        held_out = scheme_splits[1]
+        overlap = scene_overlap(self.scene_names(), split["train"], split[held_out])
         report = {"frames_in_file": n, "file_size": self.src.stat().st_size,
                   "file_head_sha256": _file_sha256_head(self.src),
-                  "split_counts": {s: len(split[s]) for s in scheme_splits}, **names_report}
+                  "split_counts": {s: len(split[s]) for s in scheme_splits},
+                  # Rooms seen in training make the held-out score optimistic; say how many.
+                  "held_out_frames_sharing_a_train_scene": overlap["frames"],
+                  "scenes_on_both_sides": overlap["scenes"], **names_report}
         return Enumeration(frames=frames, report=report)
 
     def _read(self, key: str, i: int) -> np.ndarray:

@@ -1,19 +1,29 @@
 """NYU Depth V2 train/val/test splits over the 1,449 labeled frames.
 
 Frame numbers here are 1-based, as in MATLAB and the official ``splits.mat``.
+
+- ``scenes80`` (default): whole scenes (the file's ``scenes`` cell) to train or val, so no room
+  is on both sides; the validation score then measures rooms the model has not seen.
+- ``random80``: the seed's frame-level 80/20 split, kept to reproduce it exactly. NYU's labeled
+  frames come several to a scene, so val shares rooms with train and scores optimistically.
+- ``official``: the 795/654 ``splits.mat`` split, for comparing with published numbers.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import scipy.io
 
-SCHEMES = ("random80", "official")
-SCHEME_SPLITS = {"random80": ("train", "val"), "official": ("train", "test")}
+SCHEMES = ("scenes80", "random80", "official")
+DEFAULT_SCHEME = "scenes80"
+SCHEME_SPLITS = {"scenes80": ("train", "val"), "random80": ("train", "val"), "official": ("train", "test")}
+SEEDED_SCHEMES = ("scenes80", "random80")
 TRAIN_FRACTION = 0.8
 
 
@@ -32,6 +42,55 @@ def random80_split(n_frames: int, seed: int) -> dict[str, list[int]]:
     perm = np.random.default_rng(seed).permutation(n_frames) + 1
     n_train = int(round(TRAIN_FRACTION * n_frames))
     return {"train": sorted(perm[:n_train].tolist()), "val": sorted(perm[n_train:].tolist())}
+
+
+def scenes80_split(scenes: Sequence[str], seed: int) -> dict[str, list[int]]:
+    """Whole scenes to train or val, train as close as possible to 80 % of the frames.
+
+    ``scenes[i]`` is the scene of frame i + 1. The scenes are put in a seeded order
+    (``default_rng(seed).permutation`` of their sorted names); an exact subset-sum over their frame
+    counts then finds the reachable train size nearest to 0.8 N (the smaller one on a tie, so val
+    is never short), with at least one scene on each side (a file of one scene is all train), and
+    scenes in that order that make it up go to train.
+    """
+    n = len(scenes)
+    names = sorted(set(scenes))
+    if not names:
+        raise SplitError("cannot split 0 frames")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    count = Counter(scenes)
+    sizes = [count[s] for s in order]
+    # reach[k, t]: some subset of the first k scenes (in this order) holds exactly t frames.
+    reach = np.zeros((len(sizes) + 1, n + 1), bool)
+    reach[0, 0] = True
+    for k, c in enumerate(sizes):
+        reach[k + 1] = reach[k]
+        reach[k + 1, c:] |= reach[k, :n + 1 - c]
+    target = TRAIN_FRACTION * n
+    # Both sides non-empty when there are two scenes or more; a single scene all goes to train.
+    totals = [t for t in range(1, n) if reach[-1, t]] or [n]
+    best = min(totals, key=lambda t: (abs(t - target), t))
+    train_scenes, t = set(), best
+    for k in range(len(sizes) - 1, -1, -1):  # walk back, taking a scene whenever the rest can still make t
+        c = sizes[k]
+        if t >= c and reach[k, t - c]:
+            train_scenes.add(order[k])
+            t -= c
+    frames = range(1, n + 1)
+    return {"train": [i for i in frames if scenes[i - 1] in train_scenes],
+            "val": [i for i in frames if scenes[i - 1] not in train_scenes]}
+
+
+def split_scenes(scenes: Sequence[str], split: dict[str, list[int]]) -> dict[str, list[str]]:
+    """Split name -> the sorted scene names of its frames."""
+    return {name: sorted({scenes[i - 1] for i in idx}) for name, idx in split.items()}
+
+
+def scene_overlap(scenes: Sequence[str], train: Sequence[int], held_out: Sequence[int]) -> dict[str, int]:
+    """How many held-out frames (and scenes) share a scene with train."""
+    in_train = {scenes[i - 1] for i in train}
+    shared = [scenes[i - 1] for i in held_out if scenes[i - 1] in in_train]
+    return {"frames": len(shared), "scenes": len(set(shared))}
 
 
 def _read_splits_file(path: Path) -> dict[str, list[int]]:
@@ -68,7 +127,14 @@ def official_split(n_frames: int, splits_file: str | Path | None = None) -> dict
     return {"train": sorted(train), "test": sorted(test)}
 
 
-def make_split(scheme: str, n_frames: int, seed: int = 0, splits_file: str | Path | None = None) -> dict[str, list[int]]:
+def make_split(scheme: str, n_frames: int, seed: int = 0, splits_file: str | Path | None = None,
+               scenes: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """The split of ``n_frames`` frames; ``scenes`` (one name per frame) is needed by scenes80."""
+    if scheme == "scenes80":
+        if scenes is None or len(scenes) != n_frames:
+            raise SplitError(f"scenes80 needs one scene name per frame ({n_frames}), got "
+                             f"{'none' if scenes is None else len(scenes)}")
+        return scenes80_split(scenes, seed)
     if scheme == "random80":
         return random80_split(n_frames, seed)
     if scheme == "official":
