@@ -94,3 +94,38 @@ def test_label_less_batch_gives_finite_loss_and_gradients() -> None:
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.seg_head.parameters())
+
+
+def test_targets_beyond_the_head_range_are_left_out_and_counted() -> None:
+    """The depth head cannot output max_depth or more; such targets are masked, not fitted."""
+    from vortex_data.train.losses import reachable_depth
+
+    target = torch.tensor([[0.0, 2.0, 9.99, 10.0, 31.5, 65.5]])
+    valid, beyond = reachable_depth(target, max_depth=10.0)
+    assert valid.tolist() == [[False, True, True, False, False, False]]
+    assert int(beyond) == 3
+
+
+def test_multitask_loss_ignores_unreachable_depth_and_logs_the_count() -> None:
+    """The reproduction: one 30 m pixel (a DIODE-like far wall) sets berHu's threshold and dominates
+    the mean unless it is left out."""
+    from vortex_data.train.loop import MultiTaskLoss
+    from vortex_data.train.model import DepthSegNet
+
+    torch.manual_seed(0)
+    net = DepthSegNet(max_depth=10.0)
+    model = MultiTaskLoss(net, smooth_weight=0.0).eval()
+    rgb = torch.randn(1, 3, 64, 64)
+    depth = torch.full((1, 1, 64, 64), 3.0)
+    far = depth.clone()
+    far[0, 0, :2, :] = 30.0  # 128 pixels the sigmoid * 10 m head can never reach
+    seg = torch.full((1, 64, 64), IGNORE_INDEX, dtype=torch.long)
+    with torch.no_grad():
+        _, near_parts = model(rgb, depth, seg)
+        _, far_parts = model(rgb, far, seg)
+        pred = net(rgb)["depth"].float()
+    reachable = far < 10.0
+    assert far_parts["depth"].item() == pytest.approx(berhu_loss(pred, far, reachable).item(), rel=1e-6)
+    assert far_parts["depth"].item() != pytest.approx(berhu_loss(pred, far, far > 0).item(), rel=1e-3)
+    assert far_parts["depth_px_beyond_range"].item() == 128
+    assert near_parts["depth_px_beyond_range"].item() == 0

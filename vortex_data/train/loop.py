@@ -22,7 +22,7 @@ from vortex_data.schema import IGNORE_INDEX
 from vortex_data.train import checkpoint, distributed
 from vortex_data.train.config import TrainConfig
 from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
-from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, seg_loss
+from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import build_optimizer, build_scheduler
 from vortex_data.train.profiling import StepTimer, diagnose
@@ -45,13 +45,13 @@ class MultiTaskLoss(nn.Module):
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.net(rgb)
         pred = out["depth"].float()
-        valid = depth > 0
+        valid, beyond = reachable_depth(depth, self.net.depth_head.max_depth)
         losses = {"depth": berhu_loss(pred, depth, valid), "seg": seg_loss(out["seg"], seg)}
         active = {"depth": bool(valid.any()), "seg": bool((seg != IGNORE_INDEX).any())}
         smooth = edge_aware_smoothness(pred, rgb.float())
         total = self.kendall(losses, active) + self.smooth_weight * smooth
         parts = {"loss": total.detach(), "depth": losses["depth"].detach(), "seg": losses["seg"].detach(),
-                 "smooth": smooth.detach()}
+                 "smooth": smooth.detach(), "depth_px_beyond_range": beyond.detach().float()}
         return total, parts
 
 

@@ -21,6 +21,19 @@ def _zero_like_graph(t: torch.Tensor) -> torch.Tensor:
     return (t * 0).sum()
 
 
+def reachable_depth(target: torch.Tensor, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, count): the pixels the depth loss supervises and how many valid ones it leaves out.
+
+    The depth head is ``sigmoid * max_depth``, so a target at or beyond ``max_depth`` can never be
+    fitted; kept in the loss its residual would only grow, set berHu's threshold c (0.2 x the
+    batch's largest residual) and drown the reachable pixels. DIODE's laser scans reach tens of
+    metres indoors. Such pixels are left out (as evaluation leaves out gt >= max_depth) and counted.
+    """
+    valid = target > 0
+    reachable = valid & (target < max_depth)
+    return reachable, (valid & ~reachable).sum()
+
+
 def berhu_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Reverse Huber over valid pixels (Laina et al., "Deeper Depth Prediction with FCRNs", 3DV 2016).
 
