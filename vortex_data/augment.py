@@ -22,7 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .geometry import resize_intrinsics, resize_nearest, resize_rgb
+from .geometry import (SCALE_DEPTH_MODES, camera_zoom, resize_intrinsics, resize_nearest, resize_rgb,
+                       scale_depth_mm)
 from .mixture import rng_for
 from .schema import Intrinsics
 
@@ -32,7 +33,10 @@ cv2.setNumThreads(1)  # DataLoader workers supply the parallelism; extra threads
 @dataclass(frozen=True)
 class AugmentConfig:
     """size: (H, W) training resolution. scale: crop area as a fraction of the image.
-    ratio: crop aspect (w/h) relative to the output aspect, sampled log-uniformly."""
+    ratio: crop aspect (w/h) relative to the output aspect, sampled log-uniformly.
+    scale_depth: what a crop's zoom does to depth (see :func:`crop_resize`). "none" (V5): depth
+    values unchanged, the focal length follows the resize. "camera": Metric3D's RandomResize
+    rule, the zoom is the camera moving along its axis: focal length kept, depth divided by it."""
 
     size: tuple[int, int] = (480, 640)
     scale: tuple[float, float] = (0.5, 1.0)
@@ -42,8 +46,11 @@ class AugmentConfig:
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.1
+    scale_depth: str = "none"
 
     def __post_init__(self) -> None:
+        if self.scale_depth not in SCALE_DEPTH_MODES:
+            raise ValueError(f"scale_depth must be one of {SCALE_DEPTH_MODES}, got {self.scale_depth!r}")
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not (0 < self.ratio[0] <= self.ratio[1]):
@@ -185,15 +192,27 @@ def centre_box(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, in
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def crop_resize(sample: dict[str, Any], box: tuple[int, int, int, int], size: tuple[int, int]) -> dict[str, Any]:
-    """Crop all maps to ``box`` and resize to ``size`` by the policy in :mod:`vortex_data.geometry`."""
+def crop_resize(sample: dict[str, Any], box: tuple[int, int, int, int], size: tuple[int, int],
+                scale_depth: str = "none") -> dict[str, Any]:
+    """Crop all maps to ``box`` and resize to ``size`` by the policy in :mod:`vortex_data.geometry`.
+
+    scale_depth="camera": a crop smaller than the evaluation transform's (the largest centred
+    crop) zooms in by s (:func:`geometry.camera_zoom`); it is taken as the camera moving nearer
+    along its axis, so depth is divided by s and the focal length stays the one the whole image
+    has at this size. The base resize to the training size is not a zoom and scales nothing.
+    """
     y0, x0, ch, cw = box
-    oh, ow = size
+    h, w = sample["rgb"].shape[:2]
     rgb = sample["rgb"][y0:y0 + ch, x0:x0 + cw]
     depth = sample["depth_mm"][y0:y0 + ch, x0:x0 + cw]
     seg = sample["seg"][y0:y0 + ch, x0:x0 + cw]
     rgb, depth, seg = resize_rgb(rgb, size), resize_nearest(depth, size), resize_nearest(seg, size)
     k: Intrinsics = resize_intrinsics(sample["intrinsics"].cropped(x0, y0), (ch, cw), size)
+    if scale_depth == "camera":
+        s = camera_zoom((ch, cw), centre_box(h, w, size)[2:])
+        if s != 1.0:
+            depth = scale_depth_mm(depth, 1.0 / s)
+            k = Intrinsics(k.fx / s, k.fy / s, k.cx, k.cy)
     return {**sample, "rgb": rgb, "depth_mm": depth, "seg": seg, "intrinsics": k}
 
 
@@ -217,7 +236,7 @@ def augment_train(sample: dict[str, Any], cfg: AugmentConfig, seed: int, epoch: 
     ``intrinsics``, ``key``). Determined by (seed, epoch, key, repeat) only."""
     rng = rng_for(seed, "augment", epoch, sample["key"], repeat)
     h, w = sample["rgb"].shape[:2]
-    out = crop_resize(sample, crop_box(rng, h, w, cfg), cfg.size)
+    out = crop_resize(sample, crop_box(rng, h, w, cfg), cfg.size, cfg.scale_depth)
     if rng.random() < cfg.flip_p:
         out = hflip(out)
     out["rgb"] = color_jitter(np.ascontiguousarray(out["rgb"]), jitter_params(rng, cfg))

@@ -59,7 +59,8 @@ def _add_build_parser(sub: argparse._SubParsersAction, dataset: str | None) -> N
                    help="lossless codec for depth and labels: zst (zstd over raw uint16, default; fastest decode) "
                         "or png (16-bit PNG)")
     p.add_argument("--resize", type=int, default=None, metavar="SHORT_SIDE",
-                   help="resize so the shorter side is this many pixels (RGB area, depth/labels nearest)")
+                   help="resize so the shorter side is this many pixels (RGB area/linear, depth/labels centre-aligned "
+                        "nearest, intrinsics follow; see docs/format.md)")
     p.add_argument("--num-tasks", type=int, default=_env_int("SLURM_ARRAY_TASK_COUNT", 1),
                    help="split the build into this many disjoint parts (default: $SLURM_ARRAY_TASK_COUNT or 1)")
     p.add_argument("--task-index", type=int, default=_env_int("SLURM_ARRAY_TASK_ID", 0) - _env_int("SLURM_ARRAY_TASK_MIN", 0),
