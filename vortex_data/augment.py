@@ -3,10 +3,11 @@
 Each call is a pure function of (seed, epoch, sample key, repeat): the same sample in the same
 epoch gets the same augmentation on any worker, rank or restart (exact resume depends on it).
 
-Geometry (random resized crop, then horizontal flip) moves all three maps together; RGB is
-interpolated, depth and labels use nearest neighbour so every output depth value is one that
-was measured (no blending across an object edge or with the 0 = invalid value) and depth
-values are never rescaled. Intrinsics follow the crop, the resize and the flip.
+Geometry (random resized crop, then horizontal flip) moves all three maps together by the one
+resize policy of :mod:`vortex_data.geometry`: RGB is interpolated, depth and labels take the
+centre-aligned nearest pixel so every output depth value is one that was measured (no blending
+across an object edge or with the 0 = invalid value). Intrinsics follow the crop, the resize and
+the flip. Depth values are rescaled only with ``AugmentConfig(scale_depth="camera")``.
 
 Colour jitter follows torchvision's ``ColorJitter`` on uint8 tensors: factors drawn uniformly
 from [max(0, 1-b), 1+b] (brightness, contrast, saturation) and [-h, h] (hue), the four applied

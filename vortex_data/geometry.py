@@ -18,6 +18,9 @@ intrinsics follow the same rule (``c' = (c + 0.5) * s - 0.5``, ``f' = f * s``, `
   pixel is a tie, so it shifts by +0.5 source pixels. Here a tie goes down on even and up on
   odd output pixels: the same nearest sampling with no systematic shift at any factor.
 
+:func:`camera_zoom` and :func:`scale_depth_mm` serve ``AugmentConfig(scale_depth="camera")``,
+which reads a crop's zoom as the camera moving nearer (depth divided by the zoom).
+
 Sizes are ``(height, width)`` throughout, like numpy shapes (OpenCV's ``dsize`` is (w, h)).
 Each resize takes an optional ``dst`` array of the output shape and dtype to write into, so a
 caller can reuse buffers; without it a new array is returned (or the input itself when the
