@@ -185,6 +185,9 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Pa
     record = json.loads((ckpts / "step_00000003" / "checksums.json").read_text())
     assert set(record["files"]) == {"train.pt", "rank_00000.pt"} and record["world_size"] == 1
     truncate(ckpts / "step_00000003" / damaged)
+    killed = ckpts / "step_00000009.tmp"  # what SIGKILL during a checkpoint write leaves
+    killed.mkdir()
+    (killed / "train.pt").write_bytes(b"PK\x03\x04 half a zip")
     capsys.readouterr()
 
     assert run_stage(tiny_config(run, steps=4), synthetic) == 0
@@ -192,6 +195,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Pa
     assert f"skipped checkpoint {ckpts / 'step_00000003'}: {damaged} is " in out and "checksums.json records" in out
     assert f"resumed path={ckpts / 'step_00000002'}" in out
     assert (ckpts / "step_00000003.skipped" / damaged).is_file()  # kept for inspection, out of the way
+    assert killed.is_dir()  # never a candidate
     got, want = step_losses(run), step_losses(straight)
     assert got[3] == want[3] and got[4] == want[4]  # step 3 redone from step 2, bit-identical
     assert (run / "stage1" / "STATUS").read_text().strip() == "done"
