@@ -207,7 +207,8 @@ class Trainer:
         print(f"[train] {event} " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items()), flush=True)
 
     def write_status(self, status: str) -> None:
-        """<stage dir>/STATUS: 'running', 'done' or 'interrupted <reason>' (sbatch scripts requeue on the last)."""
+        """<stage dir>/STATUS: 'running', 'done' or 'interrupted <reason>' (sbatch scripts requeue on the
+        last); 'failed <reason>' comes from run_stage."""
         if self.dist.is_main:
             write_status(self.cfg.stage_dir, status)
 
@@ -243,6 +244,7 @@ class Trainer:
         """Train until cfg.steps steps' worth of samples (see :meth:`finished`); returns 0 when done,
         EXIT_REQUEUE after a requested stop."""
         cfg = self.cfg
+        self.stopper.install()  # before the (possibly long) restore: a signal then stops after one step
         latest = self.find_checkpoint()
         if latest is not None:
             self.restore(latest)
@@ -250,7 +252,6 @@ class Trainer:
             self.initialise_from(src)
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.cuda else None)
-        self.stopper.install()
         self.write_status("running")  # an exception turns it into 'failed' (run_stage); a hard kill leaves it
         self.module.train()
         self.info("start", stage=cfg.stage, step=self.step, steps=cfg.steps, world_size=self.dist.world_size,
