@@ -231,6 +231,23 @@ def test_any_exception_leaves_status_failed_with_the_reason(tmp_path: Path) -> N
     assert (tmp_path / "stage1" / "STATUS").read_text() == "failed ValueError: shard x.tar: sample y does not decode\n"
 
 
+def test_the_first_failure_of_a_job_is_kept(tmp_path: Path) -> None:
+    """Rank 1 fails first and says why; rank 0 then only sees its peer vanish and must not overwrite that."""
+    from vortex_data.train.loop import write_status
+
+    def peer_fails_then_connection_closes(req: LoaderRequest):
+        write_status(tmp_path / "stage1", "failed rank 1: ValueError: shard 7 is truncated")
+        raise RuntimeError("Connection closed by peer")
+
+    with pytest.raises(RuntimeError):
+        run_stage(tiny_config(tmp_path), peer_fails_then_connection_closes)
+    assert (tmp_path / "stage1" / "STATUS").read_text() == "failed rank 1: ValueError: shard 7 is truncated\n"
+    os.utime(tmp_path / "stage1" / "STATUS", (0, 0))  # now a previous job's failure: replaced by this one's
+    with pytest.raises(ValueError):
+        run_stage(tiny_config(tmp_path), lambda req: FailAtBatch(batch_size=1, image_size=(64, 64)).batch(2))
+    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed ValueError: shard x.tar")
+
+
 def test_time_limit_not_longer_than_the_stop_margin_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not longer than the stop margin"):
         StopController(time_limit_s=60, margin_s=60)
