@@ -108,7 +108,7 @@ def test_resume_mid_epoch_sees_exactly_the_same_samples_and_augmentations(sets):
     it = iter(first)
     got += [next(it) for _ in range(3)]  # 3 batches into epoch 1, then "crash"
     state = first.state_dict()
-    assert (state["epoch"], state["batch"]) == (1, 3)
+    assert (state["epoch"], state["samples"]) == (1, 9)  # 3 batches of 3 on one rank
     resumed = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=1)  # worker count may change
     resumed.load_state_dict(state)
     got += list(resumed)
@@ -118,6 +118,65 @@ def test_resume_mid_epoch_sees_exactly_the_same_samples_and_augmentations(sets):
     other = make_loader(m, batch_size=3, size=SIZE, seed=8)
     with pytest.raises(ValueError, match="seed"):
         other.load_state_dict(state)
+
+
+def by_position(batches):
+    """(key, rgb) per sample of a list of batches, in order."""
+    return [(k, b["rgb"][i]) for b in batches for i, k in enumerate(b["key"])]
+
+
+def interleave_ranks(loaders):
+    """What ranks stepping together yield, in plan order: step by step, rank by rank."""
+    per_rank = [by_position(list(lo)) for lo in loaders]
+    bs = [lo.spec.batch_size for lo in loaders][0]
+    out = []
+    for step in range(len(per_rank[0]) // bs):
+        for r in per_rank:
+            out += r[step * bs:(step + 1) * bs]
+    return out
+
+
+def test_elastic_resume_across_world_size_batch_size_and_workers(sets):
+    """A state saved by 2 ranks x batch 3 (2 workers) resumes at 3 ranks x batch 2 and 1 rank x batch 5:
+    together the ranks yield exactly the rest of the epoch (each sample once, identical pixels);
+    only the last partial global batch is dropped."""
+    m = mix(sets)  # 24 samples per epoch
+    ref = by_position(list(make_loader(m, batch_size=1, size=SIZE, seed=4)))  # sample at each plan position
+    assert len(ref) == 24
+    old = [make_loader(m, batch_size=3, size=SIZE, seed=4, rank=r, world_size=2, num_workers=2 - r) for r in (0, 1)]
+    seen = []
+    for lo in old:
+        it = iter(lo)
+        seen.append(by_position([next(it), next(it)]))  # two steps on both ranks
+        lo.close()
+    states = [lo.state_dict() for lo in old]
+    assert states[0] == states[1] and states[0]["samples"] == 12 and states[0]["epoch"] == 0
+    assert [k for k, _ in seen[0][:3] + seen[1][:3] + seen[0][3:] + seen[1][3:]] == [k for k, _ in ref[:12]]
+
+    new = [make_loader(m, batch_size=2, size=SIZE, seed=4, rank=r, world_size=3, num_workers=1) for r in range(3)]
+    for lo in new:
+        lo.load_state_dict(states[0])
+    rest = interleave_ranks(new)
+    assert [k for k, _ in rest] == [k for k, _ in ref[12:]]  # 12 = 2 steps of 3 x 2: nothing to round
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(rest, ref[12:]))  # same augmentation
+
+    one = make_loader(m, batch_size=5, size=SIZE, seed=4)
+    one.load_state_dict(states[0])
+    rest = by_position(list(one))
+    assert [k for k, _ in rest] == [k for k, _ in ref[12:22]]  # 12 left, global batch 5: the last 2 dropped
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(rest, ref[12:22]))
+    assert one.state_dict()["epoch"] == 1 and one.state_dict()["samples"] == 0
+
+    v1 = {"version": 1, "epoch": 0, "batch": 2, "world_size": 2, "batch_size": 3, "seed": 4, "rank": 0,
+          "fingerprint": old[0].fingerprint}  # the earlier per-rank format converts exactly
+    one.load_state_dict(v1)
+    assert (one.epoch, one.position) == (0, 12)
+    with pytest.raises(ValueError, match="seed"):
+        make_loader(m, batch_size=2, size=SIZE, seed=5).load_state_dict(states[0])
+    with pytest.raises(ValueError, match="fingerprint"):
+        make_loader(mix(sets, epoch_size=30), batch_size=2, size=SIZE, seed=4).load_state_dict(states[0])
+    with pytest.raises(ValueError, match="outside the epoch plan"):
+        one.load_state_dict({**states[0], "samples": 25})
 
 
 def test_remote_pipe_shards_are_fetched_into_the_cache(sets, tmp_path):
@@ -167,6 +226,6 @@ def test_persistent_workers_open_each_shard_once_across_epochs_and_jumps_stay_ex
     assert [b["key"] for b in loader] == want[1]
     it = iter(loader)  # epoch 2, abandoned after one batch, then continued from the state
     next(it)
-    assert (loader.epoch, loader.batch) == (2, 1)
+    assert (loader.epoch, loader.position) == (2, 2)
     assert [b["key"] for b in loader] == want[2][1:]
     loader.close()

@@ -1,4 +1,5 @@
-"""The training loop: overfitting, exact resume after SIGTERM, the CLI's stop/requeue path, stop triggers."""
+"""The training loop: overfitting, exact resume after SIGTERM, the CLI's stop/requeue path, stop triggers,
+checkpoints that are complete or skipped, STATUS on failure, SIGTERM to a process group with loader workers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch  # noqa: E402
 from vortex_data.train import checkpoint  # noqa: E402
 from vortex_data.train.config import TrainConfig  # noqa: E402
 from vortex_data.train.data import LoaderRequest, SyntheticBatches  # noqa: E402
-from vortex_data.train.loop import Trainer  # noqa: E402
+from vortex_data.train.loop import Trainer, run_stage  # noqa: E402
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,3 +165,131 @@ def test_eval_skips_padded_samples(tmp_path: Path) -> None:
     plain = evaluate(net, batches, torch.device("cpu"), 1e-3, 10.0)
     res = evaluate(net, padded, torch.device("cpu"), 1e-3, 10.0)
     assert plain["all"]["images"] == 2 * res["all"]["images"] == 8
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # what a full disk or a killed copy leaves
+
+
+@pytest.mark.parametrize("damaged", ["train.pt", "rank_00000.pt"])
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, damaged: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    torch.set_num_threads(1)
+    straight = tmp_path / "straight"
+    assert run_stage(tiny_config(straight, steps=4), synthetic) == 0
+    run = tmp_path / "run"
+    assert run_stage(tiny_config(run, steps=3, ckpt_every=1, keep_checkpoints=1), synthetic) == 0
+    ckpts = run / "stage1" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002", "step_00000003"]  # the previous one kept
+    record = json.loads((ckpts / "step_00000003" / "checksums.json").read_text())
+    assert set(record["files"]) == {"train.pt", "rank_00000.pt"} and record["world_size"] == 1
+    truncate(ckpts / "step_00000003" / damaged)
+    killed = ckpts / "step_00000009.tmp"  # what SIGKILL during a checkpoint write leaves
+    killed.mkdir()
+    (killed / "train.pt").write_bytes(b"PK\x03\x04 half a zip")
+    capsys.readouterr()
+
+    assert run_stage(tiny_config(run, steps=4), synthetic) == 0
+    out = capsys.readouterr().out
+    assert f"skipped checkpoint {ckpts / 'step_00000003'}: {damaged} is " in out and "checksums.json records" in out
+    assert f"resumed path={ckpts / 'step_00000002'}" in out
+    assert (ckpts / "step_00000003.skipped" / damaged).is_file()  # kept for inspection, out of the way
+    assert killed.is_dir()  # never a candidate
+    got, want = step_losses(run), step_losses(straight)
+    assert got[3] == want[3] and got[4] == want[4]  # step 3 redone from step 2, bit-identical
+    assert (run / "stage1" / "STATUS").read_text().strip() == "done"
+    assert checkpoint.latest(ckpts).name == "step_00000004"
+
+
+def test_no_complete_checkpoint_fails_with_status_instead_of_starting_over(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    assert run_stage(tiny_config(tmp_path, steps=2, ckpt_every=1), synthetic) == 0
+    ckpts = tmp_path / "stage1" / "checkpoints"
+    truncate(ckpts / "step_00000002" / "train.pt")
+    (ckpts / "step_00000001" / "checksums.json").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
+        run_stage(tiny_config(tmp_path, steps=3), synthetic)
+    status = (tmp_path / "stage1" / "STATUS").read_text()
+    assert status.startswith("failed CheckpointError: ") and "step_00000002: train.pt is" in status
+    assert "step_00000001: no checksums.json" in status
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000001", "step_00000002"]  # evidence untouched
+
+
+class FailAtBatch(SyntheticBatches):
+    def batch(self, i: int):
+        if i == 2:
+            raise ValueError("shard x.tar: sample y does not decode")
+        return super().batch(i)
+
+
+def test_any_exception_leaves_status_failed_with_the_reason(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, steps=5)
+    with pytest.raises(ValueError, match="does not decode"):
+        run_stage(cfg, lambda req: FailAtBatch(batch_size=req.batch_size, image_size=req.image_size))
+    assert (tmp_path / "stage1" / "STATUS").read_text() == "failed ValueError: shard x.tar: sample y does not decode\n"
+
+
+def test_the_first_failure_of_a_job_is_kept(tmp_path: Path) -> None:
+    """Rank 1 fails first and says why; rank 0 then only sees its peer vanish and must not overwrite that."""
+    from vortex_data.train.loop import write_status
+
+    def peer_fails_then_connection_closes(req: LoaderRequest):
+        write_status(tmp_path / "stage1", "failed rank 1: ValueError: shard 7 is truncated")
+        raise RuntimeError("Connection closed by peer")
+
+    with pytest.raises(RuntimeError):
+        run_stage(tiny_config(tmp_path), peer_fails_then_connection_closes)
+    assert (tmp_path / "stage1" / "STATUS").read_text() == "failed rank 1: ValueError: shard 7 is truncated\n"
+    os.utime(tmp_path / "stage1" / "STATUS", (0, 0))  # now a previous job's failure: replaced by this one's
+    with pytest.raises(ValueError):
+        run_stage(tiny_config(tmp_path), lambda req: FailAtBatch(batch_size=1, image_size=(64, 64)).batch(2))
+    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed ValueError: shard x.tar")
+
+
+def test_time_limit_not_longer_than_the_stop_margin_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not longer than the stop margin"):
+        StopController(time_limit_s=60, margin_s=60)
+    cmd = [sys.executable, "-m", "vortex_data.train", "--recipe", "none", "--loader", "synthetic", "--run-dir",
+           str(tmp_path), "--time-limit", "30", "--stop-margin-s", "60", "--steps", "5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--time-limit 30 s is not longer than the stop margin of 60 s" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed ValueError: --time-limit 30 s")
+    assert not (tmp_path / "stage1" / "checkpoints").exists()  # stopped before any training
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path: Path) -> None:
+    """What Slurm does at the walltime: SIGTERM to every process of the step, DataLoader workers included."""
+    from loader_data import build
+
+    build(tmp_path / "data", "nyu", 12, 4)
+    mixture = tmp_path / "mix.toml"
+    mixture.write_text(f'name = "t"\nepoch_size = 12\nmanifests_dir = "{tmp_path / "data" / "manifests"}"\n'
+                       '[[source]]\nname = "nyu"\nmanifest = "nyu-{split}.json"\nweight = 1\n')
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vortex_data.train", "--recipe", "none", "--mixture", str(mixture), "--run-dir",
+           str(run), "--batch-size", "2", "--image-size", "32", "32", "--num-workers", "2", "--steps", "100000",
+           "--steps-per-epoch", "100000", "--ckpt-every", "100000", "--log-every", "1", "--profile-steps", "0",
+           "--warmup-steps", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as a Slurm step's tasks have
+    log = run / "stage1" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().count('"event": "step"') >= 2):
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) >= 3, workers  # the trainer and its two loader workers share the group
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_REQUEUE, out
+    assert "killed by signal" not in out
+    assert (run / "stage1" / "STATUS").read_text().strip() == "interrupted SIGTERM"
+    ckpt = checkpoint.latest(run / "stage1" / "checkpoints")
+    assert ckpt is not None and "stopped reason=SIGTERM" in out
+    state = checkpoint.load_rank(ckpt, 0)["loader"]
+    assert state["epoch"] * 12 + state["samples"] == 2 * int(ckpt.name.split("_")[1])  # position = steps run

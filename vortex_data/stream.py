@@ -3,11 +3,12 @@
 How an epoch is split (everything below is a pure function of seed, epoch, rank, world size):
 
 * The epoch plan (:mod:`vortex_data.mixture`) is one ordered list of samples, identical on all
-  ranks. Global step ``j`` takes plan positions ``[j*W*B, (j+1)*W*B)``; rank ``r`` gets the
+  ranks. A pass over the epoch starts at plan position ``s`` (0, or where a resumed run left
+  off); global step ``j`` takes plan positions ``s + [j*W*B, (j+1)*W*B)``; rank ``r`` gets the
   ``r``-th slice of ``B``. Every rank therefore has exactly the same number of batches
-  (``floor(N / (W*B))`` for training, which drops the tail; evaluation pads by wrapping around
-  and marks padding in ``is_pad``), whatever the shard counts: no DDP hang.
-* DataLoader worker ``w`` of ``K`` produces the rank's batches ``start + w, start + w + K, ...``;
+  (``floor((N - s) / (W*B))`` for training, which drops the tail; evaluation pads by wrapping
+  around and marks padding in ``is_pad``), whatever the shard counts: no DDP hang.
+* DataLoader worker ``w`` of ``K`` produces the rank's batches ``w, w + K, w + 2K, ...`` of the pass;
   the DataLoader hands batches out round-robin by worker, so the output order is the batch order
   for any ``K`` (more workers than shards is fine: work is split by batch, not by shard).
 * A worker reads a window of ``window_batches`` batches at a time: the window's samples are
@@ -17,14 +18,19 @@ How an epoch is split (everything below is a pure function of seed, epoch, rank,
 Memory bound per worker: ``window_batches * B`` encoded samples (the read window) plus one
 decoded batch; the DataLoader queues at most ``prefetch_factor * K`` collated batches.
 
-Resume: ``state_dict()`` records (epoch, batches delivered). ``load_state_dict`` makes the next
-iteration start at that batch of that epoch; since plan and augmentation depend only on
-(seed, epoch, key, repeat), the continued run sees exactly the samples and augmentations the
-uninterrupted run would have.
+Resume (elastic, MosaicML-Streaming style): ``state_dict()`` records the *global* position in
+the epoch plan, ``samples`` = plan positions consumed by all ranks together (``s`` plus ``W*B``
+per batch delivered). ``load_state_dict`` accepts it at any world size, batch size or worker
+count: the next pass starts at that position, so the union of what the ranks yield next is
+exactly the rest of the epoch, each sample once. Rounding: the last fewer-than-``W*B`` samples
+of the epoch are dropped in training (the same rule as every epoch's tail, now counted from
+``s``), padded by wrap-around with evaluation settings. Since plan and augmentation depend
+only on (seed, epoch, key, repeat), resumed samples are identical to the uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -42,20 +48,26 @@ from .shard_reader import ShardReader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 # ---------------------------------------------------------------- pure splitting functions
 
 def batches_per_rank(n_samples: int, batch_size: int, world_size: int, drop_last: bool) -> int:
-    """Batches each rank yields for an epoch of ``n_samples`` (same on every rank)."""
+    """Batches each rank yields for ``n_samples`` plan positions (same on every rank)."""
     step = batch_size * world_size
     return n_samples // step if drop_last else -(-n_samples // step)
 
 
-def batch_positions(j: int, rank: int, world_size: int, batch_size: int, n_samples: int) -> np.ndarray:
+def batch_first(j: int, rank: int, world_size: int, batch_size: int, offset: int = 0) -> int:
+    """Plan position of the first sample of rank ``rank``'s batch ``j`` of a pass starting at ``offset``."""
+    return offset + (j * world_size + rank) * batch_size
+
+
+def batch_positions(j: int, rank: int, world_size: int, batch_size: int, n_samples: int,
+                    offset: int = 0) -> np.ndarray:
     """Plan positions of rank ``rank``'s batch ``j``; positions past the end wrap around (padding)."""
-    start = (j * world_size + rank) * batch_size
+    start = batch_first(j, rank, world_size, batch_size, offset)
     return np.arange(start, start + batch_size) % n_samples
 
 
@@ -96,7 +108,7 @@ class LoaderSpec:
 
 
 class EpochDataset(IterableDataset):
-    """A rank's batches from batch ``start`` of ``epoch`` on, split over DataLoader workers.
+    """A rank's batches of ``epoch`` from global plan position ``offset`` on, split over DataLoader workers.
 
     Each ``iter()`` runs one epoch and then moves its own copy on to the start of the next, so
     the same object (in-process) or the same persistent DataLoader workers (each holding a copy)
@@ -105,33 +117,33 @@ class EpochDataset(IterableDataset):
     is not the one the copies will produce next (resume, ``set_epoch``, an abandoned epoch).
     """
 
-    def __init__(self, spec: LoaderSpec, epoch: int, start: int):
-        self.spec, self.epoch, self.start = spec, epoch, start
+    def __init__(self, spec: LoaderSpec, epoch: int, offset: int):
+        self.spec, self.epoch, self.offset = spec, epoch, offset
         self.reader = ShardReader(spec.cache_dir)
         self.worker = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch, start = self.epoch, self.start
-        self.epoch, self.start = epoch + 1, 0
-        return self._epoch(epoch, start)
+        epoch, offset = self.epoch, self.offset
+        self.epoch, self.offset = epoch + 1, 0
+        return self._epoch(epoch, offset)
 
-    def _epoch(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+    def _epoch(self, epoch: int, offset: int) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         self.worker = wid
         opens0 = self.reader.opens
         plan = s.plan(epoch)
-        total = batches_per_rank(len(plan), s.batch_size, s.world_size, s.drop_last)
-        mine = list(worker_batches(start, total, wid, nw))
+        total = batches_per_rank(len(plan) - offset, s.batch_size, s.world_size, s.drop_last)
+        mine = list(worker_batches(0, total, wid, nw))
         for w0 in range(0, len(mine), s.window_batches):
             window = mine[w0:w0 + s.window_batches]
-            pos = [batch_positions(j, s.rank, s.world_size, s.batch_size, len(plan)) for j in window]
+            pos = [batch_positions(j, s.rank, s.world_size, s.batch_size, len(plan), offset) for j in window]
             t0 = time.perf_counter()
             raw = self._read(plan, np.concatenate(pos))
             t_read = (time.perf_counter() - t0) / len(window)
             for j, p in zip(window, pos):
-                first = (j * s.world_size + s.rank) * s.batch_size
+                first = batch_first(j, s.rank, s.world_size, s.batch_size, offset)
                 yield self._batch(plan, epoch, p, raw, len(plan), t_read, first, self.reader.opens - opens0)
 
     def _read(self, plan: EpochPlan, positions: np.ndarray) -> dict[tuple[int, int], dict[str, bytes]]:
@@ -239,7 +251,9 @@ class StreamLoader:
 
     Each ``iter()`` runs the rest of the current epoch and then advances the epoch. The state
     counts batches *delivered to the caller*, so a checkpoint taken after consuming k batches
-    resumes at batch k (batches prefetched by workers but not consumed are produced again).
+    resumes right after them (batches prefetched by workers but not consumed are produced
+    again). ``position`` is the global plan position reached: all ranks step together, so each
+    delivered batch stands for ``world_size * batch_size`` plan positions.
     """
 
     def __init__(self, spec: LoaderSpec, source_names: Sequence[str], num_workers: int = 0,
@@ -250,52 +264,78 @@ class StreamLoader:
         self.prefetch_factor = prefetch_factor
         self.fingerprint = fingerprint
         self.epoch = 0
-        self.batch = 0
+        self.position = 0
         self._dl: DataLoader | None = None
         self._next: tuple[int, int] | None = None
 
     def __len__(self) -> int:
+        """Batches per rank in a whole epoch (a resumed pass yields fewer)."""
         n = len(self.spec.plan(self.epoch))
         return batches_per_rank(n, self.spec.batch_size, self.spec.world_size, self.spec.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.batch = int(epoch), 0
+        self.epoch, self.position = int(epoch), 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self._dl is None or self._next != (self.epoch, self.batch):
+        if self._dl is None or self._next != (self.epoch, self.position):
             # Workers (and their open shards) persist across epochs; a jump elsewhere restarts them.
             self._dl = None
-            ds = EpochDataset(self.spec, self.epoch, self.batch)
-            kw: dict[str, Any] = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True}
-                                  if self.num_workers else {})
+            ds = EpochDataset(self.spec, self.epoch, self.position)
+            kw: dict[str, Any] = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True,
+                                   "worker_init_fn": ignore_stop_signals} if self.num_workers else {})
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
+        n = len(self.spec.plan(self.epoch))
+        step = self.spec.world_size * self.spec.batch_size
         for b in self._dl:
             b["seg"] = b["seg"].long()
-            self.batch += 1
+            self.position = min(n, self.position + step)  # an evaluation pass's padded last step ends at n
             yield b
-        self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch, self.position = self.epoch + 1, 0
 
     def close(self) -> None:
         """Stop persistent workers now (otherwise they stop when the loader is garbage-collected)."""
         self._dl = None
 
     def state_dict(self) -> dict[str, Any]:
+        """``samples``: global plan positions of ``epoch`` consumed; ``epoch_samples``: the plan's
+        length. world_size / batch_size are recorded for messages only: any may resume it."""
         s = self.spec
-        return {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch, "seed": s.seed,
-                "rank": s.rank, "world_size": s.world_size, "batch_size": s.batch_size,
-                "fingerprint": self.fingerprint}
+        return {"version": STATE_VERSION, "epoch": self.epoch, "samples": self.position,
+                "epoch_samples": len(s.plan(self.epoch)), "seed": s.seed, "fingerprint": self.fingerprint,
+                "world_size": s.world_size, "batch_size": s.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``. Refuses a state from a different seed, world size, batch
-        size or mixture, where 'the same samples' would have no meaning."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
-        mine = self.state_dict()
-        for k in ("seed", "world_size", "batch_size", "fingerprint", "rank"):
-            if state.get(k) != mine[k]:
-                raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine[k]!r}")
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        """Continue from ``state``, saved at any world size, batch size or worker count. Refuses a
+        state from a different seed or mixture, where 'the same samples' would have no meaning.
+        A version-1 state (epoch, batches per rank) is converted: batches x world size x batch size."""
+        version = state.get("version")
+        if version == 1:
+            state = {**state, "samples": int(state["batch"]) * int(state["world_size"]) * int(state["batch_size"])}
+        elif version != STATE_VERSION:
+            raise ValueError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
+        for k, mine in (("seed", self.spec.seed), ("fingerprint", self.fingerprint)):
+            if state.get(k) != mine:
+                raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
+        epoch, samples = int(state["epoch"]), int(state["samples"])
+        n = len(self.spec.plan(epoch))
+        if epoch < 0 or not 0 <= samples <= n:
+            raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
+                             f"of {n} samples")
+        self.epoch, self.position = epoch, samples
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGUSR1/SIGINT, the main process decides.
+
+    Slurm signals every process of a step (and a terminal's Ctrl-C the whole process group);
+    torch's workers would otherwise die of it, and the main process would crash with 'DataLoader
+    worker ... is killed by signal' instead of finishing the step and checkpointing. Workers still
+    end when the main process shuts them down, and a worker whose parent has died exits on its
+    own (torch's watchdog).
+    """
+    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 AUGMENT_ON = ("default", "v5", "train", "on", "true")

@@ -2,17 +2,26 @@
 
 Layout under ``ckpt_dir``::
 
-    step_00001200/train.pt       model, Kendall, optimiser, scheduler, scaler, step, config
-    step_00001200/rank_00000.pt  this rank's loader state and RNG states
-    latest                       name of the newest complete step directory
+    step_00001200/train.pt        model, Kendall, optimiser, scheduler, scaler, step, samples, config
+    step_00001200/rank_00000.pt   this rank's loader state and RNG states
+    step_00001200/checksums.json  bytes and sha256 of every file above, written last
+    latest                        name of the newest published step directory
 
-A crash mid-write leaves only a ``*.tmp`` directory, which resuming ignores.
+A crash mid-write leaves only a ``*.tmp`` directory, which resuming ignores. A published
+checkpoint is used only if every file matches ``checksums.json`` (a truncated or damaged file,
+e.g. a full disk or a lost page on a network filesystem, does not); otherwise the next older one
+is taken and the skipped one is named with the reason. At least two checkpoints are kept so
+that there is one to fall back to.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +32,16 @@ import torch
 from vortex_data.train.distributed import DistInfo, barrier
 
 LATEST = "latest"
+CHECKSUMS = "checksums.json"
+STEP_DIR = re.compile(r"step_\d{8}")
+MIN_KEEP = 2
+"""The newest checkpoint plus the previous one, to fall back to if the newest proves damaged."""
+
+log = logging.getLogger("vortex_data.train")
+
+
+class CheckpointError(ValueError):
+    """Checkpoints exist but none is complete: resuming would silently start over."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,29 +83,106 @@ def save(ckpt_dir: Path, step: int, shared: dict[str, Any], per_rank: dict[str, 
     barrier()  # every rank's file is in tmp before it is published
     final = ckpt_dir / name
     if info.is_main:
+        _write_checksums(tmp, step, info.world_size)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = ckpt_dir / (LATEST + ".part")
         pointer.write_text(name + "\n")
         os.replace(pointer, ckpt_dir / LATEST)
-        _prune(ckpt_dir, keep)
+        _prune(ckpt_dir, max(keep, MIN_KEEP))
     barrier()
     return final
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_checksums(folder: Path, step: int, world_size: int) -> None:
+    """Size and sha256 of what is on disk (read back after fsync), so load checks the bytes saved."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.glob("*.pt"))}
+    record = {"format": 1, "step": step, "world_size": world_size, "files": files}
+    with open(folder / CHECKSUMS, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def problem(path: Path) -> str | None:
+    """None if the checkpoint directory is complete, else what is wrong with it."""
+    try:
+        record = json.loads((path / CHECKSUMS).read_text())
+        files, world = record["files"], int(record["world_size"])
+    except FileNotFoundError:
+        return f"no {CHECKSUMS} (not written to the end, or by a version without checksums)"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{CHECKSUMS} is unreadable ({type(e).__name__}: {e})"
+    ranks = [n for n in files if n.startswith("rank_")]
+    if "train.pt" not in files or len(ranks) != world:
+        return f"{CHECKSUMS} lists {sorted(files)}, not train.pt and {world} rank files"
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} is {size} bytes, {CHECKSUMS} records {want['bytes']}"
+        if _sha256(f) != want["sha256"]:
+            return f"{name} does not match the sha256 in {CHECKSUMS}"
+    return None
+
+
 def _prune(ckpt_dir: Path, keep: int) -> None:
-    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in done[:-keep] if keep > 0 else []:
+    for old in published(ckpt_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def published(ckpt_dir: Path) -> list[Path]:
+    """Published step directories, newest first (*.tmp and *.skipped are not)."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name)), reverse=True)
+
+
+def find(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest complete checkpoint or None, [(each newer incomplete one, why)])."""
+    skipped: list[tuple[Path, str]] = []
+    for path in published(ckpt_dir):
+        why = problem(path)
+        if why is None:
+            return path, skipped
+        skipped.append((path, why))
+    return None, skipped
+
+
 def latest(ckpt_dir: Path) -> Path | None:
-    """The newest published checkpoint directory, or None."""
-    pointer = ckpt_dir / LATEST
-    if not pointer.is_file():
-        return None
-    path = ckpt_dir / pointer.read_text().strip()
-    return path if (path / "train.pt").is_file() else None
+    """The newest complete checkpoint directory, or None when there is none at all. Damaged
+    newer ones are logged and passed over; if every checkpoint is damaged, CheckpointError."""
+    found, skipped = find(ckpt_dir)
+    for path, why in skipped:
+        log.warning("skipping checkpoint %s: %s", path, why)
+    if found is None and skipped:
+        raise CheckpointError(no_complete_message(ckpt_dir, skipped))
+    return found
+
+
+def no_complete_message(ckpt_dir: Path, skipped: list[tuple[Path, str]]) -> str:
+    return f"{ckpt_dir}: no complete checkpoint, so nothing to resume from: " + "; ".join(
+        f"{p.name}: {why}" for p, why in skipped)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to <name>.skipped: kept for inspection, never pruned in place of
+    a good one, never picked again."""
+    target = path.with_name(path.name + ".skipped")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(path, target)
+    return target
 
 
 def load_shared(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

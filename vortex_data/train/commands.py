@@ -22,13 +22,16 @@ assert set(_OVERRIDES) <= FIELDS
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``train``; rerunning the same command resumes from the stage's latest checkpoint."""
     p = subparsers.add_parser("train", help="train EfficientViT-B1 depth + segmentation (resumes automatically)",
-                              description="Exit code 0: finished; 75: stopped early with a checkpoint (requeue and rerun).")
+                              description="Exit code 0: finished (STATUS 'done'); 75: stopped early with a checkpoint "
+                                          "(STATUS 'interrupted <reason>': requeue and rerun); anything else: failed "
+                                          "(STATUS 'failed <reason>': do not requeue).")
     p.add_argument("--recipe", default="v6", help="shipped recipe name or TOML path ('none' for defaults only)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
                    help="run one stage; default: stage 1 then stage 2 (which starts from stage 1's weights)")
     p.add_argument("--manifests", "--shards", dest="manifests_dir", metavar="DIR",
                    help="folder with the converted datasets' manifests (<dataset>-<split>.json); default manifests/")
-    p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds of training before a clean stop")
+    p.add_argument("--time-limit", dest="time_limit_s", type=float,
+                   help="seconds of training before a clean stop; must exceed the stop margin (stop_margin_s)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")
     for name, typ in _OVERRIDES.items():
         flag = "--" + name.replace("_", "-")
@@ -56,7 +59,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_train(args: argparse.Namespace) -> int:
     from vortex_data.train.data import resolve_factory
-    from vortex_data.train.loop import Trainer
+    from vortex_data.train.loop import run_stage
 
     recipe = None if args.recipe == "none" else load_recipe(args.recipe)
     overrides = {name: getattr(args, name, None) for name in _OVERRIDES}
@@ -68,11 +71,7 @@ def run_train(args: argparse.Namespace) -> int:
     stages = [args.stage] if args.stage else [1, 2] if recipe and "stage2" in recipe else [1]
     for stage in stages:
         cfg = build_config(recipe, stage, overrides, recipe_name=args.recipe)
-        trainer = Trainer(cfg, resolve_factory(cfg.loader))
-        try:
-            code = trainer.run()
-        finally:
-            trainer.close()
+        code = run_stage(cfg, resolve_factory(cfg.loader))
         if code != 0:
             return code
     return 0
@@ -112,4 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in ("train", "eval", "-h", "--help"):
         argv.insert(0, "train")  # `python -m vortex_data.train --stage 1 ...` means train
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, KeyError) as e:
+        # As `vortex-data`: the message names the file or setting and the problem; STATUS has it too.
+        # Other errors (torch runtime, a lost peer) keep their traceback.
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -52,6 +52,15 @@ def any_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (picklable objects; a no-op in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -4,12 +4,21 @@ One :class:`Trainer` per process; under torchrun (or one srun task per GPU) ever
 same loop and DistributedDataParallel averages gradients. The loop never dies mid-step on a
 signal: the handler only records it, every rank agrees on stopping via an all-reduce, then the
 checkpoint is written and :func:`Trainer.run` returns EXIT_REQUEUE.
+
+``<stage dir>/STATUS`` always ends up saying how the process ended: ``done``, ``interrupted
+<reason>`` (checkpointed, rerun to resume: the only status the sbatch scripts requeue) or
+``failed <reason>`` (any exception, see :func:`run_stage`).
+
+Progress is counted in samples: the learning-rate schedule and the stage's end follow samples
+seen (:class:`~vortex_data.train.optim.SampleSchedule`), and the streaming loader's state is a
+global position in its epoch plan, so a run may resume at another world size.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,6 +76,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, factory: LoaderFactory, stopper: StopController | None = None) -> None:
         self.cfg = cfg
+        # First, so that an impossible time limit is reported before any model or data is built.
+        self.stopper = stopper or StopController(cfg.time_limit_s, cfg.stop_margin_s, cfg.stop_file)
         self.dist = distributed.env_info()
         self.device = pick_device(self.dist)
         self.dist = distributed.init(self.device.type)
@@ -79,7 +90,11 @@ class Trainer:
         self.optimizer = build_optimizer(net.encoder_parameters(), net.head_parameters(),
                                          list(self.module.kendall.parameters()), cfg.lr_encoder, cfg.lr_heads,
                                          cfg.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        self.global_batch = cfg.batch_size * self.dist.world_size
+        # warmup_steps / steps count steps of the global batch the stage starts with (restore()
+        # keeps the checkpoint's), so a resume at another world size continues by samples seen.
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio,
+                                         reference_batch=self.global_batch)
         self.amp_dtype = AMP_DTYPES[cfg.amp] if self.cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.loader: StatefulLoader = factory(LoaderRequest(
@@ -87,8 +102,8 @@ class Trainer:
             image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
             world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True,
             manifests_dir=cfg.manifests_dir))
-        self.stopper = stopper or StopController(cfg.time_limit_s, cfg.stop_margin_s, cfg.stop_file)
         self.step = 0
+        self.saved_step: int | None = None  # step of the checkpoint last written or restored
         self.model: nn.Module = self.module
 
     # ------------------------------------------------------------ state
@@ -96,7 +111,8 @@ class Trainer:
     def shared_state(self) -> dict[str, Any]:
         return {"net": self.module.net.state_dict(), "kendall": self.module.kendall.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "config": self.cfg.as_dict()}
+                "scaler": self.scaler.state_dict(), "step": self.step, "samples": self.scheduler.samples,
+                "world_size": self.dist.world_size, "global_batch": self.global_batch, "config": self.cfg.as_dict()}
 
     def rank_state(self) -> dict[str, Any]:
         return {"loader": self.loader.state_dict(), "rng": checkpoint.rng_state(), "step": self.step}
@@ -104,6 +120,7 @@ class Trainer:
     def save(self) -> Path:
         path = checkpoint.save(self.cfg.ckpt_dir, self.step, self.shared_state(), self.rank_state(), self.dist,
                                self.cfg.keep_checkpoints)
+        self.saved_step = self.step
         self.info("checkpoint", path=str(path))
         return path
 
@@ -115,15 +132,24 @@ class Trainer:
         self.optimizer.load_state_dict(shared["optimizer"])
         self.scheduler.load_state_dict(shared["scheduler"])
         self.scaler.load_state_dict(shared["scaler"])
-        self.step = int(shared["step"])
-        mine = checkpoint.load_rank(path, self.dist.rank)
-        if mine is None:
-            # The world size changed: this rank's stream position is unknown, so it starts afresh.
-            log.warning("checkpoint %s has no state for rank %d; its loader starts from the beginning", path, self.dist.rank)
-        else:
+        self.step = self.saved_step = int(shared["step"])
+        saved_world = int(shared.get("world_size", self.dist.world_size))
+        if saved_world == self.dist.world_size:
+            mine = checkpoint.load_rank(path, self.dist.rank)
+            if mine is None:
+                raise checkpoint.CheckpointError(f"{path}: no rank_{self.dist.rank:05d}.pt")
             self.loader.load_state_dict(mine["loader"])
             checkpoint.set_rng_state(mine["rng"])
-        self.info("resumed", path=str(path), step=self.step)
+        else:
+            # The streaming loader's state is the global position in the epoch plan, the same on
+            # every rank, so rank 0's continues every rank of the new world exactly. RNG streams
+            # belong to the old ranks; the new ones keep their seeded start.
+            first = checkpoint.load_rank(path, 0)
+            if first is None:
+                raise checkpoint.CheckpointError(f"{path}: no rank_00000.pt")
+            self.loader.load_state_dict(first["loader"])
+        self.info("resumed", path=str(path), step=self.step, samples=self.scheduler.samples,
+                  world_size=f"{saved_world}->{self.dist.world_size}")
 
     def initialise_from(self, path: Path) -> None:
         """Stage-2 start: network and Kendall weights only; optimiser, schedule and data start fresh."""
@@ -137,12 +163,36 @@ class Trainer:
             return Path(self.cfg.init_from)
         if self.cfg.init_from_stage:
             src = Path(self.cfg.run_dir) / f"stage{self.cfg.init_from_stage}" / "checkpoints"
-            found = checkpoint.latest(src)
+            found = checkpoint.latest(src)  # verified; damaged newer ones are passed over
             if found is None:
                 raise FileNotFoundError(f"stage {self.cfg.stage} starts from stage {self.cfg.init_from_stage}, "
                                         f"but {src} holds no checkpoint; run that stage first")
             return found
         return None
+
+    def find_checkpoint(self) -> Path | None:
+        """Rank 0 picks the newest complete checkpoint and every rank resumes from that one.
+        Newer damaged ones are named with the reason and set aside as ``<name>.skipped``; if
+        checkpoints exist but none is complete, CheckpointError (rather than starting over)."""
+        choice: tuple[str, str | None] = ("ok", None)
+        if self.dist.is_main:
+            found, skipped = checkpoint.find(self.cfg.ckpt_dir)
+            if found is None and skipped:
+                choice = ("error", checkpoint.no_complete_message(self.cfg.ckpt_dir, skipped))
+            else:
+                for path, why in skipped:
+                    aside = checkpoint.set_aside(path)
+                    self.info("checkpoint_skipped", path=str(path), reason=why, moved_to=str(aside))
+                    print(f"[train] WARNING skipped checkpoint {path}: {why}; falling back to {found}", flush=True)
+                choice = ("ok", None if found is None else str(found))
+        kind, value = distributed.broadcast_object(choice)  # type: ignore[misc]
+        if kind == "error":
+            raise checkpoint.CheckpointError(value)
+        return None if value is None else Path(value)
+
+    def finished(self) -> bool:
+        """The stage is done once it has seen steps x (the stage's first global batch) samples."""
+        return self.scheduler.samples >= self.scheduler.total_samples
 
     # ------------------------------------------------------------ logging
 
@@ -157,10 +207,10 @@ class Trainer:
         print(f"[train] {event} " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items()), flush=True)
 
     def write_status(self, status: str) -> None:
-        """<stage dir>/STATUS: 'running', 'done' or 'interrupted <reason>' (sbatch scripts requeue on the last)."""
+        """<stage dir>/STATUS: 'running', 'done' or 'interrupted <reason>' (sbatch scripts requeue on the
+        last); 'failed <reason>' comes from run_stage."""
         if self.dist.is_main:
-            self.cfg.stage_dir.mkdir(parents=True, exist_ok=True)
-            (self.cfg.stage_dir / "STATUS").write_text(status + "\n")
+            write_status(self.cfg.stage_dir, status)
 
     # ------------------------------------------------------------ training
 
@@ -179,7 +229,7 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        self.scheduler.advance(self.global_batch)
         return parts
 
     def next_batch(self, it: Any) -> tuple[Any, dict[str, Any]]:
@@ -191,24 +241,26 @@ class Trainer:
             return it, next(it)
 
     def run(self) -> int:
-        """Train to cfg.steps; returns 0 when done, EXIT_REQUEUE after a requested stop."""
+        """Train until cfg.steps steps' worth of samples (see :meth:`finished`); returns 0 when done,
+        EXIT_REQUEUE after a requested stop."""
         cfg = self.cfg
-        latest = checkpoint.latest(cfg.ckpt_dir)
+        self.stopper.install()  # before the (possibly long) restore: a signal then stops after one step
+        latest = self.find_checkpoint()
         if latest is not None:
             self.restore(latest)
         elif (src := self.init_source()) is not None:
             self.initialise_from(src)
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.cuda else None)
-        self.stopper.install()
-        self.write_status("running")  # a crash leaves 'running', which the sbatch scripts do not requeue
+        self.write_status("running")  # an exception turns it into 'failed' (run_stage); a hard kill leaves it
         self.module.train()
         self.info("start", stage=cfg.stage, step=self.step, steps=cfg.steps, world_size=self.dist.world_size,
+                  samples=self.scheduler.samples, total_samples=self.scheduler.total_samples,
                   device=str(self.device), amp=str(self.amp_dtype))
         it = iter(self.loader)
         epoch_timer, profile_timer = StepTimer(), StepTimer()
-        saved_at = first_step = self.step
-        while self.step < cfg.steps:
+        first_step = self.step
+        while not self.finished():
             t0 = time.perf_counter()
             it, batch = self.next_batch(it)
             t1 = time.perf_counter()
@@ -219,7 +271,7 @@ class Trainer:
             self.step += 1
             epoch_timer.add(t1 - t0, t2 - t1)
             self.profile(profile_timer, self.step - first_step, t1 - t0, t2 - t1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or self.finished():
                 self.log_step(parts, t1 - t0, t2 - t1)
             if self.step % cfg.steps_per_epoch == 0:
                 self.info("epoch", epoch=self.step // cfg.steps_per_epoch, step=self.step,
@@ -228,18 +280,17 @@ class Trainer:
                 epoch_timer.reset()
             if self.step % cfg.steps_per_epoch == 0 or self.step % cfg.ckpt_every == 0:
                 self.save()
-                saved_at = self.step
             reason = self.stopper.reason()
-            if distributed.any_true(reason is not None, self.device) and self.step < cfg.steps:
-                return self.stop_early(reason or "another rank stopped", saved_at)
-        if saved_at != self.step or checkpoint.latest(cfg.ckpt_dir) is None:
+            if distributed.any_true(reason is not None, self.device) and not self.finished():
+                return self.stop_early(reason or "another rank stopped")
+        if self.saved_step != self.step:
             self.save()
         self.write_status("done")
         self.info("done", step=self.step)
         return 0
 
-    def stop_early(self, reason: str, saved_at: int) -> int:
-        if saved_at != self.step:
+    def stop_early(self, reason: str) -> int:
+        if self.saved_step != self.step:
             self.save()
         self.write_status(f"interrupted {reason}")
         self.info("stopped", reason=reason, step=self.step, exit_code=EXIT_REQUEUE)
@@ -264,12 +315,51 @@ class Trainer:
     def log_step(self, parts: dict[str, torch.Tensor], wait_s: float, compute_s: float) -> None:
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         s = self.module.kendall.log_vars.detach().cpu().tolist()
-        self.info("step", step=self.step, **{k: float(v) for k, v in parts.items()},
+        self.info("step", step=self.step, samples=self.scheduler.samples, **{k: float(v) for k, v in parts.items()},
                   lr_encoder=lrs.get("encoder"), lr_heads=lrs.get("heads"), s_depth=s[0], s_seg=s[1],
                   wait_s=round(wait_s, 4), compute_s=round(compute_s, 4))
 
     def close(self) -> None:
         distributed.shutdown()
+
+
+def write_status(stage_dir: Path, status: str) -> None:
+    """Replace <stage dir>/STATUS atomically (the sbatch scripts read it while it may be rewritten)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / f"STATUS.{os.getpid()}.part"
+    tmp.write_text(status + "\n")
+    os.replace(tmp, stage_dir / "STATUS")
+
+
+def failure_status(exc: BaseException, rank: int) -> str:
+    """'failed <type>: <first line of the message>' ('failed rank R: ...' off rank 0), one line."""
+    text = str(exc).strip()
+    reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return (f"failed {reason}" if rank == 0 else f"failed rank {rank}: {reason}")[:1000]
+
+
+def run_stage(cfg: TrainConfig, factory: LoaderFactory, stopper: StopController | None = None) -> int:
+    """Build the Trainer and run it; on *any* exception STATUS says 'failed <reason>' before the
+    exception propagates (so nothing requeues a run that cannot succeed). The first failure
+    recorded during this job wins: a rank that only lost its peer does not overwrite the cause."""
+    started = time.time()
+    rank = distributed.env_info().rank
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(cfg, factory, stopper)
+        return trainer.run()
+    except BaseException as e:
+        status = cfg.stage_dir / "STATUS"
+        try:
+            recorded = status.stat().st_mtime >= started and status.read_text().startswith("failed")
+        except OSError:
+            recorded = False
+        if not recorded:
+            write_status(cfg.stage_dir, failure_status(e, rank))
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
 
 
 def _fmt(v: Any) -> str:

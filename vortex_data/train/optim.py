@@ -1,4 +1,4 @@
-"""AdamW parameter groups (slow encoder, fast decoder/heads/Kendall) and warmup + cosine decay."""
+"""AdamW parameter groups (slow encoder, fast decoder/heads/Kendall) and warmup + cosine decay by samples seen."""
 
 from __future__ import annotations
 
@@ -46,5 +46,47 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, floor: float) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, floor))
+class SampleSchedule:
+    """Warmup + cosine driven by samples seen, not by optimiser steps.
+
+    ``lr = base_lr x WarmupCosine(samples / reference_batch)``, where ``reference_batch`` is the
+    global batch (batch size x world size) the stage started with and ``warmup`` / ``total`` are
+    counted in its steps. At an unchanged world size this equals the per-step schedule exactly;
+    a run resumed at another world size or batch size continues the curve where the samples seen
+    put it, and the stage ends after ``total x reference_batch`` samples.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, warmup: int, total: int, floor: float, reference_batch: int) -> None:
+        if reference_batch <= 0:
+            raise ValueError(f"reference global batch must be positive, got {reference_batch}")
+        self.optimizer, self.fn = opt, WarmupCosine(warmup, total, floor)
+        self.base_lrs = [g["lr"] for g in opt.param_groups]
+        self.reference_batch, self.samples = int(reference_batch), 0
+        self._apply()
+
+    @property
+    def total_samples(self) -> int:
+        return self.fn.total * self.reference_batch
+
+    def advance(self, samples: int) -> None:
+        """After an optimiser step that consumed ``samples`` (global) samples."""
+        self.samples += int(samples)
+        self._apply()
+
+    def _apply(self) -> None:
+        f = self.fn(self.samples / self.reference_batch)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * f
+
+    def state_dict(self) -> dict:
+        return {"samples": self.samples, "reference_batch": self.reference_batch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples, self.reference_batch = int(state["samples"]), int(state["reference_batch"])
+        self.base_lrs = list(state["base_lrs"])
+        self._apply()
+
+
+def build_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, floor: float,
+                    reference_batch: int = 1) -> SampleSchedule:
+    return SampleSchedule(opt, warmup, total, floor, reference_batch)

@@ -31,11 +31,16 @@ class StopController:
     """Collects stop requests; :meth:`reason` says why (None = keep going).
 
     ``time_limit_s`` counts from construction; ``margin_s`` is subtracted from every deadline
-    and should cover one step plus one checkpoint write.
+    and should cover one step plus one checkpoint write. A time limit not longer than the margin
+    is an error: the run would stop after its first step.
     """
 
     def __init__(self, time_limit_s: float | None = None, margin_s: float = 60.0, stop_file: str | Path | None = None,
                  clock=time.time) -> None:
+        if time_limit_s is not None and time_limit_s <= margin_s:
+            raise ValueError(f"--time-limit {time_limit_s:g} s is not longer than the stop margin of {margin_s:g} s "
+                             f"(stop_margin_s): the run would stop after its first step; give a longer time "
+                             f"limit or a smaller --stop-margin-s")
         self._clock = clock
         self._signal: str | None = None
         self.stop_file = Path(stop_file) if stop_file else None
