@@ -171,7 +171,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     ish.add_argument("--to", type=Path, default=Path("."), help="folder for --dump (default: .)")
     ish.set_defaults(func=cmd_inspect_shard)
 
-    ver = sub.add_parser("verify", help="check shard checksums and decode every sample; exit 1 naming any bad one")
+    ver = sub.add_parser("verify", help="check shard and member checksums and the key grammar, decode every sample; "
+                                       "exit 1 naming any bad one")
     ver.add_argument("manifests", type=Path, nargs="+")
     ver.add_argument("--no-decode", action="store_true", help="checksums and counts only")
     ver.add_argument("--no-progress", action="store_true")

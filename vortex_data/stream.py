@@ -25,6 +25,7 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -35,11 +36,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .augment import AugmentConfig, augment_eval, augment_train, intrinsics_of
+from .integrity import SampleError, check_members, check_policy
 from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
-                      resolve_mixture)
-from .schema import DEPTH_SCALE_MM, decode_sample
+                      resolve_mixture, rng_for)
+from .schema import DEPTH_SCALE_MM, SchemaError, decode_sample
 from .shard_reader import ShardReader
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_VERSION = 1
@@ -87,6 +90,8 @@ class LoaderSpec:
     std: tuple[float, float, float]
     cache_dir: str | None
     profile: bool
+    on_error: str = "raise"
+    """A sample failing its checksum or decode: 'raise', or 'skip' (replace it, count it, log it)."""
 
     def plan(self, epoch: int) -> EpochPlan:
         sizes = [len(ix) for ix in self.indices]
@@ -109,6 +114,7 @@ class EpochDataset(IterableDataset):
         self.spec, self.epoch, self.start = spec, epoch, start
         self.reader = ShardReader(spec.cache_dir)
         self.worker = 0
+        self._skipped: list[str] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, start = self.epoch, self.start
@@ -154,10 +160,9 @@ class EpochDataset(IterableDataset):
         t_dec = t_aug = 0.0
         samples = []
         for p in positions:
-            src, idx = int(plan.source[p]), int(plan.index[p])
-            key = s.indices[src].keys[idx]
+            src = int(plan.source[p])
             t0 = time.perf_counter()
-            d = decode_sample(raw[(src, key)], key)
+            d = self._checked_sample(plan, epoch, p, raw)
             d["intrinsics"] = intrinsics_of(d["meta"])
             t1 = time.perf_counter()
             if s.augmenting:
@@ -179,7 +184,53 @@ class EpochDataset(IterableDataset):
             batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
                                "collate": time.perf_counter() - t0, "opens": opens,
                                "worker": self.worker}
+        if self._skipped:
+            batch["skipped"], self._skipped = self._skipped, []
         return batch
+
+    # -- read-time integrity hook (one sample in, one decoded sample out)
+    def _checked_sample(self, plan: EpochPlan, epoch: int, p: int, raw: dict) -> dict[str, Any]:
+        """The decoded sample at plan position ``p``, checked against the index's member checksums.
+
+        A bad sample raises SampleError (shard, key, member) with ``on_error='raise'``; with
+        'skip' it is replaced by a sample of the same source drawn from (seed, epoch, position,
+        attempt) only, so every rerun and every resume makes the same replacement.
+        """
+        src, idx = int(plan.source[p]), int(plan.index[p])
+        ix = self.spec.indices[src]
+        try:
+            return _decode_checked(ix, idx, raw[(src, ix.keys[idx])])
+        except SampleError as e:
+            if self.spec.on_error != "skip":
+                raise
+            bad = e
+        for attempt in range(MAX_REPLACEMENT_TRIES):
+            alt = int(rng_for(self.spec.seed, "replace", epoch, int(p), attempt).integers(len(ix)))
+            if alt == idx:
+                continue
+            key = ix.keys[alt]
+            try:
+                members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key])[key]
+                d = _decode_checked(ix, alt, members)
+            except SampleError:
+                continue
+            self._skipped.append(f"{bad}; replaced by {key!r}")
+            return d
+        raise SampleError(f"{bad} (and {MAX_REPLACEMENT_TRIES} replacement draws from the same source failed too)")
+
+
+MAX_REPLACEMENT_TRIES = 8
+
+
+def _decode_checked(ix: SourceIndex, i: int, members: dict[str, bytes]) -> dict[str, Any]:
+    """Sample ``i`` of ``ix``: members checked against the index's member checksums (when it has them), decoded."""
+    key, url = ix.keys[i], ix.shards[int(ix.shard_of[i])]
+    if ix.checksums is not None and ix.checksums[i] is not None:
+        check_members(url, key, members, ix.checksums[i])
+    try:
+        return decode_sample(members, key)
+    except SchemaError as e:
+        raise SampleError(url, key, None, str(e).removeprefix(f"sample {key!r}: ")) from None
 
 
 _LUTS: dict[tuple, np.ndarray] = {}
@@ -251,6 +302,8 @@ class StreamLoader:
         self.fingerprint = fingerprint
         self.epoch = 0
         self.batch = 0
+        self.skipped: list[str] = []
+        """Every sample replaced under on_error='skip' so far: shard, key, member, reason, replacement."""
         self._dl: DataLoader | None = None
         self._next: tuple[int, int] | None = None
 
@@ -270,10 +323,17 @@ class StreamLoader:
                                   if self.num_workers else {})
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
+        skipped0 = len(self.skipped)
         for b in self._dl:
             b["seg"] = b["seg"].long()
+            for msg in b.pop("skipped", ()):
+                log.warning("bad sample skipped: %s", msg)
+                self.skipped.append(msg)
             self.batch += 1
             yield b
+        if len(self.skipped) > skipped0:
+            log.warning("epoch %d: %d bad samples replaced (on_error='skip'); %d in total",
+                        self.epoch, len(self.skipped) - skipped0, len(self.skipped))
         self.epoch, self.batch = self.epoch + 1, 0
 
     def close(self) -> None:
@@ -325,7 +385,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 size: Sequence[int] | None = None, manifests_dir: str | None = None,
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD, profile: bool = False) -> StreamLoader:
+                std: Sequence[float] = IMAGENET_STD, profile: bool = False,
+                on_error: str = "raise") -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -340,11 +401,18 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     with one rank the padding is trimmed. augment: None = V5 when training, else the
     deterministic resize/centre crop; also 'default'/'v5'/'none', a bool or an AugmentConfig.
     image_size / size: (H, W) output size (overrides the AugmentConfig's).
+    on_error: every sample is checked against the member checksums in the index before decoding; a
+    mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
+    default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
+    and listed in ``loader.skipped``.
+    cache_dir: where remote (``pipe:``/http) shards are cached; default: the node-local cache
+    (see :mod:`vortex_data.shard_cache`).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_policy(on_error)
     train = split == "train" if training is None else bool(training)
     cfg = augment_choice(augment, train)
     out_size = size if size is not None else image_size
@@ -358,8 +426,21 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
-        cache_dir=cache_dir, profile=profile,
+        cache_dir=cache_dir, profile=profile, on_error=on_error,
     )
+    _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
     return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)
+
+
+_SAID_UNCHECKED: set[str] = set()
+
+
+def _say_unchecked(indices: Sequence[SourceIndex]) -> None:
+    """Say once per manifest (per process) that its index predates checksums, so reads go unchecked."""
+    for ix in indices:
+        if ix.checksums is None and ix.manifest not in _SAID_UNCHECKED:
+            _SAID_UNCHECKED.add(ix.manifest)
+            log.warning("%s: the index has no member checksums (built before they existed); samples from it "
+                        "are read without integrity checks. Rebuild the shards to get them.", ix.manifest)
