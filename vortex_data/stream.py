@@ -40,7 +40,8 @@ from .integrity import SampleError, check_members, check_policy
 from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
                       resolve_mixture, rng_for)
 from .schema import DEPTH_SCALE_MM, SchemaError, decode_sample
-from .shard_reader import ShardReader
+from .shard_cache import node_cache_dir
+from .shard_reader import ShardReader, is_remote
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,6 +93,8 @@ class LoaderSpec:
     profile: bool
     on_error: str = "raise"
     """A sample failing its checksum or decode: 'raise', or 'skip' (replace it, count it, log it)."""
+    cache_bytes: int | None = None
+    """Size limit of the remote-shard cache (None: $VORTEX_SHARD_CACHE_BYTES or half the free space)."""
 
     def plan(self, epoch: int) -> EpochPlan:
         sizes = [len(ix) for ix in self.indices]
@@ -112,7 +115,7 @@ class EpochDataset(IterableDataset):
 
     def __init__(self, spec: LoaderSpec, epoch: int, start: int):
         self.spec, self.epoch, self.start = spec, epoch, start
-        self.reader = ShardReader(spec.cache_dir)
+        self.reader = ShardReader(spec.cache_dir, cache_bytes=spec.cache_bytes)
         self.worker = 0
         self._skipped: list[str] = []
 
@@ -386,7 +389,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, profile: bool = False,
-                on_error: str = "raise") -> StreamLoader:
+                on_error: str = "raise", cache_bytes: int | None = None) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -405,8 +408,9 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
     default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
     and listed in ``loader.skipped``.
-    cache_dir: where remote (``pipe:``/http) shards are cached; default: the node-local cache
-    (see :mod:`vortex_data.shard_cache`).
+    cache_dir / cache_bytes: where remote (``pipe:``/http) shards are cached and how large the
+    cache may grow; default: one temporary folder per node and job, shared by all ranks and
+    workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -421,12 +425,14 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
     mix = resolve_mixture(mixture, manifest, manifests_dir)
     indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern) for s in mix.sources)
+    if any(is_remote(url) for ix in indices for url in ix.shards):
+        cache_dir = node_cache_dir(cache_dir)  # here, in the process that outlives its workers
     spec = LoaderSpec(
         indices=indices, weights=tuple(s.weight for s in mix.sources), epoch_size=mix.epoch_size,
         train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
-        cache_dir=cache_dir, profile=profile, on_error=on_error,
+        cache_dir=cache_dir, profile=profile, on_error=on_error, cache_bytes=cache_bytes,
     )
     _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
