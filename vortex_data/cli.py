@@ -22,6 +22,8 @@ PLUGINS = {
     "train": ("vortex_data.train.commands", "add_train_parser",
               "train EfficientViT-B1 depth + segmentation (resumes automatically; [train] extra)"),
     "eval": ("vortex_data.train.commands", "add_eval_parser", "evaluate a training checkpoint per dataset"),
+    "preflight": ("vortex_data.preflight", "add_parser",
+                  "before a training job: CPUs, loader rate, label-less batches, NYU leakage, walltime -> GO/NO-GO"),
 }
 
 EPILOG_BUILD = ("Each dataset has its own options: run `vortex-data build-shards --dataset NAME --help` to see them. "
