@@ -192,3 +192,24 @@ def test_trainer_config_and_cli_pass_on_error_to_the_loader(data):
     req = LoaderRequest(mixture=None, manifest=str(data), split="val", batch_size=4, image_size=SIZE, augment=None,
                         seed=0, training=False, on_error=cfg.on_error)
     assert stream_loader(req).spec.on_error == "skip"
+
+
+def test_checksums_survive_a_slurm_array_build_and_merge(tmp_path):
+    from loader_data import SyntheticConverter
+    from vortex_data.manifest import merge
+    from vortex_data.shards import BuildConfig, build_shards
+
+    parts = []
+    for task in range(2):
+        cfg = BuildConfig(out_dir=tmp_path / "shards", manifest_dir=tmp_path / "manifests", shard_samples=2,
+                          workers=1, progress=False, num_tasks=2, task_index=task)
+        parts += build_shards(SyntheticConverter("nyu", 6), cfg).manifests
+    merged = merge(parts)
+    rows = load_manifest(merged).read_index().to_pylist()
+    assert len(rows) == 6 and all(set(dict(r["member_xxh3_64"])) == {"json", "rgb.jpg", "depth.zst", "seg.zst"}
+                                  for r in rows)
+    shard = load_manifest(merged).shard_paths()[1]
+    key = load_manifest(merged).read_index().to_pylist()[2]["key"]
+    flip_byte(shard, f"{key}.json", at=3)
+    with pytest.raises(SampleError, match=re.escape(f"{key}.json")):
+        epoch(merged)

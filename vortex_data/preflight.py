@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +201,6 @@ def measure_train_rate(cfg: Any, steps: int) -> float:
     from .train.data import synthetic_loader
     from .train.loop import Trainer
 
-    from dataclasses import replace
-
     trainer = Trainer(replace(cfg, encoder_weights=None), synthetic_loader)  # weights do not change the speed
     it = iter(trainer.loader)
     times = []
@@ -237,7 +235,10 @@ def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int]:
 
 
 def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, str]:
+    """The scene of every frame of a manifest (None and why when its index records none)."""
     import re
+
+    import pyarrow.parquet as pq
 
     from .manifest import ManifestError, load_manifest
 
@@ -245,8 +246,6 @@ def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, 
         return None, f"no manifest {manifest.name}"
     try:
         m = load_manifest(manifest)
-        import pyarrow.parquet as pq
-
         names = pq.read_schema(m.index_path()).names
         if SCENE_COLUMN not in names:
             return None, f"{m.index_path().name} records no scenes; rebuild NYU with a vortex-data that does"
@@ -262,6 +261,8 @@ def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, 
 
 
 def leakage_inputs(cfg: Any) -> list[tuple[str, list[str] | None, list[str] | None, str]]:
+    """For each NYU source of the mixture and each of its val/test manifests present: (label,
+    train scenes, that split's scenes, why unknown)."""
     from .manifest import load_manifest
 
     mix, units = _train_units(cfg)
