@@ -22,6 +22,8 @@ PLUGINS = {
     "train": ("vortex_data.train.commands", "add_train_parser",
               "train EfficientViT-B1 depth + segmentation (resumes automatically; [train] extra)"),
     "eval": ("vortex_data.train.commands", "add_eval_parser", "evaluate a training checkpoint per dataset"),
+    "preflight": ("vortex_data.preflight", "add_parser",
+                  "before a training job: CPUs, loader rate, label-less batches, NYU leakage, walltime -> GO/NO-GO"),
 }
 
 EPILOG_BUILD = ("Each dataset has its own options: run `vortex-data build-shards --dataset NAME --help` to see them. "
@@ -172,7 +174,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     ish.add_argument("--to", type=Path, default=Path("."), help="folder for --dump (default: .)")
     ish.set_defaults(func=cmd_inspect_shard)
 
-    ver = sub.add_parser("verify", help="check shard checksums and decode every sample; exit 1 naming any bad one")
+    ver = sub.add_parser("verify", help="check shard and member checksums and the key grammar, decode every sample; "
+                                       "exit 1 naming any bad one")
     ver.add_argument("manifests", type=Path, nargs="+")
     ver.add_argument("--no-decode", action="store_true", help="checksums and counts only")
     ver.add_argument("--no-progress", action="store_true")

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample, split_member
+from .integrity import CHECKSUM_COLUMN, SampleError, check_members
+from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, check_key, decode_sample, split_member
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -41,6 +42,8 @@ INDEX_SCHEMA = pa.schema([
     ("fy", pa.float32()),
     ("cx", pa.float32()),
     ("cy", pa.float32()),
+    # extension -> XXH3-64 of the tar member's bytes (vortex_data.integrity); absent in older indexes.
+    ("member_xxh3_64", pa.map_(pa.string(), pa.uint64())),
 ])
 
 
@@ -282,7 +285,8 @@ class VerifyReport:
 
 
 def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyReport:
-    """Check every shard's size and sha256, decode every sample, and match the index.
+    """Check every shard's size and sha256, every key against the key grammar, every member
+    against the index's checksum, decode every sample, and match the index.
 
     Each problem names the shard (and sample) it concerns; nothing stops at the first one.
     """
@@ -294,6 +298,7 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
         rep.problems.append(f"{m.index_path()}: cannot read the Parquet index ({e})")
         index = []
     expected: dict[str, list[str]] = {}
+    sums = {row["key"]: row[CHECKSUM_COLUMN] for row in index if row.get(CHECKSUM_COLUMN) is not None}
     for row in index:
         expected.setdefault(row["shard"], []).append(row["key"])
     shards = list(zip(m.shards, m.shard_paths()))
@@ -316,6 +321,16 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
         try:
             for key, members in iter_tar_samples(shard):
                 keys.append(key)
+                try:
+                    # A key outside the grammar ('../x', absolute, dotted) could escape a folder
+                    # when members are extracted, even in a manifest whose checksums all agree.
+                    check_key(key)
+                    if key in sums:
+                        check_members(str(shard), key, members, sums[key])
+                except SchemaError as e:
+                    rep.problems.append(f"{shard}: {e}")
+                except SampleError as e:
+                    rep.problems.append(str(e))
                 if decode:
                     try:
                         decode_sample(members, key)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ._toml import tomllib
+from .integrity import CHECKSUM_COLUMN
 from .schema import split_member
 
 
@@ -204,6 +205,9 @@ class SourceIndex:
     shard_of: np.ndarray
     manifest: str = ""
     extra: dict = field(default_factory=dict)
+    checksums: list | None = None
+    """Per sample, the index's (extension, XXH3-64) pairs of its members; None for an index
+    written before checksums existed (or no index), and None inside for a row without them."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -254,6 +258,7 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
         raise MixtureError(f"{manifest}: not a readable shard manifest ({e!r})") from None
     keys: list[str] = []
     shard_of: list[int] = []
+    checksums: list | None = None
     index_rel = m.get("index")
     if index_rel:
         import io
@@ -261,10 +266,14 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(io.BytesIO(_read_bytes(_join(manifest, index_rel))), columns=["key", "shard"])
+            pf = pq.ParquetFile(io.BytesIO(_read_bytes(_join(manifest, index_rel))))
+            columns = ["key", "shard"] + [c for c in (CHECKSUM_COLUMN,) if c in pf.schema_arrow.names]
+            table = pf.read(columns=columns)
         except (OSError, ValueError, KeyError) as e:
             raise MixtureError(f"{manifest}: per-sample index {index_rel!r} unreadable ({e!r})") from None
         keys = [str(k) for k in table.column("key").to_pylist()]
+        if CHECKSUM_COLUMN in columns:
+            checksums = table.column(CHECKSUM_COLUMN).to_pylist()
         col = table.column("shard").to_pylist()
         by_name = {Path(s["path"]).name: i for i, s in enumerate(shards_meta)}
         by_path = {s["path"]: i for i, s in enumerate(shards_meta)}
@@ -288,9 +297,13 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
         pat = re.compile(key_pattern)
         keep = [i for i, k in enumerate(keys) if pat.search(k)]
         keys, arr = [keys[i] for i in keep], arr[keep]
+        checksums = None if checksums is None else [checksums[i] for i in keep]
+    if checksums is not None and all(c is None for c in checksums):
+        checksums = None
     if not keys:
         raise MixtureError(f"{manifest}: no samples" + (f" match key_pattern {key_pattern!r}" if key_pattern else ""))
-    return SourceIndex(name or str(m.get("dataset", Path(manifest).stem)), shards, keys, arr, manifest)
+    return SourceIndex(name or str(m.get("dataset", Path(manifest).stem)), shards, keys, arr, manifest,
+                       checksums=checksums)
 
 
 def manifest_mixture(manifest: str, name: str | None = None) -> Mixture:

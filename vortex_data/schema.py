@@ -222,11 +222,12 @@ class EncodeOptions:
 
 def encode_array(arr: np.ndarray, codec: str, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
     """2-D uint8/uint16 array -> bytes. 'zst': zstd over a .npy (self-describing, little-endian);
-    'png': lossless PNG (16-bit for uint16)."""
+    'png': lossless PNG (16-bit for uint16). zstd frames carry a content checksum, so a changed
+    byte fails to decode instead of giving wrong depth; frames written without one still decode."""
     if codec == "zst":
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")), allow_pickle=False)
-        return zstandard.ZstdCompressor(level=zstd_level).compress(buf.getvalue())
+        return zstandard.ZstdCompressor(level=zstd_level, write_checksum=True).compress(buf.getvalue())
     if codec == "png":
         ok, data = cv2.imencode(".png", arr)
         if not ok:

@@ -3,21 +3,21 @@
 A shard is opened once per worker and kept open (LRU of ``max_open`` handles); its member
 table (name -> offset, size) comes from the tar headers on first use. Reading a group of
 samples sorts them by offset, so each shard is read front to back. Remote shards (``pipe:``,
-``http(s)://``, anything webdataset's ``gopen`` understands) are fetched whole into a cache
-directory first and then read the same way; a cached copy is reused across epochs and runs.
+``http(s)://``, anything webdataset's ``gopen`` understands) are fetched whole into the node's
+shard cache (:mod:`vortex_data.shard_cache`: one download per shard for all ranks and workers of
+a node, size-limited) and then read the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from .schema import split_member
+from .shard_cache import ShardCache, node_cache_dir
 
 
 class ShardReadError(IOError):
@@ -31,10 +31,13 @@ def is_remote(url: str) -> bool:
 class ShardReader:
     """Reads samples from shards; counts file opens so the benchmark can report them."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 32):
+    def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 32,
+                 cache_bytes: int | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_bytes = cache_bytes
         self.max_open = max_open
         self.opens = 0
+        self._cache: ShardCache | None = None
         self._files: OrderedDict[str, BinaryIO] = OrderedDict()
         self._tables: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
 
@@ -45,24 +48,15 @@ class ShardReader:
             return url[len("file://"):]
         if not is_remote(url):
             return url
-        if self.cache_dir is None:
-            self.cache_dir = Path(tempfile.mkdtemp(prefix="vortex-shards-"))
-        name = hashlib.sha1(url.encode()).hexdigest()[:16] + "-" + Path(url.split("?")[0]).name.replace(" ", "_")
-        dest = self.cache_dir / name
-        if not dest.exists():
-            from webdataset.gopen import gopen
-
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(f".tmp{os.getpid()}")
-            try:
-                with gopen(url, "rb") as src, open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                os.replace(tmp, dest)  # atomic: a crashed fetch never leaves a partial shard
-            except Exception as e:
-                tmp.unlink(missing_ok=True)
-                raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
-        return str(dest)
+        if self._cache is None:
+            # make_loader resolves (and registers) the node's default folder in the main process;
+            # a reader used on its own falls back to the same default.
+            self.cache_dir = Path(node_cache_dir(self.cache_dir))
+            self._cache = ShardCache(self.cache_dir, self.cache_bytes)
+        try:
+            return str(self._cache.fetch(url))
+        except Exception as e:  # noqa: BLE001 -- any fetch failure is this shard's problem
+            raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
 
     def _handle(self, url: str) -> BinaryIO:
         f = self._files.get(url)
@@ -124,5 +118,5 @@ class ShardReader:
 
     def __getstate__(self) -> dict:
         # Open files do not cross process boundaries; each DataLoader worker reopens its own.
-        return {"cache_dir": self.cache_dir, "max_open": self.max_open, "opens": 0,
-                "_files": OrderedDict(), "_tables": {}}
+        return {"cache_dir": self.cache_dir, "cache_bytes": self.cache_bytes, "max_open": self.max_open, "opens": 0,
+                "_files": OrderedDict(), "_tables": {}, "_cache": None}

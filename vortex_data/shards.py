@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
+from .integrity import CHECKSUM_COLUMN, member_checksums
 from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
 from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, SchemaError, encode_sample,
                      make_key, resize_sample)
@@ -218,7 +219,7 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
                                       ref.files[0] if ref.files else None).as_dict())
             continue
         shard = writer.add(key, members)
-        rows.append(index_row(key, shard, sample))
+        rows.append({**index_row(key, shard, sample), CHECKSUM_COLUMN: member_checksums(members)})
         depth_rejected += sample.rejected_depth_pixels
     record = {"build_id": group.build_id, "group": group.index, "shards": writer.finish(), "index": rows,
               "rejected": rejected, "depth_rejected_pixels": depth_rejected}

@@ -30,8 +30,11 @@ only on (seed, epoch, key, repeat), resumed samples are identical to the uninter
 
 from __future__ import annotations
 
+import atexit
+import logging
 import signal
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -41,11 +44,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .augment import AugmentConfig, augment_eval, augment_train, intrinsics_of
+from .integrity import SampleError, check_members, check_policy
 from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
-                      resolve_mixture)
-from .schema import DEPTH_SCALE_MM, decode_sample
-from .shard_reader import ShardReader
+                      resolve_mixture, rng_for)
+from .schema import DEPTH_SCALE_MM, SchemaError, decode_sample
+from .shard_cache import node_cache_dir
+from .shard_reader import ShardReader, is_remote
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_VERSION = 2
@@ -99,6 +105,10 @@ class LoaderSpec:
     std: tuple[float, float, float]
     cache_dir: str | None
     profile: bool
+    on_error: str = "raise"
+    """A sample failing its checksum or decode: 'raise', or 'skip' (replace it, count it, log it)."""
+    cache_bytes: int | None = None
+    """Size limit of the remote-shard cache (None: $VORTEX_SHARD_CACHE_BYTES or half the free space)."""
 
     def plan(self, epoch: int) -> EpochPlan:
         sizes = [len(ix) for ix in self.indices]
@@ -119,8 +129,9 @@ class EpochDataset(IterableDataset):
 
     def __init__(self, spec: LoaderSpec, epoch: int, offset: int):
         self.spec, self.epoch, self.offset = spec, epoch, offset
-        self.reader = ShardReader(spec.cache_dir)
+        self.reader = ShardReader(spec.cache_dir, cache_bytes=spec.cache_bytes)
         self.worker = 0
+        self._skipped: list[str] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, offset = self.epoch, self.offset
@@ -166,10 +177,9 @@ class EpochDataset(IterableDataset):
         t_dec = t_aug = 0.0
         samples = []
         for p in positions:
-            src, idx = int(plan.source[p]), int(plan.index[p])
-            key = s.indices[src].keys[idx]
+            src = int(plan.source[p])
             t0 = time.perf_counter()
-            d = decode_sample(raw[(src, key)], key)
+            d = self._checked_sample(plan, epoch, p, raw)
             d["intrinsics"] = intrinsics_of(d["meta"])
             t1 = time.perf_counter()
             if s.augmenting:
@@ -191,7 +201,53 @@ class EpochDataset(IterableDataset):
             batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
                                "collate": time.perf_counter() - t0, "opens": opens,
                                "worker": self.worker}
+        if self._skipped:
+            batch["skipped"], self._skipped = self._skipped, []
         return batch
+
+    # -- read-time integrity hook (one sample in, one decoded sample out)
+    def _checked_sample(self, plan: EpochPlan, epoch: int, p: int, raw: dict) -> dict[str, Any]:
+        """The decoded sample at plan position ``p``, checked against the index's member checksums.
+
+        A bad sample raises SampleError (shard, key, member) with ``on_error='raise'``; with
+        'skip' it is replaced by a sample of the same source drawn from (seed, epoch, position,
+        attempt) only, so every rerun and every resume makes the same replacement.
+        """
+        src, idx = int(plan.source[p]), int(plan.index[p])
+        ix = self.spec.indices[src]
+        try:
+            return _decode_checked(ix, idx, raw[(src, ix.keys[idx])])
+        except SampleError as e:
+            if self.spec.on_error != "skip":
+                raise
+            bad = e
+        for attempt in range(MAX_REPLACEMENT_TRIES):
+            alt = int(rng_for(self.spec.seed, "replace", epoch, int(p), attempt).integers(len(ix)))
+            if alt == idx:
+                continue
+            key = ix.keys[alt]
+            try:
+                members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key])[key]
+                d = _decode_checked(ix, alt, members)
+            except SampleError:
+                continue
+            self._skipped.append(f"{bad}; replaced by {key!r}")
+            return d
+        raise SampleError(f"{bad} (and {MAX_REPLACEMENT_TRIES} replacement draws from the same source failed too)")
+
+
+MAX_REPLACEMENT_TRIES = 8
+
+
+def _decode_checked(ix: SourceIndex, i: int, members: dict[str, bytes]) -> dict[str, Any]:
+    """Sample ``i`` of ``ix``: members checked against the index's member checksums (when it has them), decoded."""
+    key, url = ix.keys[i], ix.shards[int(ix.shard_of[i])]
+    if ix.checksums is not None and ix.checksums[i] is not None:
+        check_members(url, key, members, ix.checksums[i])
+    try:
+        return decode_sample(members, key)
+    except SchemaError as e:
+        raise SampleError(url, key, None, str(e).removeprefix(f"sample {key!r}: ")) from None
 
 
 _LUTS: dict[tuple, np.ndarray] = {}
@@ -265,6 +321,8 @@ class StreamLoader:
         self.fingerprint = fingerprint
         self.epoch = 0
         self.position = 0
+        self.skipped: list[str] = []
+        """Every sample replaced under on_error='skip' so far: shard, key, member, reason, replacement."""
         self._dl: DataLoader | None = None
         self._next: tuple[int, int] | None = None
 
@@ -284,18 +342,31 @@ class StreamLoader:
             kw: dict[str, Any] = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True,
                                    "worker_init_fn": ignore_stop_signals} if self.num_workers else {})
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
+            if self.num_workers:
+                _LIVE.add(self)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
         n = len(self.spec.plan(self.epoch))
         step = self.spec.world_size * self.spec.batch_size
+        skipped0 = len(self.skipped)
         for b in self._dl:
             b["seg"] = b["seg"].long()
+            for msg in b.pop("skipped", ()):
+                log.warning("bad sample skipped: %s", msg)
+                self.skipped.append(msg)
             self.position = min(n, self.position + step)  # an evaluation pass's padded last step ends at n
             yield b
+        if len(self.skipped) > skipped0:
+            log.warning("epoch %d: %d bad samples replaced (on_error='skip'); %d in total",
+                        self.epoch, len(self.skipped) - skipped0, len(self.skipped))
         self.epoch, self.position = self.epoch + 1, 0
 
     def close(self) -> None:
-        """Stop persistent workers now (otherwise they stop when the loader is garbage-collected)."""
-        self._dl = None
+        """Stop persistent workers now (otherwise they stop when the loader is garbage-collected,
+        or at interpreter exit)."""
+        dl, self._dl = self._dl, None
+        it = getattr(dl, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()  # the graceful stop: workers leave their loop and exit
 
     def state_dict(self) -> dict[str, Any]:
         """``samples``: global plan positions of ``epoch`` consumed; ``epoch_samples``: the plan's
@@ -323,6 +394,17 @@ class StreamLoader:
             raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
                              f"of {n} samples")
         self.epoch, self.position = epoch, samples
+
+
+_LIVE: "weakref.WeakSet[StreamLoader]" = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs before it
+def _close_live_loaders() -> None:
+    """Workers ignore SIGTERM (below), so multiprocessing's exit hook, which terminates daemon
+    children with SIGTERM and then joins them, would wait forever on a loader nobody closed."""
+    for loader in list(_LIVE):
+        loader.close()
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -365,7 +447,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 size: Sequence[int] | None = None, manifests_dir: str | None = None,
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD, profile: bool = False) -> StreamLoader:
+                std: Sequence[float] = IMAGENET_STD, profile: bool = False,
+                on_error: str = "raise", cache_bytes: int | None = None) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -380,11 +463,19 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     with one rank the padding is trimmed. augment: None = V5 when training, else the
     deterministic resize/centre crop; also 'default'/'v5'/'none', a bool or an AugmentConfig.
     image_size / size: (H, W) output size (overrides the AugmentConfig's).
+    on_error: every sample is checked against the member checksums in the index before decoding; a
+    mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
+    default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
+    and listed in ``loader.skipped``.
+    cache_dir / cache_bytes: where remote (``pipe:``/http) shards are cached and how large the
+    cache may grow; default: one temporary folder per node and job, shared by all ranks and
+    workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_policy(on_error)
     train = split == "train" if training is None else bool(training)
     cfg = augment_choice(augment, train)
     out_size = size if size is not None else image_size
@@ -393,13 +484,28 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
     mix = resolve_mixture(mixture, manifest, manifests_dir)
     indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern) for s in mix.sources)
+    if any(is_remote(url) for ix in indices for url in ix.shards):
+        cache_dir = node_cache_dir(cache_dir)  # here, in the process that outlives its workers
     spec = LoaderSpec(
         indices=indices, weights=tuple(s.weight for s in mix.sources), epoch_size=mix.epoch_size,
         train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
-        cache_dir=cache_dir, profile=profile,
+        cache_dir=cache_dir, profile=profile, on_error=on_error, cache_bytes=cache_bytes,
     )
+    _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
     return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)
+
+
+_SAID_UNCHECKED: set[str] = set()
+
+
+def _say_unchecked(indices: Sequence[SourceIndex]) -> None:
+    """Say once per manifest (per process) that its index predates checksums, so reads go unchecked."""
+    for ix in indices:
+        if ix.checksums is None and ix.manifest not in _SAID_UNCHECKED:
+            _SAID_UNCHECKED.add(ix.manifest)
+            log.warning("%s: the index has no member checksums (built before they existed); samples from it "
+                        "are read without integrity checks. Rebuild the shards to get them.", ix.manifest)

@@ -42,6 +42,8 @@ class LoaderRequest:
     training: bool = True
     """True: shuffled and endless (or re-iterable); False: one ordered pass for evaluation."""
     manifests_dir: str | None = None
+    on_error: str = "raise"
+    """A sample failing its integrity check: 'raise' (stop) or 'skip' (replace it, count it, log it)."""
 
 
 class StatefulLoader(Protocol):

@@ -101,7 +101,7 @@ class Trainer:
             mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
             image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
             world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True,
-            manifests_dir=cfg.manifests_dir))
+            manifests_dir=cfg.manifests_dir, on_error=cfg.on_error))
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint last written or restored
         self.model: nn.Module = self.module
@@ -276,7 +276,8 @@ class Trainer:
             if self.step % cfg.steps_per_epoch == 0:
                 self.info("epoch", epoch=self.step // cfg.steps_per_epoch, step=self.step,
                           data_wait_fraction=round(epoch_timer.wait_fraction, 4),
-                          wait_s=round(epoch_timer.wait, 3), compute_s=round(epoch_timer.compute, 3))
+                          wait_s=round(epoch_timer.wait, 3), compute_s=round(epoch_timer.compute, 3),
+                          skipped_samples=len(getattr(self.loader, "skipped", ())))
                 epoch_timer.reset()
             if self.step % cfg.steps_per_epoch == 0 or self.step % cfg.ckpt_every == 0:
                 self.save()

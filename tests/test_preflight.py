@@ -1,0 +1,173 @@
+"""`vortex-data preflight`: GO and NO-GO from the recipe, the manifests and a timed loader run."""
+
+import json
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vortex_data.cli import main
+from vortex_data.preflight import check_cpus, check_walltime, config_from_args, preflight, scene_leakage
+
+from loader_data import build
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preflight")
+    build(root, "nyu", 12, 4)
+    build(root, "nyu", 6, 4, split="val")
+    build(root, "diode", 8, 4, with_seg=False)
+    return root
+
+
+def recipe(root, tmp_path, sources=(("nyu", 0.5), ("diode", 0.5)), **common):
+    mix = tmp_path / "mix.toml"
+    mix.write_text(f'name = "t"\nepoch_size = 16\nmanifests_dir = "{root / "manifests"}"\n' + "".join(
+        f'[[source]]\nname = "{n}"\nmanifest = "{n}-{{split}}.json"\nweight = {w}\n' for n, w in sources))
+    settings = {"mixture": str(mix), "batch_size": 4, "image_size": [32, 48], "num_workers": 0, "steps": 10,
+                "stop_margin_s": 1.0, **common}
+    path = tmp_path / "recipe.toml"
+    path.write_text("[common]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    return str(path)
+
+
+def run(args, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = main(["preflight", *args, "--bench-batches", "3", "--json", str(out)])
+    text = capsys.readouterr().out
+    return code, {c["name"]: c for c in json.loads(out.read_text())["checks"]}, text
+
+
+def test_go_when_everything_fits(sets, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    code, checks, text = run(["--recipe", recipe(sets, tmp_path), "--needed-rate", "1", "--time-limit", "3600"],
+                             tmp_path, capsys)
+    assert code == 0 and text.rstrip().endswith("GO")
+    assert checks["cpus"]["status"] == "ok" and checks["cpus"]["values"]["workers_per_rank"] == 0
+    assert checks["loader"]["status"] == "ok" and checks["loader"]["values"]["measured_samples_per_s"] > 1
+    # Half of an epoch of 16 is label-less: P(a batch of 4 is all label-less) = C(8,4)/C(16,4) = 70/1820.
+    assert checks["labels"]["status"] == "ok"
+    assert checks["labels"]["values"]["p_labelless_quota"] == pytest.approx(70 / 1820)
+    assert checks["labels"]["values"]["p_labelless_iid"] == pytest.approx(0.5 ** 4)
+    assert checks["leakage"]["status"] == "unknown" and "records no scenes" in checks["leakage"]["detail"]
+    assert checks["walltime"]["status"] == "ok"
+    code, checks, _ = run(["--recipe", recipe(sets, tmp_path), "--needed-rate", "1", "--max-labelless", "0.01"],
+                          tmp_path, capsys)
+    assert code == 0 and checks["labels"]["status"] == "warn"  # a warning is still GO
+
+
+def test_no_go_when_the_loader_is_slower_than_training_needs(sets, tmp_path, capsys):
+    code, checks, text = run(["--recipe", recipe(sets, tmp_path), "--needed-rate", "1e9"], tmp_path, capsys)
+    assert code == 1 and "NO-GO (loader)" in text
+    assert checks["loader"]["status"] == "fail" and checks["walltime"]["status"] == "unknown"
+
+
+def test_no_go_when_the_walltime_is_below_the_stop_margin_or_from_slurm(sets, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    code, checks, _ = run(["--recipe", recipe(sets, tmp_path), "--time-limit", "0.5"], tmp_path, capsys)
+    assert code == 1 and checks["walltime"]["status"] == "fail" and "stop margin" in checks["walltime"]["detail"]
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 2 * 3600))
+    code, checks, _ = run(["--recipe", recipe(sets, tmp_path, steps=10**9), "--needed-rate", "1"], tmp_path, capsys)
+    assert code == 0 and checks["walltime"]["status"] == "warn" and checks["walltime"]["values"]["jobs"] > 1
+    assert 7000 < checks["walltime"]["values"]["time_left_s"] <= 7200
+
+
+def test_no_go_without_any_labelled_sample(sets, tmp_path, capsys):
+    code, checks, _ = run(["--recipe", recipe(sets, tmp_path, sources=(("diode", 1.0),))], tmp_path, capsys)
+    assert code == 1 and checks["labels"]["status"] == "fail" and checks["labels"]["values"]["p_labelled_draw"] == 0
+
+
+def test_no_go_when_workers_outnumber_the_cpus(sets, tmp_path):
+    import argparse
+
+    args = argparse.Namespace(recipe=recipe(sets, tmp_path, num_workers=2), stage=1, mixture=None,
+                              manifests_dir=None, num_workers=None, batch_size=None, steps=None)
+    rep = preflight(config_from_args(args), needed_rate=1, bench_batches=2, cpus=1)
+    assert not rep.go and rep.get("cpus").status == "fail"
+    assert check_cpus(8, 7).status == "ok" and check_cpus(8, 8).status == "warn" and check_cpus(8, 3, 4).status == "fail"
+
+
+def test_missing_manifests_are_a_no_go_naming_the_file(tmp_path, capsys):
+    code, checks, _ = run(["--recipe", recipe(tmp_path / "nothing", tmp_path)], tmp_path, capsys)
+    assert code == 1 and checks["loader"]["status"] == "fail" and "nyu-train.json" in checks["loader"]["detail"]
+
+
+def add_scenes(manifest, scenes):
+    index = manifest.with_suffix(".parquet")
+    t = pq.read_table(index)
+    pq.write_table(t.append_column("scene", pa.array(scenes, pa.string())), index)
+
+
+def test_nyu_leakage_is_counted_when_the_indexes_record_scenes(sets, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(sets, root)
+    add_scenes(root / "manifests/nyu-train.json", ["kitchen_0001"] * 6 + ["office_0002"] * 6)
+    add_scenes(root / "manifests/nyu-val.json", ["office_0002"] * 2 + ["bedroom_0003"] * 4)
+    code, checks, _ = run(["--recipe", recipe(root, tmp_path), "--needed-rate", "1"], tmp_path, capsys)
+    assert code == 0 and checks["leakage"]["status"] == "warn"
+    assert checks["leakage"]["values"]["nyu train/val"] == {"leaked_frames": 2, "frames": 6}
+    code, checks, _ = run(["--recipe", recipe(root, tmp_path), "--needed-rate", "1", "--fail-on-leakage"],
+                          tmp_path, capsys)
+    assert code == 1 and checks["leakage"]["status"] == "fail"
+    assert scene_leakage(["a", "b"], ["c", "d"]) == (0, 2)
+
+
+def test_walltime_arithmetic():
+    assert check_walltime(100, 1.0, 200.0, 60.0).status == "ok"
+    c = check_walltime(1000, 1.0, 560.0, 60.0)
+    assert c.status == "warn" and c.values["jobs"] == 2
+    assert check_walltime(10, 1.0, 60.5, 60.0).status == "fail"
+    assert check_walltime(10, None, None, 60.0).status == "unknown"
+
+
+def test_help_explains(capsys):
+    with pytest.raises(SystemExit):
+        main(["preflight", "--help"])
+    out = capsys.readouterr().out
+    assert "NO-GO" in out and "Exit code 0" in out and "--needed-rate" in out and "--time-limit" in out
+
+
+def test_needed_rate_can_be_timed_from_training_steps_on_this_device(sets, tmp_path, capsys):
+    pytest.importorskip("timm")
+    code, checks, _ = run(["--recipe", recipe(sets, tmp_path, image_size=[64, 64], batch_size=2, amp="none"),
+                           "--measure-steps", "1"], tmp_path, capsys)
+    needed = checks["loader"]["values"]["needed_samples_per_s"]
+    measured = checks["loader"]["values"]["measured_samples_per_s"]
+    assert needed is not None and needed > 0 and (checks["loader"]["status"] == "ok") == (measured >= needed)
+    assert code == (0 if checks["loader"]["status"] == "ok" else 1)
+
+
+@pytest.mark.parametrize("script", ["train_srun.sbatch", "train_torchrun.sbatch"])
+@pytest.mark.parametrize("verdict", [0, 1])
+def test_sbatch_scripts_run_preflight_first_and_stop_on_no_go(tmp_path, script, verdict):
+    """The scripts under stubbed Slurm commands: a NO-GO preflight means no training and no requeue."""
+    import os
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    stubs = {"vortex-data": f'echo "vortex-data $*" >> {calls}; exit {verdict}',
+             "srun": f'echo "srun $*" >> {calls}; while [ "${{1#-}}" != "$1" ]; do shift; done; "$@"',
+             "python": f'echo "python $*" >> {calls}', "torchrun": f'echo "torchrun $*" >> {calls}',
+             "scontrol": f'echo "scontrol $*" >> {calls}', "squeue": "echo"}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1",
+           "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_END_TIME": str(int(time.time()) + 3600), "RUN_DIR": str(tmp_path / "run")}
+    path = Path(__file__).parents[1] / "tools" / "slurm" / script
+    rc = subprocess.run(["bash", str(path)], env=env, cwd=tmp_path, capture_output=True, text=True).returncode
+    log = calls.read_text().splitlines()
+    pre = [i for i, line in enumerate(log) if line.startswith("vortex-data preflight")]
+    trained = [i for i, line in enumerate(log) if line.startswith(("python -m vortex_data.train", "torchrun"))]
+    assert pre and pre[0] == min(pre + trained)
+    if verdict:
+        assert rc == 1 and not trained and not any(line.startswith("scontrol requeue") for line in log)
+    else:
+        assert trained and trained[0] > pre[0]

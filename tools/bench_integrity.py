@@ -1,0 +1,72 @@
+"""What the loader's read-time check costs next to decoding: XXH3-64 of every member vs decode_sample.
+
+    python tools/bench_integrity.py manifests/nyu-train.json [--samples 64]
+    python tools/bench_integrity.py --rgb frame.jpg --depth depth.png   # one real frame, encoded as shards store it
+
+Prints microseconds per sample for both and the ratio (the check's share of decode time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vortex_data.integrity import check_members, member_checksums
+from vortex_data.manifest import iter_tar_samples, load_manifest
+from vortex_data.schema import Intrinsics, Sample, decode_sample, encode_sample
+
+
+def from_manifest(path: Path, n: int) -> list[tuple[str, dict[str, bytes]]]:
+    out = []
+    for shard in load_manifest(path).shard_paths():
+        for key, members in iter_tar_samples(shard):
+            out.append((key, members))
+            if len(out) >= n:
+                return out
+    return out
+
+
+def from_files(rgb: Path, depth: Path) -> list[tuple[str, dict[str, bytes]]]:
+    im = cv2.cvtColor(cv2.imread(str(rgb), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    d = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED).astype(np.uint16)
+    h, w = d.shape
+    s = Sample("bench/train/frame", im, d, Intrinsics(500.0, 500.0, w / 2, h / 2))
+    return [(s.key, dict(encode_sample(s)))]
+
+
+def bench(samples: list[tuple[str, dict[str, bytes]]], reps: int) -> tuple[float, float]:
+    sums = [member_checksums(m.items()) for _, m in samples]
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for (key, m), want in zip(samples, sums):
+            check_members("bench", key, m, want)
+    t_check = (time.perf_counter() - t0) / (reps * len(samples))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for key, m in samples:
+            decode_sample(m, key)
+    t_decode = (time.perf_counter() - t0) / (reps * len(samples))
+    return t_check, t_decode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("manifest", type=Path, nargs="?")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--rgb", type=Path)
+    ap.add_argument("--depth", type=Path)
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
+    samples = from_files(a.rgb, a.depth) if a.rgb else from_manifest(a.manifest, a.samples)
+    size = np.mean([sum(len(v) for v in m.values()) for _, m in samples])
+    t_check, t_decode = bench(samples, a.reps)
+    print(f"{len(samples)} samples, {size / 1024:.0f} KiB encoded each: checksum check {t_check * 1e6:.1f} us, "
+          f"decode {t_decode * 1e6:.0f} us per sample -> check = {100 * t_check / t_decode:.2f} % of decode time")
+
+
+if __name__ == "__main__":
+    main()
