@@ -45,6 +45,27 @@ class Rejection:
         return {"frame": self.frame, "split": self.split, "code": self.code, "reason": self.reason, "file": self.file}
 
 
+def printable_path(path: str | Path | None) -> str | None:
+    """A file name as text that JSON, Parquet and a terminal all accept: bytes that are not
+    UTF-8 (kept by Python as surrogate escapes) become ``\\xNN``."""
+    if path is None:
+        return None
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8_name(path: str | Path) -> bool:
+    """False for a name holding bytes that are not UTF-8 (such a name cannot be a sample key)."""
+    return printable_path(path) == str(path)
+
+
 class RejectFrame(Exception):
     """Raised by Converter.load for a frame that cannot be written; becomes a Rejection."""
 
