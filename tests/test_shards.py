@@ -311,3 +311,50 @@ def test_worker_defaults_follow_the_cpu_allocation():
             "print(BuildConfig().workers, b.workers, s.workers)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "1", "1"]
+
+
+# ---------------------------------------------------------------- every frame written or rejected
+
+class _Exploding(DiodeConverter):
+    """A converter bug that strikes one frame: an unexpected exception, not a RejectFrame."""
+
+    def load(self, ref):
+        if ref.files[0].endswith("scan_00001/00001_00001_indoors_010_010.png"):
+            raise IndexError("index 4 is out of bounds for axis 0 with size 4")
+        return super().load(ref)
+
+
+def test_unexpected_exception_in_load_rejects_only_that_frame(src, tmp_path):
+    cfg = BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", shard_samples=3, workers=1,
+                      progress=False)
+    res = build_shards(_Exploding(src), cfg)
+    m = load_manifest(res.manifests[0])
+    errors = [r for r in m.rejected if r["code"] == "error"]
+    assert len(errors) == 1 and m.totals["input_frames"] == m.totals["written"] + 1
+    assert "IndexError" in errors[0]["reason"] and "out of bounds" in errors[0]["reason"]
+    assert errors[0]["file"].endswith("scan_00001/00001_00001_indoors_010_010.png") and errors[0]["file"] in errors[0]["reason"]
+
+
+def test_non_utf8_file_names_are_rejected_not_crashed(tmp_path):
+    root = tmp_path / "src"
+    write_diode_tree(root, {("train", "indoors", 1, 1): 3}, size=SMALL)
+    scan = next((root / "train/indoors").glob("scene_*/scan_*"))
+    stem = sorted(p.name for p in scan.glob("*_depth_mask.npy"))[1][: -len("_depth_mask.npy")]
+    for f in list(scan.glob(stem + "*")):
+        bad = os.fsencode(f.name).replace(stem.encode(), stem.encode() + b"\xff")
+        os.rename(os.fsencode(f), os.fsencode(scan) + b"/" + bad)
+    # The build runs in a child process: a crash inside OpenCV would be a signal, not an exception.
+    code = ("from pathlib import Path\nfrom vortex_data.shards import BuildConfig, build_shards\n"
+            "from vortex_data.sources.diode import DiodeConverter\n"
+            f"build_shards(DiodeConverter(Path({str(root)!r})), BuildConfig(out_dir=Path({str(tmp_path / 's')!r}), "
+            f"manifest_dir=Path({str(tmp_path / 'm')!r}), workers=2, shard_samples=1, progress=False))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = tmp_path / "m/diode-train.json"
+    text = manifest.read_bytes().decode("utf-8")  # valid UTF-8, no lone surrogates
+    assert "\\udc" not in text
+    m = load_manifest(manifest)
+    assert m.totals["written"] == 2 and m.totals["rejected"] == 1
+    (rej,) = m.rejected
+    assert rej["code"] == "bad-name" and "\\xff" in rej["reason"] and "\\xff" in rej["file"]
+    assert verify(manifest).ok

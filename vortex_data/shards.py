@@ -43,7 +43,7 @@ from .cpus import usable_cpus
 from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
 from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, SchemaError, encode_sample,
                      make_key, resize_sample)
-from .sources.base import Converter, FrameRef, Rejection, RejectFrame, printable_path
+from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
 from .temporaries import final_name, locked_temp, remove_if_abandoned, temp_path, writer_tag
 
 DEFAULT_SHARD_SAMPLES = 256
@@ -213,9 +213,21 @@ def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
             "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
 
 
+def _printable_meta(value: Any) -> Any:
+    """Metadata with every string made UTF-8-safe (file names are copied into it)."""
+    if isinstance(value, str):
+        return printable_path(value)
+    if isinstance(value, dict):
+        return {printable_path(k) if isinstance(k, str) else k: _printable_meta(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_printable_meta(v) for v in value)
+    return value
+
+
 def _load_one(converter: Converter, ref: FrameRef, key: str, cfg: BuildConfig) -> Sample:
     sample = converter.load(ref)
     sample.key = key
+    sample.meta = _printable_meta(sample.meta)
     if cfg.resize:
         sample = resize_sample(sample, cfg.resize)
     return sample
@@ -377,6 +389,21 @@ def source_fingerprint(root: Path, frames: Iterable[FrameRef], rejected: Iterabl
     return {"root": printable_path(root.resolve()), "files": len(files), "sha256": h.hexdigest()}
 
 
+def _split_off_bad_names(frames: list[FrameRef]) -> tuple[list[FrameRef], list[Rejection]]:
+    """Frames whose id is not UTF-8 (a file or folder name with other bytes) cannot become a
+    sample key: they are rejected, the name shown with ``\\xNN`` escapes."""
+    good, bad = [], []
+    for f in frames:
+        if is_utf8_name(f.frame_id):
+            good.append(f)
+        else:
+            file = f.files[0] if f.files else f.frame_id
+            bad.append(Rejection(f.frame_id, f.split, "bad-name",
+                                 f"{printable_path(file)}: file name is not UTF-8, so it cannot be a sample key; "
+                                 "rename it", file))
+    return good, bad
+
+
 def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     """Convert the requested splits into shards and manifests; returns the manifests written.
 
@@ -384,6 +411,8 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     part manifest; ``vortex-data merge-manifests`` joins the parts.
     """
     enum = converter.enumerate(set(cfg.splits) if cfg.splits else None)
+    enum.frames, bad_names = _split_off_bad_names(enum.frames)
+    enum.rejected = enum.rejected + bad_names
     salt = build_salt(converter, cfg)
     by_split: dict[str, list[FrameRef]] = {}
     for f in enum.frames:

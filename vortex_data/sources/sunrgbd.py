@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import scipy.io
 from PIL import Image
 
 from ..schema import Intrinsics, Sample, make_key
-from .base import Converter, Enumeration, FrameRef, RejectFrame, Rejection
+from .base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason
+from .image_files import incomplete_reason, read_image
 
 SENSOR_SUBSETS: dict[str, tuple[str, ...]] = {
     "kv1": ("NYUdata", "b3dodata"),
@@ -96,9 +98,7 @@ def cap_depth(mm: np.ndarray, mode: str) -> DecodedDepth:
 
 def read_depth_png(path: Path) -> np.ndarray:
     """The stored uint16 values of a SUN RGB-D depth PNG (not yet rotated)."""
-    stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if stored is None:
-        raise RejectFrame("unreadable", f"{path}: depth PNG could not be decoded", path)
+    stored = read_image(path, cv2.IMREAD_UNCHANGED)
     if stored.dtype != np.uint16 or stored.ndim != 2:
         raise RejectFrame("bad-value", f"{path}: expected a single-channel 16-bit PNG, got {stored.shape} {stored.dtype}", path)
     return stored
@@ -106,9 +106,16 @@ def read_depth_png(path: Path) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     """A JPEG as (H, W, 3) uint8 RGB. Pillow is used because it refuses truncated files
-    (OpenCV returns the partial image with only a warning)."""
+    (OpenCV returns the partial image with only a warning); a missing end marker is refused first."""
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RejectFrame("unreadable", f"{path}: cannot be read ({os_reason(e)})", path) from None
+    why = incomplete_reason(data)
+    if why:
+        raise RejectFrame("truncated", f"{path}: {why}", path)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as e:
         raise RejectFrame("unreadable", f"{path}: RGB image could not be decoded ({e})", path) from None
@@ -187,16 +194,35 @@ def read_split_file(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- walking the tree
 
 def is_frame_folder(path: Path) -> bool:
-    return any((path / m).exists() for m in _FRAME_MARKERS)
+    """Raises OSError when the folder's entries cannot even be looked at (permissions)."""
+    for m in _FRAME_MARKERS:
+        try:
+            os.stat(path / m)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return False
 
 
-def find_frame_folders(subset_dir: Path) -> list[Path]:
+def find_frame_folders(subset_dir: Path, unlistable: list[tuple[Path, OSError]] | None = None) -> list[Path]:
     """Frame folders below a subset folder, sorted. A frame folder's own subfolders (fullres/, ...)
-    are not searched, so their images and intrinsics are never mistaken for frames."""
+    are not searched, so their images and intrinsics are never mistaken for frames. Folders that
+    cannot be listed are appended to ``unlistable`` with the error (os.walk would skip them)."""
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(subset_dir):
+    errors: list[tuple[Path, OSError]] = [] if unlistable is None else unlistable
+
+    def onerror(e: OSError) -> None:
+        errors.append((Path(e.filename), e))
+
+    for dirpath, dirnames, _ in os.walk(subset_dir, onerror=onerror):
         here = Path(dirpath)
-        if here != subset_dir and is_frame_folder(here):
+        try:
+            frame = here != subset_dir and is_frame_folder(here)
+        except OSError as e:
+            errors.append((here, e))
+            dirnames.clear()
+            continue
+        if frame:
             found.append(here)
             dirnames.clear()
         else:
@@ -292,7 +318,11 @@ class SunRgbdConverter(Converter):
         seen: set[str] = set()
         for subset_dir in self._subset_dirs():
             subset = subset_dir.relative_to(self.src).as_posix()
-            for folder in find_frame_folders(subset_dir):
+            unlistable: list[tuple[Path, OSError]] = []
+            folders = find_frame_folders(subset_dir, unlistable)
+            for bad, err in unlistable:
+                rejected += self._unlistable(bad, err, split_of, wanted, seen)
+            for folder in folders:
                 rel = folder.relative_to(self.src).as_posix()
                 seen.add(rel)
                 split = "train" if split_of is None else split_of.get(rel, NOT_IN_SPLIT)
@@ -316,6 +346,22 @@ class SunRgbdConverter(Converter):
                 frames.append(FrameRef(split=split, frame_id=rel, files=files, payload=ff))
         report = self._report(counts, excluded, split_of, seen, wanted)
         return Enumeration(frames=frames, rejected=rejected, report=report)
+
+    def _unlistable(self, folder: Path, err: OSError, split_of: dict[str, str] | None, wanted: set[str],
+                    seen: set[str]) -> list[Rejection]:
+        """Rejections for a folder that cannot be listed: each frame the split file puts below it,
+        or the folder itself (its frames are unknown), so no frame disappears without a trace."""
+        rel = folder.relative_to(self.src).as_posix()
+        if rel.startswith(NYU_OVERLAP_SUBSET + "/") and not self.include_nyu_overlap:
+            return []
+        why = f"cannot be listed ({os_reason(err)}), so its frames cannot be converted"
+        if split_of is None:
+            return [Rejection(rel, "train", "unreadable", f"{folder}: folder {why}", rel)]
+        below = sorted(k for k in split_of if (k == rel or k.startswith(rel + "/")) and k not in seen)
+        seen.update(below)
+        out = [Rejection(k, split_of[k], "unreadable", f"{self.src / k}: in folder {folder}, which {why}", rel)
+               for k in below if split_of[k] in wanted]
+        return out or [Rejection(rel, NOT_IN_SPLIT, "unreadable", f"{folder}: folder {why}", rel)]
 
     def _subset_dirs(self) -> list[Path]:
         return [self.src / s / sub for s, subs in SENSOR_SUBSETS.items() for sub in subs
