@@ -317,3 +317,54 @@ def test_real_femto_bolt_calibration_files(samples_dir):
     assert scaled.color.fx == pytest.approx(2246.03 / 3)
     with pytest.raises(CalibrationError, match="aspect"):
         cal.with_sizes((512, 512), (640, 480))
+
+
+# ---------------------------------------------------------------- reliability of frame dumps and options
+
+def test_truncated_colour_jpeg_and_depth_png_are_rejected(dump, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(dump, rec)
+    colours = sorted((rec / "color").iterdir())
+    colours[0].write_bytes(colours[0].read_bytes()[: colours[0].stat().st_size // 2])  # OpenCV fills it grey
+    conv = FemtoConverter(rec)
+    en = conv.enumerate(None)
+    with pytest.raises(RejectFrame) as info:
+        conv.load(en.frames[0])
+    assert info.value.code == "truncated" and colours[0].name in info.value.reason
+    depths = sorted((rec / "depth").iterdir())
+    depths[1].write_bytes(depths[1].read_bytes()[:-12])
+    with pytest.raises(RejectFrame) as info:
+        conv.load(en.frames[1])
+    assert info.value.code == "truncated" and depths[1].name in info.value.reason
+
+
+def test_mjpg_colour_payload_must_be_whole():
+    from vortex_data.sources.femto_recording import decode_color
+    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (360, 640, 3), np.uint8))
+    assert decode_color(jpg.tobytes(), "MJPG", 640, 360, "rec.mkv capture 0").shape == (360, 640, 3)
+    with pytest.raises(ValueError, match=r"rec.mkv capture 0.*truncated JPEG"):
+        decode_color(jpg.tobytes()[: jpg.size // 2], "MJPG", 640, 360, "rec.mkv capture 0")
+
+
+def test_symlink_loops_in_a_dump_are_rejected_not_lost(dump, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(dump, rec)
+    loop = rec / "color" / "color_5000000.jpg"
+    loop.symlink_to(loop.name)  # points at itself: ELOOP
+    (rec / "depth" / "depth_5000000.png").symlink_to("depth_missing.png")  # dangling
+    en = FemtoConverter(rec).enumerate(None)
+    assert len(en.frames) == 2
+    got = sorted((r.frame, r.code) for r in en.rejected)
+    assert got == [("color/color_5000000.jpg", "unreadable"), ("depth/depth_5000000.png", "unreadable")]
+    assert any("Too many levels of symbolic links" in r.reason for r in en.rejected)
+
+
+@pytest.mark.parametrize("flags, message", [(["--stride", "0"], "--stride must be >= 1"),
+                                            (["--pair-tol-ms", "0"], "--pair-tol-ms must be > 0"),
+                                            (["--max-frames", "0"], "--max-frames must be >= 1"),
+                                            (["--start", "2", "--end", "1"], "--end .* is before --start")])
+def test_bad_selection_options_are_errors_not_defaults(dump, flags, message):
+    parser = argparse.ArgumentParser()
+    FemtoConverter.add_arguments(parser.add_argument_group("femto"))
+    with pytest.raises(ValueError, match=message):
+        FemtoConverter.from_args(dump, parser.parse_args(flags))
