@@ -368,3 +368,18 @@ def test_bad_selection_options_are_errors_not_defaults(dump, flags, message):
     FemtoConverter.add_arguments(parser.add_argument_group("femto"))
     with pytest.raises(ValueError, match=message):
         FemtoConverter.from_args(dump, parser.parse_args(flags))
+
+
+def test_rewritten_recording_rebuilds_its_groups(multi, tmp_path):
+    """Captures inside an MKV list no files of their own: the recording is their source file."""
+    import os
+    from vortex_data.shards import BuildConfig, build_shards
+    rec = tmp_path / "multi.mkv"
+    shutil.copy(multi, rec)
+    cfg = BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", shard_samples=2, workers=1, progress=False)
+    first = build_shards(FemtoConverter(rec, register="none"), cfg)
+    assert build_shards(FemtoConverter(rec, register="none"), cfg).groups_reused == first.groups_built == 3
+    st = rec.stat()
+    os.utime(rec, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = build_shards(FemtoConverter(rec, register="none"), cfg)
+    assert (again.groups_built, again.groups_reused) == (3, 0)

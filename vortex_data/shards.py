@@ -330,16 +330,17 @@ def reusable_record(cfg: BuildConfig, group: Group) -> dict[str, Any] | None:
     return record
 
 
-def group_sources(root: Path, frames: Iterable[FrameRef]) -> str:
+def group_sources(converter: Converter, frames: Iterable[FrameRef]) -> str:
     """sha256 over (path, size, mtime_ns) of every source file of a group's frames, in frame order.
 
     Only stat() calls, so checking every group on a rerun stays cheap; a rewritten, truncated,
     restored, added or removed file changes it (contents are not hashed: that would read the
     whole dataset again on every rerun). Names are hashed as bytes, so any file name works.
     """
+    root = converter.source_root()
     h = hashlib.sha256()
     for fr in frames:
-        for rel in fr.files:
+        for rel in converter.source_files(fr):
             try:
                 st = os.stat(root / rel)
                 size, mtime = st.st_size, st.st_mtime_ns
@@ -424,9 +425,8 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     mine = [g for groups in plans.values() for g in groups if g.index % cfg.num_tasks == cfg.task_index]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
-    root = converter.source_root()
     for g in mine:
-        g.sources = group_sources(root, g.frames)
+        g.sources = group_sources(converter, g.frames)
     for split in plans:
         d = split_dir(cfg, converter.name, split)
         (d / ".build").mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,11 @@ class Converter(ABC):
     def load(self, ref: FrameRef) -> Sample:
         """The frame as a schema Sample; raise RejectFrame with a reason when it cannot be."""
 
+    def source_files(self, ref: FrameRef) -> tuple[str, ...]:
+        """Files (relative to :meth:`source_root`) whose change must rebuild this frame; by default
+        its ``files``. A converter whose frames live inside one container file returns that file."""
+        return ref.files
+
     def source_root(self) -> Path:
         """Paths in FrameRef.files are relative to this folder."""
         return Path(getattr(self, "src"))

@@ -100,6 +100,7 @@ class FemtoConverter(Converter):
         self.depth_topic, self.color_topic = depth_topic, color_topic
         self._rec: Recording | None = None
         self._calib: FemtoCalibration | None = None
+        self._container_files: tuple[str, ...] | None = None
 
     # ---------------------------------------------------------------- construction
 
@@ -137,6 +138,16 @@ class FemtoConverter(Converter):
 
     def source_root(self) -> Path:
         return self.src if self.src.is_dir() else self.src.parent
+
+    def source_files(self, ref: FrameRef) -> tuple[str, ...]:
+        """A frame dump's images, or the recording itself (an MKV or bag file, or every file of
+        a ROS 2 bag folder): captures inside a container list no files of their own."""
+        if ref.files:
+            return ref.files
+        if self._container_files is None:
+            self._container_files = ((self.src.name,) if self.src.is_file()
+                                     else tuple(sorted(p.name for p in self.src.iterdir() if p.is_file())))
+        return self._container_files
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
