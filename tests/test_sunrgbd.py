@@ -404,3 +404,23 @@ def test_unlistable_folder_is_rejected_not_skipped(tmp_path, monkeypatch, with_s
         assert en.report["split_listed_but_missing"] == 0
     else:  # the frames below are unknown: the folder itself is rejected
         assert [(r.frame, r.split) for r in en.rejected] == [(scene.relative_to(src).as_posix(), "train")]
+
+
+def test_unlistable_sensor_or_image_folder_is_reported(tmp_path, monkeypatch):
+    src = tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, 1, seed=8, scale=0.1, subsets=["kv2/align_kv2", "realsense/sa"])
+    image_dir = src / frames[1].folder / "image"
+    blocked = {src / "kv2", image_dir}
+    import os
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)) in blocked:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    en = SunRgbdConverter(src).enumerate(None)
+    assert [f.frame_id for f in en.frames] == [frames[0].folder]
+    (r,) = en.rejected
+    assert (r.frame, r.code) == (frames[1].folder, "unreadable") and str(image_dir) in r.reason
+    assert any(f.startswith("kv2 (cannot be listed") for f in en.report["folders_not_read"])

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import io
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import scipy.io
 from PIL import Image
 
 from ..schema import Intrinsics, Sample, make_key
-from .base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason
+from .base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason, scan_folder
 from .image_files import incomplete_reason, read_image
 
 SENSOR_SUBSETS: dict[str, tuple[str, ...]] = {
@@ -193,6 +194,13 @@ def read_split_file(path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- walking the tree
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def is_frame_folder(path: Path) -> bool:
     """Raises OSError when the folder's entries cannot even be looked at (permissions)."""
     for m in _FRAME_MARKERS:
@@ -232,7 +240,10 @@ def find_frame_folders(subset_dir: Path, unlistable: list[tuple[Path, OSError]] 
 
 def _single(folder: Path, sub: str, suffix: str, stem: str | None) -> Path | None:
     """The one ``folder/sub/*suffix`` file (preferring the same stem as the image), or None."""
-    cands = sorted(p for p in (folder / sub).glob("*") if p.suffix.lower() == suffix and p.is_file())
+    entries, err = scan_folder(folder / sub)
+    if err is not None and not isinstance(err, (FileNotFoundError, NotADirectoryError)):
+        raise RejectFrame("unreadable", f"{folder / sub}: cannot be listed ({os_reason(err)})", folder / sub)
+    cands = [p for p in entries if p.suffix.lower() == suffix and p.is_file()]
     if stem is not None and len(cands) > 1:
         cands = [p for p in cands if p.stem == stem] or cands
     if len(cands) > 1:
@@ -316,7 +327,10 @@ class SunRgbdConverter(Converter):
         counts: dict[str, Counter] = {}
         excluded = 0
         seen: set[str] = set()
-        for subset_dir in self._subset_dirs():
+        subset_dirs, blocked = self._subset_dirs()
+        for bad, err in blocked:
+            rejected += self._unlistable(bad, err, split_of, wanted, seen)
+        for subset_dir in subset_dirs:
             subset = subset_dir.relative_to(self.src).as_posix()
             unlistable: list[tuple[Path, OSError]] = []
             folders = find_frame_folders(subset_dir, unlistable)
@@ -352,20 +366,32 @@ class SunRgbdConverter(Converter):
         """Rejections for a folder that cannot be listed: each frame the split file puts below it,
         or the folder itself (its frames are unknown), so no frame disappears without a trace."""
         rel = folder.relative_to(self.src).as_posix()
-        if rel.startswith(NYU_OVERLAP_SUBSET + "/") and not self.include_nyu_overlap:
+        if (rel == NYU_OVERLAP_SUBSET or rel.startswith(NYU_OVERLAP_SUBSET + "/")) and not self.include_nyu_overlap:
             return []
         why = f"cannot be listed ({os_reason(err)}), so its frames cannot be converted"
         if split_of is None:
             return [Rejection(rel, "train", "unreadable", f"{folder}: folder {why}", rel)]
         below = sorted(k for k in split_of if (k == rel or k.startswith(rel + "/")) and k not in seen)
         seen.update(below)
-        out = [Rejection(k, split_of[k], "unreadable", f"{self.src / k}: in folder {folder}, which {why}", rel)
-               for k in below if split_of[k] in wanted]
-        return out or [Rejection(rel, NOT_IN_SPLIT, "unreadable", f"{folder}: folder {why}", rel)]
+        if not below:
+            return [Rejection(rel, NOT_IN_SPLIT, "unreadable", f"{folder}: folder {why}", rel)]
+        return [Rejection(k, split_of[k], "unreadable", f"{self.src / k}: in folder {folder}, which {why}", rel)
+                for k in below if split_of[k] in wanted]
 
-    def _subset_dirs(self) -> list[Path]:
-        return [self.src / s / sub for s, subs in SENSOR_SUBSETS.items() for sub in subs
-                if (self.src / s / sub).is_dir()]
+    def _subset_dirs(self) -> tuple[list[Path], list[tuple[Path, OSError]]]:
+        """The subset folders present, and those that cannot even be looked at (with the error)."""
+        found, blocked = [], []
+        for s, subs in SENSOR_SUBSETS.items():
+            for sub in subs:
+                path = self.src / s / sub
+                try:
+                    if stat.S_ISDIR(os.stat(path).st_mode):
+                        found.append(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as e:
+                    blocked.append((path, e))
+        return found, blocked
 
     def _rel(self, file: str | None) -> str | None:
         if file is None:
@@ -378,18 +404,24 @@ class SunRgbdConverter(Converter):
     def _unknown_folders(self) -> list[str]:
         """Folders under the root that are no known sensor/subset: listed so nothing is skipped unseen."""
         out = []
-        for sensor in sorted(p for p in self.src.iterdir() if p.is_dir()):
+        sensors, err = scan_folder(self.src)
+        if err is not None:
+            return [f". (cannot be listed: {os_reason(err)})"]
+        for sensor in (p for p in sensors if _is_dir(p)):
             if sensor.name not in SENSOR_SUBSETS:
                 out.append(sensor.name)
                 continue
-            out += [f"{sensor.name}/{q.name}" for q in sorted(sensor.iterdir())
-                    if q.is_dir() and q.name not in SENSOR_SUBSETS[sensor.name]]
+            subsets, err = scan_folder(sensor)
+            if err is not None:
+                out.append(f"{sensor.name} (cannot be listed: {os_reason(err)})")
+            out += [f"{sensor.name}/{q.name}" for q in subsets
+                    if _is_dir(q) and q.name not in SENSOR_SUBSETS[sensor.name]]
         return out
 
     def _report(self, counts: dict[str, Counter], excluded: int, split_of: dict[str, str] | None,
                 seen: set[str], wanted: set[str]) -> dict[str, Any]:
         known = {f"{s}/{sub}" for s, subs in SENSOR_SUBSETS.items() for sub in subs}
-        present = {d.relative_to(self.src).as_posix() for d in self._subset_dirs()}
+        present = {d.relative_to(self.src).as_posix() for d in self._subset_dirs()[0]}
         report: dict[str, Any] = {
             "frames_per_subset": {k: dict(sorted(v.items())) for k, v in sorted(counts.items())},
             "subsets_missing": sorted(known - present),
