@@ -41,10 +41,10 @@ from tqdm import tqdm
 from . import __version__
 from .cpus import usable_cpus
 from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
-from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, SchemaError, encode_sample,
+from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                      make_key, resize_sample)
 from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
-from .temporaries import final_name, locked_temp, remove_if_abandoned, temp_path, writer_tag
+from .temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20
@@ -161,8 +161,8 @@ class _RollingTar:
         if self._tf is not None and self._count and self._bytes + size > self.max_bytes:
             self._close()
         if self._tf is None:
-            self._temp = locked_temp(self.directory / self.current_name, self.tag)
-            self._file = self._temp.__enter__()
+            self._temp = LockedTemp(self.directory / self.current_name, self.tag)
+            self._file = self._temp.file
             self._tf = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         for ext, data in members:
             _tar_member(self._tf, f"{key}.{ext}", data)
@@ -173,7 +173,7 @@ class _RollingTar:
     def _close(self) -> None:
         name = self.current_name
         self._tf.close()
-        self._temp.__exit__(None, None, None)  # fsync, rename into place, unlock
+        self._temp.commit()  # fsync, rename into place, unlock
         final = self.directory / name
         self.done.append({"name": name, "samples": self._count, "bytes": final.stat().st_size,
                           "sha256": sha256_file(final)})
@@ -181,9 +181,8 @@ class _RollingTar:
 
     def abort(self) -> None:
         """Remove the temporary being written (an exception is ending this group)."""
-        if self._file is not None:
-            self._file.close()
-            temp_path(self.directory / self.current_name, self.tag).unlink(missing_ok=True)
+        if self._temp is not None:
+            self._temp.discard()
             self._tf, self._file, self._temp = None, None, None
 
     def finish(self) -> list[dict[str, Any]]:
@@ -241,11 +240,10 @@ def _convert(converter: Converter, ref: FrameRef, key: str, cfg: BuildConfig) ->
         sample = _load_one(converter, ref, key, cfg)
         return sample, encode_sample(sample, cfg.encode)
     except RejectFrame as e:
-        return Rejection(ref.frame_id, ref.split, e.code, e.reason, printable_path(e.file))
+        return Rejection(ref.frame_id, ref.split, e.code, e.reason, e.file)
     except Exception as e:  # noqa: BLE001 -- see the docstring
-        file = printable_path(ref.files[0]) if ref.files else None
-        return Rejection(ref.frame_id, ref.split, "error",
-                         f"{file or ref.frame_id}: {type(e).__name__}: {printable_path(str(e))}", file)
+        file = ref.files[0] if ref.files else None
+        return Rejection(ref.frame_id, ref.split, "error", f"{file or ref.frame_id}: {type(e).__name__}: {e}", file)
 
 
 def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[str, Any]:
@@ -400,8 +398,7 @@ def _split_off_bad_names(frames: list[FrameRef]) -> tuple[list[FrameRef], list[R
         else:
             file = f.files[0] if f.files else f.frame_id
             bad.append(Rejection(f.frame_id, f.split, "bad-name",
-                                 f"{printable_path(file)}: file name is not UTF-8, so it cannot be a sample key; "
-                                 "rename it", file))
+                                 f"{file}: file name is not UTF-8, so it cannot be a sample key; rename it", file))
     return good, bad
 
 

@@ -40,23 +40,41 @@ def final_name(tmp_name: str) -> str | None:
     return tmp_name[:i] if i > 0 else None
 
 
+class LockedTemp:
+    """A locked temporary for ``final``: write to ``file``, then :meth:`commit` (fsync, rename into
+    place, and only then unlock, so no one sees it unlocked under its temporary name) or
+    :meth:`discard`."""
+
+    def __init__(self, final: Path, tag: str | None = None):
+        self.final, self.path = final, temp_path(final, tag)
+        self.file: BinaryIO = open(self.path, "wb")
+        _try_lock(self.file)
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            os.replace(self.path, self.final)
+        except BaseException:
+            self.discard()
+            raise
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def locked_temp(final: Path, tag: str | None = None) -> Iterator[BinaryIO]:
-    """Open a locked temporary for ``final``; on success it is fsynced and renamed *before* the
-    lock is let go (so no one sees it unlocked under its temporary name), on error removed."""
-    tmp = temp_path(final, tag)
-    f = open(tmp, "wb")
+    """A :class:`LockedTemp`'s file, committed when the block ends, discarded on an exception."""
+    temp = LockedTemp(final, tag)
     try:
-        _try_lock(f)
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-        os.replace(tmp, final)
+        yield temp.file
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        temp.discard()
         raise
-    finally:
-        f.close()
+    temp.commit()
 
 
 def _try_lock(f: BinaryIO) -> bool:
