@@ -27,7 +27,8 @@ def mkv(samples_dir) -> Path:
     return samples_dir / "kinect_mkv" / "recording.mkv"
 
 
-def remux(src: Path, dst: Path, copies: int = 1, drop: tuple[str, ...] = (), extra_color: bool = False) -> Path:
+def remux(src: Path, dst: Path, copies: int = 1, drop: tuple[str, ...] = (), extra_color: bool = False,
+          cut_color: bool = False) -> Path:
     """Rewrite the real recording: `copies` captures 33 ms apart whose valid depth is raised by
     the copy index (so each capture is recognisable), without the tracks/attachment in `drop`."""
     src_c = av.open(str(src))
@@ -52,6 +53,8 @@ def remux(src: Path, dst: Path, copies: int = 1, drop: tuple[str, ...] = (), ext
                 a = np.frombuffer(data, ">u2").copy()
                 a[a > 0] += i
                 data = a.tobytes()
+            elif cut_color:  # the colour JPEG of every capture loses its second half
+                data = data[: len(data) // 2]
             q = av.Packet(data)
             q.stream, q.time_base = streams[p.stream.index], p.time_base
             q.pts = q.dts = p.pts + i * 33_333
@@ -371,7 +374,7 @@ def test_bad_selection_options_are_errors_not_defaults(dump, flags, message):
 
 
 def test_rewritten_recording_rebuilds_its_groups(multi, tmp_path):
-    """Captures inside an MKV list no files of their own: the recording is their source file."""
+    """Every capture of an MKV has the recording as its source file."""
     import os
     from vortex_data.shards import BuildConfig, build_shards
     rec = tmp_path / "multi.mkv"
@@ -383,3 +386,12 @@ def test_rewritten_recording_rebuilds_its_groups(multi, tmp_path):
     os.utime(rec, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     again = build_shards(FemtoConverter(rec, register="none"), cfg)
     assert (again.groups_built, again.groups_reused) == (3, 0)
+
+
+def test_truncated_mjpg_in_a_real_mkv_is_rejected(mkv, tmp_path):
+    rec = remux(mkv, tmp_path / "cut.mkv", cut_color=True)
+    conv = FemtoConverter(rec, register="none")
+    (ref,) = conv.enumerate(None).frames
+    with pytest.raises(RejectFrame, match=r"cut.mkv capture 0.*truncated JPEG") as info:
+        conv.load(ref)
+    assert info.value.code == "unreadable"
