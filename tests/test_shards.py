@@ -358,3 +358,14 @@ def test_non_utf8_file_names_are_rejected_not_crashed(tmp_path):
     (rej,) = m.rejected
     assert rej["code"] == "bad-name" and "\\xff" in rej["reason"] and "\\xff" in rej["file"]
     assert verify(manifest).ok
+
+
+def test_a_crashed_worker_is_a_clear_error_and_the_rerun_resumes(src, tmp_path):
+    from slow_source import CrashingDiode
+    from vortex_data.shards import BuildError
+    cfg = BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", shard_samples=3, workers=2,
+                      progress=False)
+    with pytest.raises(BuildError, match=r"a worker process died .* shard groups unfinished \(.*diode-"):
+        build_shards(CrashingDiode(src), cfg)
+    rerun = build_shards(DiodeConverter(src), cfg)
+    assert all(verify(m).ok for m in rerun.manifests)

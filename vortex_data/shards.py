@@ -31,6 +31,7 @@ import signal
 import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -446,10 +447,18 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
                                  initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_write_group_task, (converter, g, cfg)): g for g in todo}
-            for fut in as_completed(futures):
-                g = futures[fut]
-                records[(g.split, g.index)] = fut.result()
-                bar.update(len(g.frames))
+            try:
+                for fut in as_completed(futures):
+                    g = futures[fut]
+                    records[(g.split, g.index)] = fut.result()
+                    bar.update(len(g.frames))
+            except BrokenProcessPool:
+                left = [g for g in todo if (g.split, g.index) not in records]
+                raise BuildError(
+                    f"a worker process died (killed, out of memory, or a crash in native code) with {len(left)} "
+                    f"shard groups unfinished ({', '.join(f'{g.split}/{g.stem}' for g in left[:5])}"
+                    f"{', ...' if len(left) > 5 else ''}); finished groups are kept, so rerun to resume, "
+                    "or rerun with --workers 1 to see the frame it happens on") from None
     bar.close()
 
     manifests = []
