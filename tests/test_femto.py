@@ -395,3 +395,18 @@ def test_truncated_mjpg_in_a_real_mkv_is_rejected(mkv, tmp_path):
     with pytest.raises(RejectFrame, match=r"cut.mkv capture 0.*truncated JPEG") as info:
         conv.load(ref)
     assert info.value.code == "unreadable"
+
+
+def test_non_utf8_image_names_in_a_dump_build(dump, tmp_path):
+    import os
+    from vortex_data.manifest import load_manifest, verify
+    from vortex_data.shards import BuildConfig, build_shards
+    rec = tmp_path / "rec"
+    shutil.copytree(dump, rec)
+    colour = sorted((rec / "color").iterdir())[0]
+    os.rename(os.fsencode(colour), os.fsencode(colour).replace(b"color_", b"colour\xff_"))
+    res = build_shards(FemtoConverter(rec, register="none"),
+                       BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", workers=1, progress=False))
+    m = load_manifest(res.manifests[0])
+    assert m.totals["written"] == 2 and verify(res.manifests[0]).ok
+    assert "\\udc" not in res.manifests[0].read_text()

@@ -424,3 +424,21 @@ def test_unlistable_sensor_or_image_folder_is_reported(tmp_path, monkeypatch):
     (r,) = en.rejected
     assert (r.frame, r.code) == (frames[1].folder, "unreadable") and str(image_dir) in r.reason
     assert any(f.startswith("kv2 (cannot be listed") for f in en.report["folders_not_read"])
+
+
+def test_non_utf8_names_reject_the_frame_folder_or_build(tmp_path):
+    import os
+    from vortex_data.manifest import load_manifest, verify
+    from vortex_data.shards import BuildConfig, build_shards
+    src = tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, 2, seed=9, scale=0.1, subsets=["realsense/sa"])
+    odd_folder = os.fsencode(src / frames[0].folder)
+    os.rename(odd_folder, odd_folder + b"\xff")  # the folder is the frame id: rejected
+    image = next((src / frames[1].folder / "image").iterdir())
+    os.rename(os.fsencode(image), os.fsencode(image).replace(b".jpg", b"\xfe.jpg"))  # only a file: written
+    res = build_shards(SunRgbdConverter(src), BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m",
+                                                          workers=1, progress=False))
+    m = load_manifest(res.manifests[0])
+    assert (m.totals["written"], m.totals["rejected"]) == (1, 1)
+    assert m.rejected[0]["code"] == "bad-name" and "\\xff" in m.rejected[0]["frame"]
+    assert verify(res.manifests[0]).ok and "\\udc" not in res.manifests[0].read_text()
