@@ -1,4 +1,5 @@
-"""Shard writer: deterministic bytes, atomic + resumable after kill -9, SLURM parts, size caps."""
+"""Shard writer: deterministic bytes, atomic + resumable after kill -9, SLURM parts, size caps,
+staggered array tasks, changed sources, orphaned workers, and every frame written or rejected."""
 
 import os
 import signal
