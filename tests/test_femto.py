@@ -394,7 +394,7 @@ def test_truncated_mjpg_in_a_real_mkv_is_rejected(mkv, tmp_path):
     (ref,) = conv.enumerate(None).frames
     with pytest.raises(RejectFrame, match=r"cut.mkv capture 0.*truncated JPEG") as info:
         conv.load(ref)
-    assert info.value.code == "unreadable"
+    assert info.value.code == "truncated"
 
 
 def test_non_utf8_image_names_in_a_dump_build(dump, tmp_path):

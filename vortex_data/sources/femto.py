@@ -218,8 +218,8 @@ class FemtoConverter(Converter):
         file = ref.files[0] if ref.files else str(self.src)
         try:
             data = self.recording().read(capture)
-        except (ValueError, OSError) as e:
-            raise RejectFrame("unreadable", str(e), file) from None
+        except (ValueError, OSError) as e:  # an ImageError carries its own code (truncated, ...)
+            raise RejectFrame(getattr(e, "code", "unreadable"), str(e), file) from None
         calib = self.calibration()
         where = f"{self.src} capture {capture.index}"
         if data.depth_mm.shape != (calib.depth.height, calib.depth.width):
