@@ -87,3 +87,18 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "verify: OK" in out and "FAILED" not in out
+
+
+@pytest.mark.parametrize("where", ["inside the last member", "before the end-of-archive blocks"])
+def test_inspect_shard_on_a_truncated_tar_is_a_clear_error(built, capsys, where):
+    import tarfile
+    shard = built / "shards/diode/train/diode-train-000000.tar"
+    with tarfile.open(shard) as tf:
+        last = tf.getmembers()[-1]
+    end = last.offset_data + (last.size // 2 if where.startswith("inside") else -(-last.size // 512) * 512)
+    shard.write_bytes(shard.read_bytes()[:end])
+    capsys.readouterr()
+    for extra in ([], ["--dump", "diode/train/none", "--to", str(built / "d")]):
+        assert main(["inspect", "shard", str(shard), *extra]) == 2
+        err = capsys.readouterr().err
+        assert str(shard) in err and "not a complete tar shard" in err and "Traceback" not in err

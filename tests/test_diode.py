@@ -8,6 +8,7 @@ import pytest
 from vortex_data.fixtures.diode import diode_frame_paths, render_diode_frame, write_diode_frame, write_diode_tree
 from vortex_data.shards import BuildConfig, build_shards
 from vortex_data.manifest import load_manifest
+from vortex_data.sources.base import RejectFrame
 from vortex_data.sources.diode import DiodeConverter
 
 SMALL = (128, 96)
@@ -108,3 +109,35 @@ def test_domain_selection_and_missing_root(tmp_path):
     assert len(DiodeConverter(tmp_path, domain="all").enumerate(None).frames) == 3
     with pytest.raises(FileNotFoundError, match="nowhere"):
         DiodeConverter(tmp_path / "nowhere").enumerate(None)
+
+
+def test_truncated_png_is_rejected_as_truncated(tmp_path):
+    write_diode_tree(tmp_path, {("train", "indoors", 1, 1): 3}, size=SMALL)
+    pngs = sorted((tmp_path / "train/indoors/scene_00001/scan_00001").glob("*.png"))
+    pngs[0].write_bytes(pngs[0].read_bytes()[:-12])  # pixel data whole, IEND chunk lost
+    pngs[1].write_bytes(pngs[1].read_bytes()[: pngs[1].stat().st_size // 2])
+    conv = DiodeConverter(tmp_path)
+    en = conv.enumerate(None)
+    for ref, png in zip(en.frames[:2], pngs):
+        with pytest.raises(RejectFrame) as info:
+            conv.load(ref)
+        assert info.value.code == "truncated" and png.name in info.value.reason
+    conv.load(en.frames[2])
+
+
+def test_unlistable_scan_folder_is_rejected(tmp_path, monkeypatch):
+    import os
+    write_diode_tree(tmp_path, {("train", "indoors", 1, 1): 2, ("train", "indoors", 1, 2): 2}, size=SMALL)
+    hidden = tmp_path / "train/indoors/scene_00001/scan_00002"
+    real = os.scandir
+
+    def scandir(path="."):  # chmod 000 would not stop root, so the listing itself fails
+        if os.fsdecode(path) == str(hidden):
+            raise PermissionError(13, "Permission denied", str(hidden))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    en = DiodeConverter(tmp_path).enumerate(None)
+    assert len(en.frames) == 2
+    (r,) = en.rejected
+    assert r.code == "unreadable" and r.file == "train/indoors/scene_00001/scan_00002"
+    assert "Permission denied" in r.reason and r.file in r.reason

@@ -27,7 +27,8 @@ def mkv(samples_dir) -> Path:
     return samples_dir / "kinect_mkv" / "recording.mkv"
 
 
-def remux(src: Path, dst: Path, copies: int = 1, drop: tuple[str, ...] = (), extra_color: bool = False) -> Path:
+def remux(src: Path, dst: Path, copies: int = 1, drop: tuple[str, ...] = (), extra_color: bool = False,
+          cut_color: bool = False) -> Path:
     """Rewrite the real recording: `copies` captures 33 ms apart whose valid depth is raised by
     the copy index (so each capture is recognisable), without the tracks/attachment in `drop`."""
     src_c = av.open(str(src))
@@ -52,6 +53,8 @@ def remux(src: Path, dst: Path, copies: int = 1, drop: tuple[str, ...] = (), ext
                 a = np.frombuffer(data, ">u2").copy()
                 a[a > 0] += i
                 data = a.tobytes()
+            elif cut_color:  # the colour JPEG of every capture loses its second half
+                data = data[: len(data) // 2]
             q = av.Packet(data)
             q.stream, q.time_base = streams[p.stream.index], p.time_base
             q.pts = q.dts = p.pts + i * 33_333
@@ -317,3 +320,93 @@ def test_real_femto_bolt_calibration_files(samples_dir):
     assert scaled.color.fx == pytest.approx(2246.03 / 3)
     with pytest.raises(CalibrationError, match="aspect"):
         cal.with_sizes((512, 512), (640, 480))
+
+
+# ---------------------------------------------------------------- reliability of frame dumps and options
+
+def test_truncated_colour_jpeg_and_depth_png_are_rejected(dump, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(dump, rec)
+    colours = sorted((rec / "color").iterdir())
+    colours[0].write_bytes(colours[0].read_bytes()[: colours[0].stat().st_size // 2])  # OpenCV fills it grey
+    conv = FemtoConverter(rec)
+    en = conv.enumerate(None)
+    with pytest.raises(RejectFrame) as info:
+        conv.load(en.frames[0])
+    assert info.value.code == "truncated" and colours[0].name in info.value.reason
+    depths = sorted((rec / "depth").iterdir())
+    depths[1].write_bytes(depths[1].read_bytes()[:-12])
+    with pytest.raises(RejectFrame) as info:
+        conv.load(en.frames[1])
+    assert info.value.code == "truncated" and depths[1].name in info.value.reason
+
+
+def test_mjpg_colour_payload_must_be_whole():
+    from vortex_data.sources.femto_recording import decode_color
+    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (360, 640, 3), np.uint8))
+    assert decode_color(jpg.tobytes(), "MJPG", 640, 360, "rec.mkv capture 0").shape == (360, 640, 3)
+    with pytest.raises(ValueError, match=r"rec.mkv capture 0.*truncated JPEG"):
+        decode_color(jpg.tobytes()[: jpg.size // 2], "MJPG", 640, 360, "rec.mkv capture 0")
+
+
+def test_symlink_loops_in_a_dump_are_rejected_not_lost(dump, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(dump, rec)
+    loop = rec / "color" / "color_5000000.jpg"
+    loop.symlink_to(loop.name)  # points at itself: ELOOP
+    (rec / "depth" / "depth_5000000.png").symlink_to("depth_missing.png")  # dangling
+    en = FemtoConverter(rec).enumerate(None)
+    assert len(en.frames) == 2
+    got = sorted((r.frame, r.code) for r in en.rejected)
+    assert got == [("color/color_5000000.jpg", "unreadable"), ("depth/depth_5000000.png", "unreadable")]
+    assert any("Too many levels of symbolic links" in r.reason for r in en.rejected)
+
+
+@pytest.mark.parametrize("flags, message", [(["--stride", "0"], "--stride must be >= 1"),
+                                            (["--pair-tol-ms", "0"], "--pair-tol-ms must be > 0"),
+                                            (["--max-frames", "0"], "--max-frames must be >= 1"),
+                                            (["--start", "2", "--end", "1"], "--end .* is before --start")])
+def test_bad_selection_options_are_errors_not_defaults(dump, flags, message):
+    parser = argparse.ArgumentParser()
+    FemtoConverter.add_arguments(parser.add_argument_group("femto"))
+    with pytest.raises(ValueError, match=message):
+        FemtoConverter.from_args(dump, parser.parse_args(flags))
+
+
+def test_rewritten_recording_rebuilds_its_groups(multi, tmp_path):
+    """Every capture of an MKV has the recording as its source file."""
+    import os
+    from vortex_data.shards import BuildConfig, build_shards
+    rec = tmp_path / "multi.mkv"
+    shutil.copy(multi, rec)
+    cfg = BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", shard_samples=2, workers=1, progress=False)
+    first = build_shards(FemtoConverter(rec, register="none"), cfg)
+    assert build_shards(FemtoConverter(rec, register="none"), cfg).groups_reused == first.groups_built == 3
+    st = rec.stat()
+    os.utime(rec, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = build_shards(FemtoConverter(rec, register="none"), cfg)
+    assert (again.groups_built, again.groups_reused) == (3, 0)
+
+
+def test_truncated_mjpg_in_a_real_mkv_is_rejected(mkv, tmp_path):
+    rec = remux(mkv, tmp_path / "cut.mkv", cut_color=True)
+    conv = FemtoConverter(rec, register="none")
+    (ref,) = conv.enumerate(None).frames
+    with pytest.raises(RejectFrame, match=r"cut.mkv capture 0.*truncated JPEG") as info:
+        conv.load(ref)
+    assert info.value.code == "truncated"
+
+
+def test_non_utf8_image_names_in_a_dump_build(dump, tmp_path):
+    import os
+    from vortex_data.manifest import load_manifest, verify
+    from vortex_data.shards import BuildConfig, build_shards
+    rec = tmp_path / "rec"
+    shutil.copytree(dump, rec)
+    colour = sorted((rec / "color").iterdir())[0]
+    os.rename(os.fsencode(colour), os.fsencode(colour).replace(b"color_", b"colour\xff_"))
+    res = build_shards(FemtoConverter(rec, register="none"),
+                       BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", workers=1, progress=False))
+    m = load_manifest(res.manifests[0])
+    assert m.totals["written"] == 2 and verify(res.manifests[0]).ok
+    assert "\\udc" not in res.manifests[0].read_text()

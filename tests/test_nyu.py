@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 import pickle
 import subprocess
@@ -396,3 +397,41 @@ def test_loaded_sample_survives_the_shard_encoding(demo_mat):
     np.testing.assert_array_equal(out["depth_mm"], s.depth_mm)
     np.testing.assert_array_equal(out["seg"], s.seg)
     assert out["meta"]["intrinsics"]["fx"] == 518.8579 and out["meta"]["scene"] == s.meta["scene"]
+
+
+# ------------------------------------------------------------------ up-front validation and odd names
+
+def _rewrite(path: Path, key: str, data: np.ndarray) -> None:
+    with h5py.File(path, "r+") as f:
+        del f[key]
+        f.create_dataset(key, data=data)
+
+
+@pytest.mark.parametrize("key, data, message", [
+    ("images", np.zeros((2, 3, 640, 480), np.uint16), r"'images' has dtype uint16, expected uint8"),
+    ("accelData", np.zeros((3, 2)), r"'accelData' is \(3, 2\) float64, expected \(4, 2\)"),
+    ("accelData", np.zeros((2, 4)), r"'accelData' is \(2, 4\)"),
+    ("depths", np.zeros((2, 640, 480), np.uint16), r"'depths' has dtype uint16, expected floating-point"),
+    ("rawRgbFilenames", np.zeros((1, 5)), r"'rawRgbFilenames' is \(1, 5\)"),
+])
+def test_bad_dataset_layout_is_named_before_any_frame(tmp_path, key, data, message):
+    path = write_nyu_mat(tmp_path / "m.mat", [synthetic_frame(0), synthetic_frame(1)])
+    _rewrite(path, key, data)
+    with pytest.raises(NyuFileError, match=message) as info:
+        NyuConverter(path).enumerate(None)
+    assert str(path) in str(info.value)
+
+
+def test_non_utf8_file_name_builds_with_an_escaped_manifest(tmp_path):
+    from vortex_data.manifest import load_manifest, verify
+    from vortex_data.shards import BuildConfig, build_shards
+    good = write_nyu_mat(tmp_path / "m.mat", [synthetic_frame(0), synthetic_frame(1)])
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/nyu_\xff.mat"))
+    os.rename(good, odd)
+    res = build_shards(NyuConverter(odd), BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m",
+                                                      workers=1, progress=False))
+    for path in res.manifests:
+        text = path.read_bytes().decode("utf-8")
+        assert "\\udc" not in text
+        assert verify(path).ok
+    assert sum(load_manifest(p).totals["written"] for p in res.manifests) == 2

@@ -274,6 +274,8 @@ def _break(src: Path, folder: str, how: str) -> None:
         image.write_bytes(b"this is not a JPEG")
     elif how == "truncated-jpeg":
         image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])
+    elif how == "jpeg-without-end":  # all scan data, only the end-of-image marker lost
+        image.write_bytes(image.read_bytes()[:-2])
     elif how == "size-mismatch":
         mm = rotate_right_3(cv2.imread(str(depth), cv2.IMREAD_UNCHANGED))
         write_depth_png(depth, np.ascontiguousarray(mm[:-2, :]))
@@ -298,7 +300,8 @@ BREAKS = {  # how -> (code, file the reason must name, found at enumeration?)
     "no-image": ("missing-file", "image", True),
     "no-intrinsics": ("missing-file", "intrinsics.txt", True),
     "garbage-jpeg": ("unreadable", ".jpg", False),
-    "truncated-jpeg": ("unreadable", ".jpg", False),
+    "truncated-jpeg": ("truncated", ".jpg", False),
+    "jpeg-without-end": ("truncated", ".jpg", False),
     "size-mismatch": ("bad-shape", ".png", False),
     "garbled-intrinsics": ("bad-value", "intrinsics.txt", False),
     "short-intrinsics": ("bad-value", "intrinsics.txt", False),
@@ -366,3 +369,76 @@ def test_registry_args_options_and_pickling(synth, tmp_path):
         SunRgbdConverter(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="depth mode"):
         SunRgbdConverter(src, depth="smooth")
+
+
+def _unlistable(monkeypatch, folder: Path) -> None:
+    """Make one folder unlistable, as chmod 000 does for anyone but root (tests may run as root)."""
+    import os
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)) == folder:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("with_split", [False, True])
+def test_unlistable_folder_is_rejected_not_skipped(tmp_path, monkeypatch, with_split):
+    src = tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, 2, seed=7, scale=0.1, subsets=["xtion/sun3ddata", "realsense/sa"])
+    # The scene folder above a sun3ddata frame (scene/sub/frame) cannot be listed.
+    scene = src / "xtion/sun3ddata/hotel_0"
+    hidden = [f.folder for f in frames if (src / f.folder).is_relative_to(scene)]
+    assert len(hidden) == 1
+    split_file = None
+    if with_split:
+        split_file = write_allsplit_mat(tmp_path / "allsplit.mat", [f.folder for f in frames], [])
+    _unlistable(monkeypatch, scene)
+    en = SunRgbdConverter(src, split_file=split_file).enumerate(None)
+    assert sorted(f.frame_id for f in en.frames) == sorted(f.folder for f in frames if f.folder not in hidden)
+    assert all(r.code == "unreadable" and str(scene) in r.reason and "Permission denied" in r.reason
+               for r in en.rejected)
+    if with_split:  # each frame the split file puts there is rejected in its split, none is "missing"
+        assert sorted((r.frame, r.split) for r in en.rejected) == sorted((h, "train") for h in hidden)
+        assert en.report["split_listed_but_missing"] == 0
+    else:  # the frames below are unknown: the folder itself is rejected
+        assert [(r.frame, r.split) for r in en.rejected] == [(scene.relative_to(src).as_posix(), "train")]
+
+
+def test_unlistable_sensor_or_image_folder_is_reported(tmp_path, monkeypatch):
+    src = tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, 1, seed=8, scale=0.1, subsets=["kv2/align_kv2", "realsense/sa"])
+    image_dir = src / frames[1].folder / "image"
+    blocked = {src / "kv2", image_dir}
+    import os
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)) in blocked:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    en = SunRgbdConverter(src).enumerate(None)
+    assert [f.frame_id for f in en.frames] == [frames[0].folder]
+    (r,) = en.rejected
+    assert (r.frame, r.code) == (frames[1].folder, "unreadable") and str(image_dir) in r.reason
+    assert any(f.startswith("kv2 (cannot be listed") for f in en.report["folders_not_read"])
+
+
+def test_non_utf8_names_reject_the_frame_folder_or_build(tmp_path):
+    import os
+    from vortex_data.manifest import load_manifest, verify
+    from vortex_data.shards import BuildConfig, build_shards
+    src = tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, 2, seed=9, scale=0.1, subsets=["realsense/sa"])
+    odd_folder = os.fsencode(src / frames[0].folder)
+    os.rename(odd_folder, odd_folder + b"\xff")  # the folder is the frame id: rejected
+    image = next((src / frames[1].folder / "image").iterdir())
+    os.rename(os.fsencode(image), os.fsencode(image).replace(b".jpg", b"\xfe.jpg"))  # only a file: written
+    res = build_shards(SunRgbdConverter(src), BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m",
+                                                          workers=1, progress=False))
+    m = load_manifest(res.manifests[0])
+    assert (m.totals["written"], m.totals["rejected"]) == (1, 1)
+    assert m.rejected[0]["code"] == "bad-name" and "\\xff" in m.rejected[0]["frame"]
+    assert verify(res.manifests[0]).ok and "\\udc" not in res.manifests[0].read_text()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cpus import usable_cpus
 from .sources import CONVERTERS, get_converter
 
 # Subcommands defined beside the code they run: name -> (module, function registering its parser,
@@ -52,7 +53,8 @@ def _add_build_parser(sub: argparse._SubParsersAction, dataset: str | None) -> N
     p.add_argument("--out", type=Path, default=Path("shards"), help="shard root (default: shards/)")
     p.add_argument("--manifests", type=Path, default=Path("manifests"), help="manifest folder (default: manifests/)")
     p.add_argument("--split", default="all", help="split to convert, or 'all' (default)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=usable_cpus(),
+                   help="worker processes (default: the CPUs this process may use, e.g. its SLURM allocation)")
     p.add_argument("--shard-samples", type=int, default=256, help="max samples per shard (default 256)")
     p.add_argument("--shard-bytes", type=_size, default=512 * 2**20, help="max bytes per shard, e.g. 512M (default)")
     p.add_argument("--rgb-codec", choices=["jpg", "png"], default="jpg", help="jpg (default) or lossless png")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -80,9 +81,34 @@ def _flat_report(report: dict[str, Any], prefix: str = "") -> list[tuple[str, st
     return out
 
 
+class ShardReadError(ValueError):
+    """A shard that is not a complete tar; the message names the file and what is wrong."""
+
+
+def _samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """iter_tar_samples, with a damaged tar reported as a ShardReadError naming the shard."""
+    done = 0
+    try:
+        for item in iter_tar_samples(path):
+            yield item
+            done += 1
+    except (tarfile.TarError, EOFError) as e:
+        raise _damaged(path, done, str(e)) from None
+    # tarfile accepts a tar cut just before its end-of-archive blocks; a shard always has them.
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 2 * tarfile.BLOCKSIZE))
+        if f.read() != bytes(2 * tarfile.BLOCKSIZE):
+            raise _damaged(path, done, "no end-of-archive marker")
+
+
+def _damaged(path: Path, done: int, why: str) -> ShardReadError:
+    return ShardReadError(f"{path}: not a complete tar shard after {done} whole samples ({why}); "
+                          "rebuild it (rerun build-shards) or check it with `vortex-data verify`")
+
+
 def shard_listing(path: Path) -> list[dict[str, Any]]:
     out = []
-    for key, members in iter_tar_samples(path):
+    for key, members in _samples(path):
         meta = json.loads(members.get("json", b"{}"))
         out.append({"key": key, "fields": {k: len(v) for k, v in members.items()},
                     "size": f"{meta.get('width')}x{meta.get('height')}", "has_seg": meta.get("has_seg")})
@@ -103,7 +129,7 @@ def colourise_depth(depth_mm: np.ndarray) -> np.ndarray:
 
 def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
     """Write one sample's RGB, colourised depth, raw 16-bit depth, labels and metadata."""
-    for k, members in iter_tar_samples(shard):
+    for k, members in _samples(shard):
         if k == key:
             break
     else:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from .integrity import CHECKSUM_COLUMN, SampleError, check_members
 from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, check_key, decode_sample, split_member
+from .temporaries import locked_temp
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -79,13 +80,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+def atomic_write_bytes(path: Path, data: bytes, tag: str | None = None) -> None:
+    """Write via a locked, per-writer temporary (see temporaries.py) renamed into place."""
+    with locked_temp(path, tag) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -162,9 +160,8 @@ def write_manifest(m: Manifest, directory: Path, index_rows: list[dict[str, Any]
     json_path = directory / f"{name}.json"
     m.path = json_path
     table = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
-    tmp = m.index_path().with_name(m.index_name + f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, m.index_path())
+    with locked_temp(m.index_path()) as f:
+        pq.write_table(table, f)
     atomic_write_bytes(json_path, (json.dumps(m.to_json(), indent=1, sort_keys=False) + "\n").encode())
     return json_path
 

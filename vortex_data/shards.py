@@ -7,9 +7,16 @@ overflows ``shard_bytes``). Because a group is always written by one process, in
 fixed tar metadata, the bytes do not depend on the worker count or on the SLURM task split.
 
 Each finished group leaves a small record in ``<shard dir>/.build/`` (shard checksums, index rows,
-rejections). Shards are written under a temporary name and renamed when complete; the record is
-written last. A rerun keeps every group whose record matches the build and whose shards still
-hash to the recorded sha256, and rebuilds the rest, so a killed build resumes without duplicates.
+rejections, and the size and mtime of every source file of its frames). Shards are written under
+a temporary name and renamed when complete; the record is written last. A rerun keeps every group
+whose record matches the build, whose source files are unchanged and whose shards still hash to
+the recorded sha256, and rebuilds the rest, so a killed build resumes without duplicates and a
+changed source frame is converted again.
+
+Temporaries carry the writer's task index, host and pid and are flock-ed while written
+(temporaries.py): at start a task removes only its own groups' leftovers and temporaries that
+are provably abandoned, so staggered SLURM array tasks on one folder never delete each other's
+work. Pool workers die with their parent (PR_SET_PDEATHSIG, and a parent-pid check).
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import json
 import multiprocessing
 import os
 import re
+import signal
+import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,14 +41,17 @@ from tqdm import tqdm
 
 from . import __version__
 from .integrity import CHECKSUM_COLUMN, member_checksums
+from .cpus import usable_cpus
 from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
-from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, SchemaError, encode_sample,
+from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                      make_key, resize_sample)
-from .sources.base import Converter, FrameRef, Rejection, RejectFrame
+from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
+from .temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20
 _SHARD_RE = re.compile(r"-(\d{6})(?:-(\d+))?\.tar$")
+TMP_GLOB = ".tmp*"  # also matches the '<name>.tmp' of older versions
 
 
 class BuildError(RuntimeError):
@@ -54,7 +67,7 @@ class BuildConfig:
     shard_bytes: int = DEFAULT_SHARD_BYTES
     encode: EncodeOptions = EncodeOptions()
     resize: int | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=usable_cpus)
     num_tasks: int = 1
     task_index: int = 0
     progress: bool = True
@@ -79,6 +92,8 @@ class Group:
     frames: list[FrameRef]
     keys: list[str]
     build_id: str
+    sources: str = ""
+    """Fingerprint of the frames' source files (see :func:`group_sources`); set before writing."""
 
     @property
     def stem(self) -> str:
@@ -129,11 +144,12 @@ def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 class _RollingTar:
     """Writes a group's samples to <stem>.tar, rolling over to <stem>-<k>.tar past the byte cap."""
 
-    def __init__(self, directory: Path, stem: str, max_bytes: int):
-        self.directory, self.stem, self.max_bytes = directory, stem, max_bytes
+    def __init__(self, directory: Path, stem: str, max_bytes: int, tag: str):
+        self.directory, self.stem, self.max_bytes, self.tag = directory, stem, max_bytes, tag
         self.done: list[dict[str, Any]] = []
         self._tf: tarfile.TarFile | None = None
         self._file = None
+        self._temp = None
         self._count = 0
         self._bytes = 0
 
@@ -147,7 +163,8 @@ class _RollingTar:
         if self._tf is not None and self._count and self._bytes + size > self.max_bytes:
             self._close()
         if self._tf is None:
-            self._file = open(self.directory / (self.current_name + ".tmp"), "wb")
+            self._temp = LockedTemp(self.directory / self.current_name, self.tag)
+            self._file = self._temp.file
             self._tf = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         for ext, data in members:
             _tar_member(self._tf, f"{key}.{ext}", data)
@@ -158,14 +175,17 @@ class _RollingTar:
     def _close(self) -> None:
         name = self.current_name
         self._tf.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        tmp, final = self.directory / (name + ".tmp"), self.directory / name
-        os.replace(tmp, final)
+        self._temp.commit()  # fsync, rename into place, unlock
+        final = self.directory / name
         self.done.append({"name": name, "samples": self._count, "bytes": final.stat().st_size,
                           "sha256": sha256_file(final)})
-        self._tf, self._file, self._count, self._bytes = None, None, 0, 0
+        self._tf, self._file, self._temp, self._count, self._bytes = None, None, None, 0, 0
+
+    def abort(self) -> None:
+        """Remove the temporary being written (an exception is ending this group)."""
+        if self._temp is not None:
+            self._temp.discard()
+            self._tf, self._file, self._temp = None, None, None
 
     def finish(self) -> list[dict[str, Any]]:
         if self._tf is not None:
@@ -194,41 +214,92 @@ def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
             "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
 
 
+def _printable_meta(value: Any) -> Any:
+    """Metadata with every string made UTF-8-safe (file names are copied into it)."""
+    if isinstance(value, str):
+        return printable_path(value)
+    if isinstance(value, dict):
+        return {printable_path(k) if isinstance(k, str) else k: _printable_meta(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_printable_meta(v) for v in value)
+    return value
+
+
 def _load_one(converter: Converter, ref: FrameRef, key: str, cfg: BuildConfig) -> Sample:
     sample = converter.load(ref)
     sample.key = key
+    sample.meta = _printable_meta(sample.meta)
     if cfg.resize:
         sample = resize_sample(sample, cfg.resize)
     return sample
 
 
+def _convert(converter: Converter, ref: FrameRef, key: str, cfg: BuildConfig) -> tuple[Sample, list] | Rejection:
+    """The frame's sample and tar members, or its Rejection. Any exception a converter raises for
+    one frame rejects that frame (code 'error', naming the exception and the file): one bad input
+    must not end a build of millions."""
+    try:
+        sample = _load_one(converter, ref, key, cfg)
+        return sample, encode_sample(sample, cfg.encode)
+    except RejectFrame as e:
+        return Rejection(ref.frame_id, ref.split, e.code, e.reason, e.file)
+    except Exception as e:  # noqa: BLE001 -- see the docstring
+        file = ref.files[0] if ref.files else None
+        return Rejection(ref.frame_id, ref.split, "error", f"{file or ref.frame_id}: {type(e).__name__}: {e}", file)
+
+
 def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[str, Any]:
     """Convert and write one group; returns (and stores) its build record."""
     directory = split_dir(cfg, group.dataset, group.split)
-    writer = _RollingTar(directory, group.stem, cfg.shard_bytes)
+    tag = writer_tag(cfg.task_index)
+    writer = _RollingTar(directory, group.stem, cfg.shard_bytes, tag)
     rows, rejected, depth_rejected = [], [], 0
-    for ref, key in zip(group.frames, group.keys):
-        try:
-            sample = _load_one(converter, ref, key, cfg)
-            members = encode_sample(sample, cfg.encode)
-        except RejectFrame as e:
-            rejected.append(Rejection(ref.frame_id, ref.split, e.code, e.reason, e.file).as_dict())
-            continue
-        except (SchemaError, OSError, ValueError) as e:
-            rejected.append(Rejection(ref.frame_id, ref.split, "error", f"{type(e).__name__}: {e}",
-                                      ref.files[0] if ref.files else None).as_dict())
-            continue
-        shard = writer.add(key, members)
-        rows.append({**index_row(key, shard, sample), CHECKSUM_COLUMN: member_checksums(members)})
-        depth_rejected += sample.rejected_depth_pixels
-    record = {"build_id": group.build_id, "group": group.index, "shards": writer.finish(), "index": rows,
-              "rejected": rejected, "depth_rejected_pixels": depth_rejected}
-    atomic_write_bytes(_record_path(cfg, group), json.dumps(record, sort_keys=True).encode())
+    try:
+        for ref, key in zip(group.frames, group.keys):
+            out = _convert(converter, ref, key, cfg)
+            if isinstance(out, Rejection):
+                rejected.append(out.as_dict())
+                continue
+            sample, members = out
+            shard = writer.add(key, members)
+            rows.append({**index_row(key, shard, sample), CHECKSUM_COLUMN: member_checksums(members)})
+            depth_rejected += sample.rejected_depth_pixels
+        shards = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    record = {"build_id": group.build_id, "group": group.index, "sources": group.sources, "shards": shards,
+              "index": rows, "rejected": rejected, "depth_rejected_pixels": depth_rejected}
+    atomic_write_bytes(_record_path(cfg, group), json.dumps(record, sort_keys=True).encode(), tag)
     return record
 
 
 def _write_group_task(args: tuple[Converter, Group, BuildConfig]) -> dict[str, Any]:
+    _exit_if_orphaned()
     return write_group(*args)
+
+
+_PARENT_PID: int | None = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker start-up: die with the build process. Without this, a worker whose parent was
+    killed -9 finishes its queue and then blocks forever on the pool's pipe."""
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the parent-pid check below still stops the worker at its next group
+    _exit_if_orphaned()  # the parent may have died before prctl took effect
+
+
+def _exit_if_orphaned() -> None:
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)
 
 
 # ---------------------------------------------------------------- resume
@@ -242,13 +313,14 @@ def _record_path(cfg: BuildConfig, group: Group) -> Path:
 
 
 def reusable_record(cfg: BuildConfig, group: Group) -> dict[str, Any] | None:
-    """The group's record if it belongs to this build and its shards are intact, else None."""
+    """The group's record if it belongs to this build, its source files are unchanged and its
+    shards are intact, else None."""
     path = _record_path(cfg, group)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("build_id") != group.build_id:
+    if record.get("build_id") != group.build_id or record.get("sources") != group.sources:
         return None
     directory = path.parent.parent
     for s in record["shards"]:
@@ -258,9 +330,35 @@ def reusable_record(cfg: BuildConfig, group: Group) -> dict[str, Any] | None:
     return record
 
 
-def _remove_temporaries(directory: Path) -> None:
-    for tmp in list(directory.glob("*.tar.tmp")) + list(directory.glob(".build/*.tmp-*")):
-        tmp.unlink(missing_ok=True)
+def group_sources(converter: Converter, frames: Iterable[FrameRef]) -> str:
+    """sha256 over (path, size, mtime_ns) of every source file of a group's frames, in frame order.
+
+    Only stat() calls, so checking every group on a rerun stays cheap; a rewritten, truncated,
+    restored, added or removed file changes it (contents are not hashed: that would read the
+    whole dataset again on every rerun). Names are hashed as bytes, so any file name works.
+    """
+    root = converter.source_root()
+    h = hashlib.sha256()
+    for fr in frames:
+        for rel in converter.source_files(fr):
+            try:
+                st = os.stat(root / rel)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except (OSError, ValueError):
+                size = mtime = -1
+            h.update(os.fsencode(rel) + f"\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()
+
+
+_TEMP_STEM_RE = re.compile(r"^(.*-\d{6})(?:-\d+)?\.(?:tar|json)$")
+
+
+def _remove_temporaries(directory: Path, own_stems: set[str]) -> None:
+    """Remove leftovers of this task's own groups (unless a live process still holds them) and
+    other temporaries only when provably abandoned: never another live task's work."""
+    for tmp in list(directory.glob(f"*.tar{TMP_GLOB}")) + list(directory.glob(f".build/*.json{TMP_GLOB}")):
+        m = _TEMP_STEM_RE.match(final_name(tmp.name) or "")
+        remove_if_abandoned(tmp, own=bool(m) and m.group(1) in own_stems)
 
 
 def _remove_stale(directory: Path, prefix: str, keep_shards: set[str], keep_stems: set[str]) -> list[str]:
@@ -284,9 +382,26 @@ def source_fingerprint(root: Path, frames: Iterable[FrameRef], rejected: Iterabl
     h = hashlib.sha256()
     for rel in sorted(files):
         p = root / rel
-        size = p.stat().st_size if p.is_file() else -1
-        h.update(f"{rel}\t{size}\n".encode())
-    return {"root": str(root.resolve()), "files": len(files), "sha256": h.hexdigest()}
+        try:
+            size = p.stat().st_size if p.is_file() else -1
+        except (OSError, ValueError):
+            size = -1
+        h.update(os.fsencode(rel) + f"\t{size}\n".encode())  # bytes: any file name, even not UTF-8
+    return {"root": printable_path(root.resolve()), "files": len(files), "sha256": h.hexdigest()}
+
+
+def _split_off_bad_names(frames: list[FrameRef]) -> tuple[list[FrameRef], list[Rejection]]:
+    """Frames whose id is not UTF-8 (a file or folder name with other bytes) cannot become a
+    sample key: they are rejected, the name shown with ``\\xNN`` escapes."""
+    good, bad = [], []
+    for f in frames:
+        if is_utf8_name(f.frame_id):
+            good.append(f)
+        else:
+            file = f.files[0] if f.files else f.frame_id
+            bad.append(Rejection(f.frame_id, f.split, "bad-name",
+                                 f"{file}: file name is not UTF-8, so it cannot be a sample key; rename it", file))
+    return good, bad
 
 
 def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
@@ -296,6 +411,8 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     part manifest; ``vortex-data merge-manifests`` joins the parts.
     """
     enum = converter.enumerate(set(cfg.splits) if cfg.splits else None)
+    enum.frames, bad_names = _split_off_bad_names(enum.frames)
+    enum.rejected = enum.rejected + bad_names
     salt = build_salt(converter, cfg)
     by_split: dict[str, list[FrameRef]] = {}
     for f in enum.frames:
@@ -307,10 +424,12 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     mine = [g for groups in plans.values() for g in groups if g.index % cfg.num_tasks == cfg.task_index]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
+    for g in mine:
+        g.sources = group_sources(converter, g.frames)
     for split in plans:
         d = split_dir(cfg, converter.name, split)
         (d / ".build").mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(d)
+        _remove_temporaries(d, {g.stem for g in mine if g.split == split})
     for g in mine:
         rec = reusable_record(cfg, g)
         if rec is None:
@@ -326,12 +445,21 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
             bar.update(len(g.frames))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
+                                 initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_write_group_task, (converter, g, cfg)): g for g in todo}
-            for fut in as_completed(futures):
-                g = futures[fut]
-                records[(g.split, g.index)] = fut.result()
-                bar.update(len(g.frames))
+            try:
+                for fut in as_completed(futures):
+                    g = futures[fut]
+                    records[(g.split, g.index)] = fut.result()
+                    bar.update(len(g.frames))
+            except BrokenProcessPool:
+                left = [g for g in todo if (g.split, g.index) not in records]
+                raise BuildError(
+                    f"a worker process died (killed, out of memory, or a crash in native code) with {len(left)} "
+                    f"shard groups unfinished ({', '.join(f'{g.split}/{g.stem}' for g in left[:5])}"
+                    f"{', ...' if len(left) > 5 else ''}); finished groups are kept, so rerun to resume, "
+                    "or rerun with --workers 1 to see the frame it happens on") from None
     bar.close()
 
     manifests = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .cpus import usable_cpus
 from .manifest import load_manifest
 from .mixture import Mixture
 from .schema import CLASS_NAMES, NUM_CLASSES
@@ -267,7 +267,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=int, default=8, help="batch size for the label-less-batch risk (default 8)")
     p.add_argument("--dup-threshold", type=int, default=DEFAULT_THRESHOLD,
                    help=f"max differing hash bits (of 64) for a near-duplicate (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the shard pass")
+    p.add_argument("--workers", type=int, default=usable_cpus(),
+                   help="processes for the shard pass (default: the CPUs this process may use)")
     p.add_argument("--out", type=Path, required=True, help="output folder for report.html and stats.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

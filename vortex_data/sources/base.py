@@ -9,6 +9,7 @@ frame list, and calls :meth:`Converter.load` in worker processes, so a converter
 from __future__ import annotations
 
 import argparse
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,49 @@ class Rejection:
     """A sentence a person can act on, naming the file and the problem."""
     file: str | None = None
 
+    def __post_init__(self) -> None:
+        # A rejection names files as they are on disk, which may not be UTF-8: escape them here,
+        # once, so manifests, Parquet and terminals always accept what is recorded.
+        for name in ("frame", "reason", "file"):
+            object.__setattr__(self, name, printable_path(getattr(self, name)))
+
     def as_dict(self) -> dict[str, Any]:
         return {"frame": self.frame, "split": self.split, "code": self.code, "reason": self.reason, "file": self.file}
+
+
+def printable_path(path: str | Path | None) -> str | None:
+    """A file name as text that JSON, Parquet and a terminal all accept: bytes that are not
+    UTF-8 (kept by Python as surrogate escapes) become ``\\xNN``."""
+    if path is None:
+        return None
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def scan_folder(path: Path) -> tuple[list[Path], OSError | None]:
+    """A folder's entries sorted by name, or the error that kept it from being listed (so the
+    caller can reject what it holds instead of silently skipping it, as glob() would)."""
+    try:
+        with os.scandir(path) as it:
+            return sorted((Path(e.path) for e in it), key=lambda p: p.name), None
+    except OSError as e:
+        return [], e
+
+
+def os_reason(e: OSError) -> str:
+    return f"{type(e).__name__}: {e.strerror or e}"
+
+
+def is_utf8_name(path: str | Path) -> bool:
+    """False for a name holding bytes that are not UTF-8 (such a name cannot be a sample key)."""
+    return printable_path(path) == str(path)
 
 
 class RejectFrame(Exception):
@@ -88,6 +130,11 @@ class Converter(ABC):
     @abstractmethod
     def load(self, ref: FrameRef) -> Sample:
         """The frame as a schema Sample; raise RejectFrame with a reason when it cannot be."""
+
+    def source_files(self, ref: FrameRef) -> tuple[str, ...]:
+        """Files (relative to :meth:`source_root`) whose change must rebuild this frame; by default
+        its ``files``. A converter whose frames live inside one container file returns that file."""
+        return ref.files
 
     def source_root(self) -> Path:
         """Paths in FrameRef.files are relative to this folder."""

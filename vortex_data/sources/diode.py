@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from ..schema import Intrinsics, Sample, depth_to_mm, make_key
-from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
+from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
+from .image_files import read_image
 
 INTRINSICS = Intrinsics(fx=886.81, fy=927.06, cx=512.0, cy=384.0)
 NATIVE_SIZE = (1024, 768)
@@ -86,9 +87,7 @@ class DiodeConverter(Converter):
     def load(self, ref: FrameRef) -> Sample:
         rgb_rel, depth_rel, mask_rel = ref.files
         rgb_path, depth_path, mask_path = (self.src / p for p in ref.files)
-        bgr = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise RejectFrame("unreadable", f"{rgb_rel}: not a readable image", rgb_rel)
+        bgr = read_image(rgb_path, cv2.IMREAD_COLOR, rgb_rel)
         depth = _load_npy(depth_path, depth_rel)
         mask = _load_npy(mask_path, mask_rel)
         h, w = bgr.shape[:2]
@@ -133,9 +132,29 @@ def _load_npy(path: Path, rel: str) -> np.ndarray:
 def _walk_domain(root: Path, base: Path, split: str) -> tuple[list[FrameRef], list[Rejection]]:
     """Every frame stem under one split/domain, in sorted order; incomplete frames are rejected."""
     frames, rejected = [], []
-    for scan_dir in sorted(p for p in base.glob("scene_*/scan_*") if p.is_dir()):
+
+    def unlistable(folder: Path, err: OSError) -> None:
+        rel = folder.relative_to(root).as_posix()
+        rejected.append(Rejection(rel, split, "unreadable",
+                                  f"{rel}: folder cannot be listed ({os_reason(err)}); none of its frames is converted",
+                                  rel))
+
+    scan_dirs = []
+    scenes, err = scan_folder(base)
+    if err is not None:
+        unlistable(base, err)
+    for scene in (p for p in scenes if p.name.startswith("scene_") and p.is_dir()):
+        scans, err = scan_folder(scene)
+        if err is not None:
+            unlistable(scene, err)
+        scan_dirs += [p for p in scans if p.name.startswith("scan_") and p.is_dir()]
+    for scan_dir in scan_dirs:
+        entries, err = scan_folder(scan_dir)
+        if err is not None:
+            unlistable(scan_dir, err)
+            continue
         stems: dict[str, set[str]] = {}
-        for f in scan_dir.iterdir():
+        for f in entries:
             for part, suffix in sorted(_SUFFIXES.items(), key=lambda kv: -len(kv[1])):
                 if f.name.endswith(suffix):
                     stems.setdefault(f.name[: -len(suffix)], set()).add(part)

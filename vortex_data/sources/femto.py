@@ -78,6 +78,13 @@ class FemtoConverter(Converter):
             raise ValueError(f"--register must be one of {REGISTER_MODES}, got {register!r}")
         if stride < 1:
             raise ValueError(f"--stride must be >= 1, got {stride}")
+        if not pair_tol_ms > 0:
+            raise ValueError(f"--pair-tol-ms must be > 0 (colour and depth of one capture are never stamped "
+                             f"at exactly the same microsecond), got {pair_tol_ms}")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
+        if start is not None and end is not None and end < start:
+            raise ValueError(f"--end ({end} s) is before --start ({start} s)")
         if not 0.0 <= min_valid <= 1.0:
             raise ValueError(f"--min-valid is a fraction in [0, 1], got {min_valid}")
         self.src = Path(src)
@@ -92,6 +99,7 @@ class FemtoConverter(Converter):
         self.depth_topic, self.color_topic = depth_topic, color_topic
         self._rec: Recording | None = None
         self._calib: FemtoCalibration | None = None
+        self._container_files: tuple[str, ...] | None = None
 
     # ---------------------------------------------------------------- construction
 
@@ -117,9 +125,9 @@ class FemtoConverter(Converter):
     def from_args(cls, src: Path, args: argparse.Namespace) -> "FemtoConverter":
         g = lambda name, default=None: getattr(args, name, default)  # noqa: E731
         return cls(src, register=g("register", "color"), out_size=parse_size(g("out_size")),
-                   stride=g("stride", 1) or 1, start=g("start"), end=g("end"), max_frames=g("max_frames"),
+                   stride=g("stride", 1), start=g("start"), end=g("end"), max_frames=g("max_frames"),
                    min_valid=g("min_valid", 0.01) if g("min_valid") is not None else 0.01,
-                   pair_tol_ms=g("pair_tol_ms", 16.0) or 16.0, depth_topic=g("depth_topic"), color_topic=g("color_topic"))
+                   pair_tol_ms=g("pair_tol_ms", 16.0), depth_topic=g("depth_topic"), color_topic=g("color_topic"))
 
     def options(self) -> dict[str, Any]:
         return {"register": self.register, "out_size": list(self.out_size) if self.out_size else None,
@@ -129,6 +137,16 @@ class FemtoConverter(Converter):
 
     def source_root(self) -> Path:
         return self.src if self.src.is_dir() else self.src.parent
+
+    def source_files(self, ref: FrameRef) -> tuple[str, ...]:
+        """A frame dump's images, or the recording itself (an MKV or bag file, or every file of
+        a ROS 2 bag folder): captures inside a container list no files of their own."""
+        if ref.files:
+            return ref.files
+        if self._container_files is None:
+            self._container_files = ((self.src.name,) if self.src.is_file()
+                                     else tuple(sorted(p.name for p in self.src.iterdir() if p.is_file())))
+        return self._container_files
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -186,6 +204,8 @@ class FemtoConverter(Converter):
             frames.append(FrameRef(self.split, frame_id, tuple(c.files), payload=(c, t0)))
         for name in getattr(rec, "unstamped", []):
             rejected.append(Rejection(name, self.split, "bad-name", f"{self.src / name}: no timestamp digits in the file name", name))
+        for name, why in getattr(rec, "unreadable", []):
+            rejected.append(Rejection(name, self.split, "unreadable", f"{self.src / name}: cannot be read ({why})", name))
         report = {"recording": rec.info(), "captures": len(caps), "left_out_by_selection": left_out,
                   "calibration": calib.as_dict()}
         return Enumeration(frames, rejected, report)
@@ -197,8 +217,8 @@ class FemtoConverter(Converter):
         file = ref.files[0] if ref.files else str(self.src)
         try:
             data = self.recording().read(capture)
-        except (ValueError, OSError) as e:
-            raise RejectFrame("unreadable", str(e), file) from None
+        except (ValueError, OSError) as e:  # an ImageError carries its own code (truncated, ...)
+            raise RejectFrame(getattr(e, "code", "unreadable"), str(e), file) from None
         calib = self.calibration()
         where = f"{self.src} capture {capture.index}"
         if data.depth_mm.shape != (calib.depth.height, calib.depth.width):

@@ -14,14 +14,18 @@ dumps) are rescaled to the stored images.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from .base import os_reason, scan_folder
 from .femto_calib import FemtoCalibration, folder_calibration
+from .image_files import decode_image, read_image
 from .femto_recording import Capture, CaptureData, RecordingError, pair_by_time
 
 COLOR_DIR, DEPTH_DIR = "color", "depth"
@@ -33,18 +37,29 @@ def is_frame_dump(folder: Path) -> bool:
     return (folder / COLOR_DIR).is_dir() and (folder / DEPTH_DIR).is_dir()
 
 
-def _stamped(folder: Path, exts: tuple[str, ...]) -> tuple[list[tuple[int, Any]], list[str]]:
-    """(timestamp_us, file name) for every image in folder, and names without a timestamp."""
-    out, bad = [], []
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in exts or not p.is_file():
+def _stamped(folder: Path, exts: tuple[str, ...]) -> tuple[list[tuple[int, Any]], list[str], list[tuple[str, str]]]:
+    """(timestamp_us, file name) for every image in folder, names without a timestamp, and
+    (name, why) for image names that are no readable file (symlink loop, dangling link, folder)."""
+    out, bad, unreadable = [], [], []
+    entries, err = scan_folder(folder)
+    if err is not None:
+        raise RecordingError(f"{folder}: cannot be listed ({os_reason(err)})")
+    for p in entries:
+        if p.suffix.lower() not in exts:
+            continue
+        try:
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                unreadable.append((p.name, "not a regular file"))
+                continue
+        except OSError as e:
+            unreadable.append((p.name, os_reason(e)))  # ELOOP for a symlink loop, ENOENT for a dangling link
             continue
         m = _DIGITS.search(p.stem)
         if m:
             out.append((int(m.group(1)), p.name))
         else:
             bad.append(p.name)
-    return out, bad
+    return out, bad, unreadable
 
 
 class DumpRecording:
@@ -55,15 +70,20 @@ class DumpRecording:
         self.pair_tol_us = pair_tol_us
         self._calib: FemtoCalibration | None = None
         self.unstamped: list[str] = []
+        self.unreadable: list[tuple[str, str]] = []
+        """(file relative to the dump, why) for image entries that cannot be read at all."""
 
     def info(self) -> dict[str, Any]:
         return {"format": "frame-dump"}
 
     def _first_size(self, sub: str, exts: tuple[str, ...]) -> tuple[int, int]:
-        for name in sorted(p.name for p in (self.path / sub).iterdir() if p.suffix.lower() in exts):
-            img = cv2.imread(str(self.path / sub / name), cv2.IMREAD_UNCHANGED)
-            if img is not None:
-                return img.shape[1], img.shape[0]
+        entries, _ = scan_folder(self.path / sub)
+        for p in (p for p in entries if p.suffix.lower() in exts):
+            try:
+                img = decode_image(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED, str(p))
+            except (OSError, ValueError):
+                continue  # that frame is rejected when loaded; size the calibration by another
+            return img.shape[1], img.shape[0]
         raise RecordingError(f"{self.path / sub}: no readable image to size the calibration by")
 
     def calibration(self) -> FemtoCalibration:
@@ -75,9 +95,11 @@ class DumpRecording:
     def captures(self) -> list[Capture]:
         if not is_frame_dump(self.path):
             raise RecordingError(f"{self.path}: not a frame dump (needs '{COLOR_DIR}/' and '{DEPTH_DIR}/' folders)")
-        depth, bad_d = _stamped(self.path / DEPTH_DIR, (".png",))
-        color, bad_c = _stamped(self.path / COLOR_DIR, COLOR_EXTS)
+        depth, bad_d, unread_d = _stamped(self.path / DEPTH_DIR, (".png",))
+        color, bad_c, unread_c = _stamped(self.path / COLOR_DIR, COLOR_EXTS)
         self.unstamped = [f"{DEPTH_DIR}/{n}" for n in bad_d] + [f"{COLOR_DIR}/{n}" for n in bad_c]
+        self.unreadable = [(f"{DEPTH_DIR}/{n}", why) for n, why in unread_d] + \
+                          [(f"{COLOR_DIR}/{n}", why) for n, why in unread_c]
         if not depth and not color:
             raise RecordingError(f"{self.path}: no images in {COLOR_DIR}/ or {DEPTH_DIR}/")
         for stamps, sub in ((depth, DEPTH_DIR), (color, COLOR_DIR)):
@@ -94,12 +116,8 @@ class DumpRecording:
     def read(self, capture: Capture) -> CaptureData:
         dpath = self.path / DEPTH_DIR / capture.depth_loc
         cpath = self.path / COLOR_DIR / capture.color_loc
-        depth = cv2.imread(str(dpath), cv2.IMREAD_UNCHANGED)
-        if depth is None:
-            raise ValueError(f"{dpath}: unreadable depth PNG")
+        depth = read_image(dpath, cv2.IMREAD_UNCHANGED)
         if depth.dtype != np.uint16 or depth.ndim != 2:
             raise ValueError(f"{dpath}: depth must be a single-channel 16-bit PNG in mm, got {depth.dtype} {depth.shape}")
-        bgr = cv2.imread(str(cpath), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{cpath}: unreadable colour image")
+        bgr = read_image(cpath, cv2.IMREAD_COLOR)
         return CaptureData(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from .femto_calib import FemtoCalibration
+from .image_files import decode_image
 
 
 class RecordingError(ValueError):
@@ -93,9 +94,7 @@ def decode_color(data: bytes | np.ndarray, fmt: str, width: int, height: int, so
     buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     fmt = fmt.upper()
     if fmt in ("MJPG", "MJPEG", "JPEG", "JPG", "PNG"):
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{source}: colour image does not decode as {fmt}")
+        bgr = decode_image(buf, cv2.IMREAD_COLOR, f"{source}: {fmt} colour image")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb.shape[:2] != (height, width) and width and height:
             raise ValueError(f"{source}: colour image is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")

@@ -164,13 +164,23 @@ class NyuConverter(Converter):
             if f[key].shape != shapes[key]:
                 raise NyuFileError(f"{self.src}: dataset '{key}' has shape {f[key].shape}, expected {shapes[key]} "
                                    "(MATLAB (480, 640, ...) seen through HDF5 with axes reversed)")
-        for key, kinds in (("images", "u"), (DEPTH_KEYS[self.depth], "f"), ("labels", "uif")):
+        if f["images"].dtype != np.uint8:
+            raise NyuFileError(f"{self.src}: dataset 'images' has dtype {f['images'].dtype}, expected uint8 "
+                               "(8-bit RGB as in the released file); no frame could be converted")
+        for key, kinds, what in ((DEPTH_KEYS[self.depth], "f", "floating-point metres"),
+                                 ("labels", "uif", "integer class ids")):
             if f[key].dtype.kind not in kinds:
-                raise NyuFileError(f"{self.src}: dataset '{key}' has dtype {f[key].dtype}, expected kind {kinds!r}")
-        for key in REQUIRED_STRINGS:
+                raise NyuFileError(f"{self.src}: dataset '{key}' has dtype {f[key].dtype}, expected {what}")
+        # Optional datasets are read per frame: a wrong shape must be named here, not fail frame i.
+        for key in (*REQUIRED_STRINGS, *(k for k in STRING_KEYS if k not in REQUIRED_STRINGS and k in f)):
             if f[key].shape != (1, n) or f[key].dtype != h5py.ref_dtype:
                 raise NyuFileError(f"{self.src}: dataset '{key}' is {f[key].shape} {f[key].dtype}, "
                                    f"expected (1, {n}) object references")
+        if "accelData" in f and (f["accelData"].shape != (4, n) or f["accelData"].dtype.kind not in "fiu"):
+            raise NyuFileError(f"{self.src}: dataset 'accelData' is {f['accelData'].shape} {f['accelData'].dtype}, "
+                               f"expected (4, {n}) numbers (MATLAB {n}x4 seen through HDF5)")
+        if "names" in f and f["names"].dtype != h5py.ref_dtype:
+            raise NyuFileError(f"{self.src}: dataset 'names' has dtype {f['names'].dtype}, expected object references")
         return n
 
     def _check_class_names(self, f: h5py.File) -> dict[str, Any]:

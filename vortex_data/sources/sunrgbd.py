@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,8 @@ import scipy.io
 from PIL import Image
 
 from ..schema import Intrinsics, Sample, make_key
-from .base import Converter, Enumeration, FrameRef, RejectFrame, Rejection
+from .base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason, scan_folder
+from .image_files import incomplete_reason, read_image
 
 SENSOR_SUBSETS: dict[str, tuple[str, ...]] = {
     "kv1": ("NYUdata", "b3dodata"),
@@ -96,9 +99,7 @@ def cap_depth(mm: np.ndarray, mode: str) -> DecodedDepth:
 
 def read_depth_png(path: Path) -> np.ndarray:
     """The stored uint16 values of a SUN RGB-D depth PNG (not yet rotated)."""
-    stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if stored is None:
-        raise RejectFrame("unreadable", f"{path}: depth PNG could not be decoded", path)
+    stored = read_image(path, cv2.IMREAD_UNCHANGED)
     if stored.dtype != np.uint16 or stored.ndim != 2:
         raise RejectFrame("bad-value", f"{path}: expected a single-channel 16-bit PNG, got {stored.shape} {stored.dtype}", path)
     return stored
@@ -106,9 +107,16 @@ def read_depth_png(path: Path) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     """A JPEG as (H, W, 3) uint8 RGB. Pillow is used because it refuses truncated files
-    (OpenCV returns the partial image with only a warning)."""
+    (OpenCV returns the partial image with only a warning); a missing end marker is refused first."""
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RejectFrame("unreadable", f"{path}: cannot be read ({os_reason(e)})", path) from None
+    why = incomplete_reason(data)
+    if why:
+        raise RejectFrame("truncated", f"{path}: {why}", path)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as e:
         raise RejectFrame("unreadable", f"{path}: RGB image could not be decoded ({e})", path) from None
@@ -186,17 +194,43 @@ def read_split_file(path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- walking the tree
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def is_frame_folder(path: Path) -> bool:
-    return any((path / m).exists() for m in _FRAME_MARKERS)
+    """Raises OSError when the folder's entries cannot even be looked at (permissions)."""
+    for m in _FRAME_MARKERS:
+        try:
+            os.stat(path / m)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return False
 
 
-def find_frame_folders(subset_dir: Path) -> list[Path]:
+def find_frame_folders(subset_dir: Path, unlistable: list[tuple[Path, OSError]] | None = None) -> list[Path]:
     """Frame folders below a subset folder, sorted. A frame folder's own subfolders (fullres/, ...)
-    are not searched, so their images and intrinsics are never mistaken for frames."""
+    are not searched, so their images and intrinsics are never mistaken for frames. Folders that
+    cannot be listed are appended to ``unlistable`` with the error (os.walk would skip them)."""
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(subset_dir):
+    errors: list[tuple[Path, OSError]] = [] if unlistable is None else unlistable
+
+    def onerror(e: OSError) -> None:
+        errors.append((Path(e.filename), e))
+
+    for dirpath, dirnames, _ in os.walk(subset_dir, onerror=onerror):
         here = Path(dirpath)
-        if here != subset_dir and is_frame_folder(here):
+        try:
+            frame = here != subset_dir and is_frame_folder(here)
+        except OSError as e:
+            errors.append((here, e))
+            dirnames.clear()
+            continue
+        if frame:
             found.append(here)
             dirnames.clear()
         else:
@@ -206,7 +240,10 @@ def find_frame_folders(subset_dir: Path) -> list[Path]:
 
 def _single(folder: Path, sub: str, suffix: str, stem: str | None) -> Path | None:
     """The one ``folder/sub/*suffix`` file (preferring the same stem as the image), or None."""
-    cands = sorted(p for p in (folder / sub).glob("*") if p.suffix.lower() == suffix and p.is_file())
+    entries, err = scan_folder(folder / sub)
+    if err is not None and not isinstance(err, (FileNotFoundError, NotADirectoryError)):
+        raise RejectFrame("unreadable", f"{folder / sub}: cannot be listed ({os_reason(err)})", folder / sub)
+    cands = [p for p in entries if p.suffix.lower() == suffix and p.is_file()]
     if stem is not None and len(cands) > 1:
         cands = [p for p in cands if p.stem == stem] or cands
     if len(cands) > 1:
@@ -290,9 +327,16 @@ class SunRgbdConverter(Converter):
         counts: dict[str, Counter] = {}
         excluded = 0
         seen: set[str] = set()
-        for subset_dir in self._subset_dirs():
+        subset_dirs, blocked = self._subset_dirs()
+        for bad, err in blocked:
+            rejected += self._unlistable(bad, err, split_of, wanted, seen)
+        for subset_dir in subset_dirs:
             subset = subset_dir.relative_to(self.src).as_posix()
-            for folder in find_frame_folders(subset_dir):
+            unlistable: list[tuple[Path, OSError]] = []
+            folders = find_frame_folders(subset_dir, unlistable)
+            for bad, err in unlistable:
+                rejected += self._unlistable(bad, err, split_of, wanted, seen)
+            for folder in folders:
                 rel = folder.relative_to(self.src).as_posix()
                 seen.add(rel)
                 split = "train" if split_of is None else split_of.get(rel, NOT_IN_SPLIT)
@@ -317,9 +361,37 @@ class SunRgbdConverter(Converter):
         report = self._report(counts, excluded, split_of, seen, wanted)
         return Enumeration(frames=frames, rejected=rejected, report=report)
 
-    def _subset_dirs(self) -> list[Path]:
-        return [self.src / s / sub for s, subs in SENSOR_SUBSETS.items() for sub in subs
-                if (self.src / s / sub).is_dir()]
+    def _unlistable(self, folder: Path, err: OSError, split_of: dict[str, str] | None, wanted: set[str],
+                    seen: set[str]) -> list[Rejection]:
+        """Rejections for a folder that cannot be listed: each frame the split file puts below it,
+        or the folder itself (its frames are unknown), so no frame disappears without a trace."""
+        rel = folder.relative_to(self.src).as_posix()
+        if (rel == NYU_OVERLAP_SUBSET or rel.startswith(NYU_OVERLAP_SUBSET + "/")) and not self.include_nyu_overlap:
+            return []
+        why = f"cannot be listed ({os_reason(err)}), so its frames cannot be converted"
+        if split_of is None:
+            return [Rejection(rel, "train", "unreadable", f"{folder}: folder {why}", rel)]
+        below = sorted(k for k in split_of if (k == rel or k.startswith(rel + "/")) and k not in seen)
+        seen.update(below)
+        if not below:
+            return [Rejection(rel, NOT_IN_SPLIT, "unreadable", f"{folder}: folder {why}", rel)]
+        return [Rejection(k, split_of[k], "unreadable", f"{self.src / k}: in folder {folder}, which {why}", rel)
+                for k in below if split_of[k] in wanted]
+
+    def _subset_dirs(self) -> tuple[list[Path], list[tuple[Path, OSError]]]:
+        """The subset folders present, and those that cannot even be looked at (with the error)."""
+        found, blocked = [], []
+        for s, subs in SENSOR_SUBSETS.items():
+            for sub in subs:
+                path = self.src / s / sub
+                try:
+                    if stat.S_ISDIR(os.stat(path).st_mode):
+                        found.append(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as e:
+                    blocked.append((path, e))
+        return found, blocked
 
     def _rel(self, file: str | None) -> str | None:
         if file is None:
@@ -332,18 +404,24 @@ class SunRgbdConverter(Converter):
     def _unknown_folders(self) -> list[str]:
         """Folders under the root that are no known sensor/subset: listed so nothing is skipped unseen."""
         out = []
-        for sensor in sorted(p for p in self.src.iterdir() if p.is_dir()):
+        sensors, err = scan_folder(self.src)
+        if err is not None:
+            return [f". (cannot be listed: {os_reason(err)})"]
+        for sensor in (p for p in sensors if _is_dir(p)):
             if sensor.name not in SENSOR_SUBSETS:
                 out.append(sensor.name)
                 continue
-            out += [f"{sensor.name}/{q.name}" for q in sorted(sensor.iterdir())
-                    if q.is_dir() and q.name not in SENSOR_SUBSETS[sensor.name]]
+            subsets, err = scan_folder(sensor)
+            if err is not None:
+                out.append(f"{sensor.name} (cannot be listed: {os_reason(err)})")
+            out += [f"{sensor.name}/{q.name}" for q in subsets
+                    if _is_dir(q) and q.name not in SENSOR_SUBSETS[sensor.name]]
         return out
 
     def _report(self, counts: dict[str, Counter], excluded: int, split_of: dict[str, str] | None,
                 seen: set[str], wanted: set[str]) -> dict[str, Any]:
         known = {f"{s}/{sub}" for s, subs in SENSOR_SUBSETS.items() for sub in subs}
-        present = {d.relative_to(self.src).as_posix() for d in self._subset_dirs()}
+        present = {d.relative_to(self.src).as_posix() for d in self._subset_dirs()[0]}
         report: dict[str, Any] = {
             "frames_per_subset": {k: dict(sorted(v.items())) for k, v in sorted(counts.items())},
             "subsets_missing": sorted(known - present),

@@ -1,0 +1,113 @@
+"""Temporary files that concurrent writers (SLURM array tasks, pool workers) can tell apart.
+
+A temporary is named ``<final name>.tmp-<writer tag>`` (task index, host, pid) and is held under
+an exclusive ``flock`` from creation until it has been renamed to its final name, so another
+process can prove it abandoned: the lock is free. Some shared file systems do not carry flock
+between nodes, so a temporary that is not this task's own is removed only when its lock is free
+*and* it has not been written to for :data:`ABANDONED_AFTER_S` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+ABANDONED_AFTER_S = 3600.0
+"""A live writer appends to its temporary at least once per frame; an hour of silence is death."""
+TMP_MARK = ".tmp-"
+
+
+def writer_tag(task_index: int | None = None) -> str:
+    """``t<task>-<host>-<pid>`` (``<host>-<pid>`` outside a task): unique among live writers."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+    base = f"{host}-{os.getpid()}"
+    return base if task_index is None else f"t{task_index}-{base}"
+
+
+def temp_path(final: Path, tag: str | None = None) -> Path:
+    return final.with_name(f"{final.name}{TMP_MARK}{tag or writer_tag()}")
+
+
+def final_name(tmp_name: str) -> str | None:
+    """The final file name a temporary will be renamed to, or None if it is not a temporary."""
+    i = tmp_name.rfind(TMP_MARK)
+    return tmp_name[:i] if i > 0 else None
+
+
+class LockedTemp:
+    """A locked temporary for ``final``: write to ``file``, then :meth:`commit` (fsync, rename into
+    place, and only then unlock, so no one sees it unlocked under its temporary name) or
+    :meth:`discard`."""
+
+    def __init__(self, final: Path, tag: str | None = None):
+        self.final, self.path = final, temp_path(final, tag)
+        self.file: BinaryIO = open(self.path, "wb")
+        _try_lock(self.file)
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            os.replace(self.path, self.final)
+        except BaseException:
+            self.discard()
+            raise
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def locked_temp(final: Path, tag: str | None = None) -> Iterator[BinaryIO]:
+    """A :class:`LockedTemp`'s file, committed when the block ends, discarded on an exception."""
+    temp = LockedTemp(final, tag)
+    try:
+        yield temp.file
+    except BaseException:
+        temp.discard()
+        raise
+    temp.commit()
+
+
+def _try_lock(f: BinaryIO) -> bool:
+    """Take an exclusive non-blocking flock; False if another process holds it. File systems
+    without flock (ENOLCK, EOPNOTSUPP) count as unlocked: the age test then decides."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds the temporary's lock (False if it is gone or unlocked)."""
+    try:
+        with open(path, "rb") as f:
+            return not _try_lock(f)
+    except OSError:
+        return False
+
+
+def remove_if_abandoned(path: Path, own: bool, max_age_s: float = ABANDONED_AFTER_S) -> bool:
+    """Delete a temporary nobody is writing. ``own``: it belongs to this task's work, so only a
+    live lock spares it; otherwise it must also be older than ``max_age_s``. True if removed."""
+    if is_locked(path):
+        return False
+    if not own:
+        try:
+            if time.time() - path.stat().st_mtime < max_age_s:
+                return False
+        except OSError:
+            return False
+    path.unlink(missing_ok=True)
+    return True
