@@ -164,3 +164,38 @@ def test_eval_skips_padded_samples(tmp_path: Path) -> None:
     plain = evaluate(net, batches, torch.device("cpu"), 1e-3, 10.0)
     res = evaluate(net, padded, torch.device("cpu"), 1e-3, 10.0)
     assert plain["all"]["images"] == 2 * res["all"]["images"] == 8
+
+
+def test_trainer_asks_for_device_photometric_and_goes_through_finish(tmp_path: Path) -> None:
+    """The trainer requests raw batches and calls the loader's finish() after moving them."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from loader_data import build
+    from vortex_data.stream import make_loader
+
+    manifest = build(tmp_path / "data", "nyu", 6, 3)
+    seen = []
+
+    class Recording:
+        def __init__(self, req: LoaderRequest) -> None:
+            assert req.photometric == "device"
+            self.inner = make_loader(manifest=str(manifest), split="train", batch_size=req.batch_size,
+                                     image_size=req.image_size, seed=req.seed, training=True,
+                                     photometric=req.photometric)
+
+        def __iter__(self):
+            return iter(self.inner)
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state):
+            self.inner.load_state_dict(state)
+
+        def finish(self, batch):
+            out = self.inner.finish(batch)
+            seen.append((batch["rgb"].dtype, batch["depth"].dtype, out["rgb"].dtype, out["seg"].dtype))
+            return out
+
+    torch.set_num_threads(1)
+    assert Trainer(tiny_config(tmp_path / "run", steps=2), Recording).run() == 0
+    assert seen == [(torch.uint8, torch.uint16, torch.float32, torch.int64)] * 2

@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .augment import AugmentConfig, augment_train, intrinsics_of
+from .augment import AugmentConfig
 from .mixture import Mixture, Source, read_source_index
 from .schema import decode_rgb, decode_sample, encode_array
 from .shard_reader import ShardReader
-from .stream import IMAGENET_MEAN, IMAGENET_STD, collate, make_loader
+from .stream import RawSample, build_batch, make_loader
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -206,14 +206,8 @@ def run_pipeline(keys: list[str], read: Callable[[str], dict[str, bytes]], cfg: 
 
 def _pipeline(keys: list[str], read: Callable[[str], dict[str, bytes]], cfg: AugmentConfig, batch: int) -> None:
     for i in range(0, len(keys), batch):
-        out = []
-        for j, key in enumerate(keys[i:i + batch]):
-            d = decode_sample(read(key), key)
-            d["intrinsics"] = intrinsics_of(d["meta"])
-            d = augment_train(d, cfg, 0, 0)
-            d["source"] = 0
-            out.append(d)
-        collate(out, IMAGENET_MEAN, IMAGENET_STD)["seg"].long()  # the same work as the loader
+        samples = [RawSample(key, read(key)) for key in keys[i:i + batch]]
+        build_batch(samples, cfg, True, 0, 0)["seg"].long()  # the same work as the loader
 
 
 def bench_stock_webdataset(urls: Iterable[str], limit: int) -> dict[str, Any]:

@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .augment import AugmentConfig, augment_eval, augment_train, intrinsics_of
+from .augment import AugmentConfig, apply_geometry, color_jitter, draw_eval, draw_train, intrinsics_of, jpeg_reduction
 from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
                       resolve_mixture)
-from .schema import DEPTH_SCALE_MM, decode_sample
+from .photometric import finish_batch
+from .schema import DEPTH_SCALE_MM, IGNORE_INDEX, SchemaError, decode_sample, read_meta, rgb_bytes
 from .shard_reader import ShardReader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,6 +88,8 @@ class LoaderSpec:
     std: tuple[float, float, float]
     cache_dir: str | None
     profile: bool
+    photometric: str = "cpu"
+    decode: str = "cpu"
 
     def plan(self, epoch: int) -> EpochPlan:
         sizes = [len(ix) for ix in self.indices]
@@ -151,35 +154,37 @@ class EpochDataset(IterableDataset):
     def _batch(self, plan: EpochPlan, epoch: int, positions: np.ndarray, raw: dict, n: int, t_read: float,
                first: int, opens: int) -> dict[str, Any]:
         s = self.spec
-        t_dec = t_aug = 0.0
         samples = []
         for p in positions:
             src, idx = int(plan.source[p]), int(plan.index[p])
             key = s.indices[src].keys[idx]
-            t0 = time.perf_counter()
-            d = decode_sample(raw[(src, key)], key)
-            d["intrinsics"] = intrinsics_of(d["meta"])
-            t1 = time.perf_counter()
-            if s.augmenting:
-                d = augment_train(d, s.augment, s.seed, epoch, int(plan.repeat[p]))
-            else:
-                d = augment_eval(d, s.augment)
-            t2 = time.perf_counter()
-            d["source"] = src
-            samples.append(d)
-            t_dec += t1 - t0
-            t_aug += t2 - t1
-        t0 = time.perf_counter()
-        batch = collate(samples, s.mean, s.std)
+            samples.append(RawSample(key, raw[(src, key)], src, int(plan.repeat[p])))
+        timing: dict[str, float] = {}
+        batch = build_batch(samples, s.augment, s.augmenting, s.seed, epoch, photometric=s.photometric,
+                            decode=s.decode, mean=s.mean, std=s.std, timing=timing)
         # batch_positions wraps with modulo, so padding is where the unwrapped position passes n.
         batch["is_pad"] = torch.from_numpy((first + np.arange(len(positions))) >= n)
         if s.trim_pad and bool(batch["is_pad"].any()):
             batch = trim(batch, ~batch["is_pad"])
         if s.profile:
-            batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
-                               "collate": time.perf_counter() - t0, "opens": opens,
-                               "worker": self.worker}
+            batch["timing"] = {"read": t_read, **timing, "opens": opens, "worker": self.worker}
         return batch
+
+
+# ---------------------------------------------------------------- building a batch (the CPU phase)
+
+PHOTOMETRIC = ("cpu", "device")
+DECODE = ("cpu", "device")
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One encoded sample as read from its shard, with where it came from in the plan."""
+
+    key: str
+    members: Mapping[str, bytes]
+    source: int = 0
+    repeat: int = 0
 
 
 _LUTS: dict[tuple, np.ndarray] = {}
@@ -194,35 +199,95 @@ def rgb_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     return _LUTS[k]
 
 
-def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
-    """Decoded, augmented samples -> batch tensors (see :func:`make_loader` for the fields).
+def build_batch(samples: Sequence[RawSample], cfg: AugmentConfig, augmenting: bool, seed: int, epoch: int, *,
+                photometric: str = "cpu", decode: str = "cpu", mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD, timing: dict[str, float] | None = None) -> dict[str, Any]:
+    """Encoded samples -> one batch (fields: see :func:`make_loader`), the workers' whole job.
 
-    ``rgb`` comes out (B,3,H,W) in channels-last memory (what convolutions want on GPU) so the
-    normalisation is one pass over the pixels with no transpose copy: a 256-entry table per
-    channel (``cv2.LUT`` uint8 -> float32). The arithmetic is done with OpenCV/numpy per sample,
-    which stays on one thread, rather than torch ops whose intra-op threads fight the DataLoader
-    workers for cores. ``seg`` is uint8 here (8x less to pass from a worker to the main process);
-    :class:`StreamLoader` widens it to int64 on arrival, so batches keep the documented types.
+    Per sample: the metadata, then the augmentation draws (they fix the crop box before
+    anything is decoded, so the JPEG can be decoded DCT-reduced when the box is >= 2x the
+    output), then decode and the geometry of every map written straight into the batch arrays
+    (no per-sample intermediates, nothing touches every input pixel except the decoders). uint8
+    RGB, uint16 depth and uint8 labels are what crosses the worker boundary for
+    ``photometric="device"``; ``"cpu"`` finishes here (colour jitter per sample with OpenCV, one
+    table pass uint8 -> normalised float) with OpenCV/numpy, which stay on one thread, rather
+    than torch ops whose intra-op threads would fight the DataLoader workers for cores.
+    ``timing``: filled with decode / augment / collate seconds for the batch.
     """
-    h, w = samples[0]["rgb"].shape[:2]
-    lut = rgb_lut(mean, std)
-    rgb = np.empty((len(samples), h, w, 3), np.float32)
-    depth = np.empty((len(samples), 1, h, w), np.float32)
-    seg = np.empty((len(samples), h, w), np.uint8)
-    for i, d in enumerate(samples):
-        cv2.LUT(np.ascontiguousarray(d["rgb"]), lut, dst=rgb[i])  # uint8 -> normalised float, one pass
-        np.multiply(d["depth_mm"], np.float32(1.0 / DEPTH_SCALE_MM), out=depth[i, 0])
-        seg[i] = d["seg"]
-    return {
-        "rgb": torch.from_numpy(rgb).permute(0, 3, 1, 2),
-        "depth": torch.from_numpy(depth),
+    oh, ow = cfg.size
+    b = len(samples)
+    rgb = None if decode == "device" else np.empty((b, oh, ow, 3), np.uint8)
+    depth = np.empty((b, 1, oh, ow), np.uint16)
+    seg = np.empty((b, oh, ow), np.uint8)
+    factors = np.full((b, 4), np.nan)
+    order = np.tile(np.arange(4), (b, 1))
+    boxes, flips, jpegs, intrinsics, has_seg, jitters = [], [], [], [], [], []
+    t_dec = t_aug = 0.0
+    for i, smp in enumerate(samples):
+        t0 = time.perf_counter()
+        meta = read_meta(smp.members, smp.key)
+        h, w = int(meta["height"]), int(meta["width"])
+        draw = (draw_train(smp.key, h, w, cfg, seed, epoch, smp.repeat) if augmenting else draw_eval(h, w, cfg))
+        if decode == "device":
+            data = rgb_bytes(smp.members, smp.key)
+            if "rgb.jpg" not in smp.members:
+                raise SchemaError(f"sample {smp.key!r}: decode='device' needs JPEG RGB, the shard stores "
+                                  f"{[e for e in smp.members if e.startswith('rgb.')]}")
+            jpegs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        reduce = jpeg_reduction(draw.box, cfg.size) if rgb is not None and "rgb.jpg" in smp.members else 1
+        d = decode_sample(smp.members, smp.key, with_rgb=rgb is not None, rgb_reduce=reduce, fill_seg=False,
+                          meta=meta)
+        d["intrinsics"] = intrinsics_of(meta)
+        t1 = time.perf_counter()
+        if d["seg"] is None:
+            seg[i] = IGNORE_INDEX
+        out = {"depth_mm": depth[i, 0], "seg": seg[i]}
+        if rgb is not None:
+            out["rgb"] = rgb[i]
+        k = apply_geometry(d, draw, cfg.size, out, reduce)["intrinsics"]
+        if draw.jitter is not None:
+            j = draw.jitter
+            factors[i] = [np.nan if v is None else v for v in (j.brightness, j.contrast, j.saturation, j.hue)]
+            order[i] = j.order
+        jitters.append(draw.jitter)
+        boxes.append(draw.box)
+        flips.append(draw.flip)
+        intrinsics.append((k.fx, k.fy, k.cx, k.cy))
+        has_seg.append(bool(d["has_seg"]))
+        t_aug += time.perf_counter() - t1
+        t_dec += t1 - t0
+    t0 = time.perf_counter()
+    batch: dict[str, Any] = {
+        "has_seg": torch.tensor(has_seg),
+        "dataset": torch.tensor([smp.source for smp in samples], dtype=torch.int64),
+        "key": [smp.key for smp in samples],
+        "intrinsics": torch.tensor(intrinsics, dtype=torch.float32),
         "seg": torch.from_numpy(seg),
-        "has_seg": torch.tensor([bool(d["has_seg"]) for d in samples]),
-        "dataset": torch.tensor([int(d["source"]) for d in samples], dtype=torch.int64),
-        "key": [d["key"] for d in samples],
-        "intrinsics": torch.tensor([[d["intrinsics"].fx, d["intrinsics"].fy, d["intrinsics"].cx, d["intrinsics"].cy]
-                                    for d in samples], dtype=torch.float32),
     }
+    t_jit = 0.0
+    if photometric == "cpu":
+        lut = rgb_lut(mean, std)
+        rgbf = np.empty((b, oh, ow, 3), np.float32)
+        for i, j in enumerate(jitters):
+            t1 = time.perf_counter()
+            x = color_jitter(rgb[i], j) if j is not None else rgb[i]
+            t_jit += time.perf_counter() - t1
+            cv2.LUT(x, lut, dst=rgbf[i])  # uint8 -> normalised float, one pass
+        batch["rgb"] = torch.from_numpy(rgbf).permute(0, 3, 1, 2)  # channels-last memory
+        batch["depth"] = torch.from_numpy(np.multiply(depth, np.float32(1.0 / DEPTH_SCALE_MM), dtype=np.float32))
+    else:
+        batch["depth"] = torch.from_numpy(depth)
+        batch["jitter"] = torch.from_numpy(factors)
+        batch["jitter_order"] = torch.from_numpy(order.astype(np.int64))
+        if rgb is not None:
+            batch["rgb"] = torch.from_numpy(rgb).permute(0, 3, 1, 2)
+        else:
+            batch["jpeg"] = jpegs
+            batch["crop"] = torch.tensor(boxes, dtype=torch.int64)
+            batch["flip"] = torch.tensor(flips)
+    if timing is not None:
+        timing.update(decode=t_dec, augment=t_aug + t_jit, collate=time.perf_counter() - t0 - t_jit)
+    return batch
 
 
 def trim(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
@@ -268,13 +333,22 @@ class StreamLoader:
             ds = EpochDataset(self.spec, self.epoch, self.batch)
             kw: dict[str, Any] = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True}
                                   if self.num_workers else {})
-            self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
+            # Pinned host memory makes the trainer's .to(device, non_blocking=True) truly asynchronous.
+            self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                  pin_memory=torch.cuda.is_available(), **kw)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
         for b in self._dl:
-            b["seg"] = b["seg"].long()
+            if self.spec.photometric == "cpu":
+                b["seg"] = b["seg"].long()  # uint8 across the worker boundary; finish() widens on the device
             self.batch += 1
             yield b
         self.epoch, self.batch = self.epoch + 1, 0
+
+    def finish(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The device phase: a batch (moved with :func:`vortex_data.photometric.to_device` or
+        ``.to(device, non_blocking=True)`` per tensor) -> the finished float batch, on its device.
+        The identity for ``photometric="cpu"`` batches, so training code can always call it."""
+        return finish_batch(batch, self.spec.mean, self.spec.std)
 
     def close(self) -> None:
         """Stop persistent workers now (otherwise they stop when the loader is garbage-collected)."""
@@ -325,7 +399,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 size: Sequence[int] | None = None, manifests_dir: str | None = None,
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD, profile: bool = False) -> StreamLoader:
+                std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
+                decode: str = "cpu") -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -340,7 +415,24 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     with one rank the padding is trimmed. augment: None = V5 when training, else the
     deterministic resize/centre crop; also 'default'/'v5'/'none', a bool or an AugmentConfig.
     image_size / size: (H, W) output size (overrides the AugmentConfig's).
+
+    photometric: ``"cpu"`` (default): the workers finish the batch (the fields above).
+    ``"device"``: the workers do only decode and geometry and ship compact raw batches,
+    ``rgb`` uint8 (B,3,H,W) channels-last, ``depth`` uint16 mm (B,1,H,W), ``seg`` uint8, plus
+    ``jitter`` float64 (B,4) (brightness, contrast, saturation, hue factors; NaN = not applied)
+    and ``jitter_order`` int64 (B,4); ``loader.finish(batch)`` turns it into the fields above on
+    the batch's device (move it first with ``vortex_data.photometric.to_device``).
+    decode: ``"device"`` (needs photometric="device", JPEG RGB and torchvision): the workers ship
+    ``jpeg`` (list of uint8 tensors), ``crop`` int64 (B,4) boxes y0, x0, h, w and ``flip`` bool
+    (B,) instead of ``rgb``; ``finish`` decodes with ``torchvision.io.decode_jpeg`` on the
+    batch's device and does the RGB crop/resize/flip there.
     """
+    if photometric not in PHOTOMETRIC:
+        raise ValueError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
+    if decode not in DECODE:
+        raise ValueError(f"decode must be one of {DECODE}, got {decode!r}")
+    if decode == "device" and photometric != "device":
+        raise ValueError("decode='device' ships undecoded RGB, so it needs photometric='device'")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
@@ -358,7 +450,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
-        cache_dir=cache_dir, profile=profile,
+        cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode,
     )
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
