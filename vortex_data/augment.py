@@ -136,11 +136,13 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def adjust_saturation(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """Blend each pixel with its own grayscale value."""
-    gray = _gray_f32(rgb)
-    f = rgb.astype(np.float32)
-    f *= _f32(factor)
-    return _to_uint8(_fused(f, gray[..., None], _f32(1.0 - factor)))
+    """Blend each pixel with its own grayscale value. The result depends only on (value, gray),
+    so it is a 256x256 table built per call and indexed once, instead of float passes over the image."""
+    v = np.arange(256, dtype=np.float32)
+    table = np.clip(_fused((v * _f32(factor))[:, None], v[None, :], _f32(1.0 - factor)), 0, 255).astype(np.uint8)
+    idx = rgb.astype(np.uint16) << 8
+    idx |= _gray_f32(rgb).astype(np.uint8)[..., None]
+    return table.reshape(-1)[idx]
 
 
 def adjust_hue(rgb: np.ndarray, factor: float) -> np.ndarray:

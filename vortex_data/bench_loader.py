@@ -41,7 +41,7 @@ from .augment import AugmentConfig
 from .mixture import Mixture, Source, read_source_index
 from .schema import decode_rgb, decode_sample, encode_array
 from .shard_reader import ShardReader
-from .stream import IMAGENET_MEAN, IMAGENET_STD, RawSample, build_batch, make_loader
+from .stream import IMAGENET_MEAN, IMAGENET_STD, RawSample, build_batch, keep_freed_memory, make_loader
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -373,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # the allocator policy of a DataLoader worker, for the in-process figures
     mixture = mixture_of(args.manifests, args.samples)
     cfg = AugmentConfig(size=tuple(args.size))
     samples = sample_members(mixture, min(args.samples, 200))
