@@ -177,3 +177,11 @@ def test_reduced_decode_is_used_and_keeps_depth_and_intrinsics(sets):
     b = next(iter(make_loader(mix(sets, ("big",), (1.0,), 6), batch_size=3, augment=cfg, seed=1, profile=True)))
     assert b["rgb"].shape == (3, 3, 48, 64) and b["depth"].shape == (3, 1, 48, 64)
     assert (b["depth"] > 0).float().mean() > 0.5
+
+
+def test_evaluation_batches_in_device_mode_equal_the_cpu_mode_exactly(sets):
+    """No jitter in evaluation: the device phase is normalisation and widening only, bit-exact."""
+    a = list(make_loader(mix(sets), split="train", training=False, batch_size=4, size=SIZE))
+    b = finished(make_loader(mix(sets), split="train", training=False, batch_size=4, size=SIZE, photometric="device"))
+    assert len(a) == len(b) > 0
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("rgb", "depth", "seg", "intrinsics", "is_pad"))

@@ -15,7 +15,9 @@ Measured in one run, on the same samples:
   cpu/device: what the DataLoader workers spend); the device phase (``loader.finish``) per batch
   on the device it runs on here; webdataset + torchvision.transforms.v2 as most users would
   write it (PIL decode, joint RandomResizedCrop + flip through tv_tensors, ColorJitter,
-  Normalize; depth decoded by this package's schema, since webdataset has no zstd decoder).
+  Normalize; depth decoded by this package's schema, since webdataset has no zstd decoder);
+  plain webdataset, MosaicML Streaming and LitData (when installed: ``pip install -e '.[bench]'``)
+  reading the same samples, each in its own format, through this loader's transform.
 
 ``--photos DIR`` builds the benchmark set from real NYU frames in DIR (see
 :mod:`vortex_data.bench_photos`: every sample a perturbed copy, JPEG q95, ~100 KB at 640x480),
@@ -301,6 +303,72 @@ def tv2_baseline(urls: list[str], cfg: AugmentConfig, batch: int, limit: int) ->
     return run
 
 
+def through_our_transform(items: Callable[[], Iterable[tuple[str, dict[str, bytes]]]], cfg: AugmentConfig,
+                          batch: int) -> Callable[[], int]:
+    """Another reader's samples (key, member bytes) through this loader's CPU phase
+    (photometric="device", the trainer's mode), batch by batch: the readers compared on equal terms."""
+    def run() -> int:
+        n, buf = 0, []
+        for key, members in items():
+            buf.append(RawSample(key, members))
+            n += 1
+            if len(buf) == batch:
+                build_batch(buf, cfg, True, 0, 0, photometric="device")
+                buf = []
+        if buf:
+            build_batch(buf, cfg, True, 0, 0, photometric="device")
+        return n
+    return run
+
+
+def peer_readers(members: list[tuple[str, dict[str, bytes]]], urls: list[str], root: Path) -> dict[str, Callable[[], Iterable]]:
+    """Plain webdataset, MosaicML Streaming (MDS) and LitData over the same samples, each written
+    in its own format under ``root``; the last two only when installed (the ``[bench]`` extra)."""
+    import webdataset as wds
+
+    def plain_wds() -> Iterable[tuple[str, dict[str, bytes]]]:
+        for x in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            yield x["__key__"], {k: v for k, v in x.items() if not k.startswith("__")}
+            # (webdataset's own tar reader, no decoding: the bytes go to our transform)
+
+    out: dict[str, Callable[[], Iterable]] = {"webdataset": plain_wds}
+    exts = sorted({e for _, m in members for e in m})
+    cols = {e.replace(".", "_"): e for e in exts}
+
+    def rows() -> Iterable[dict[str, Any]]:
+        for key, m in members:
+            yield {"key": key, **{c: m.get(e, b"") for c, e in cols.items()}}
+
+    def unpack(x: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
+        return x["key"], {e: bytes(x[c]) for c, e in cols.items() if len(x[c])}
+
+    try:
+        from streaming import MDSWriter, StreamingDataset
+
+        with MDSWriter(out=str(root / "mds"), columns={"key": "str", **{c: "bytes" for c in cols}}) as w:
+            for r in rows():
+                w.write(r)
+        mds = StreamingDataset(local=str(root / "mds"), shuffle=False, batch_size=1)
+        out["MosaicML Streaming (MDS)"] = lambda: (unpack(x) for x in mds)
+    except ImportError:
+        pass
+    try:
+        import litdata
+        from litdata.streaming.writer import BinaryWriter
+
+        (root / "litdata").mkdir()
+        w = BinaryWriter(str(root / "litdata"), chunk_bytes="64MB")
+        for i, r in enumerate(rows()):
+            w.add_item(i, r)
+        w.done()
+        w.merge()
+        lit = litdata.StreamingDataset(input_dir=str(root / "litdata"))
+        out["LitData"] = lambda: (unpack(x) for x in lit)
+    except ImportError:
+        pass
+    return out
+
+
 def bench_side_by_side(mixture: Mixture, urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every contestant once per round, ``args.rounds`` rounds; medians of per-sample CPU cost."""
     import torch
@@ -336,10 +404,16 @@ def bench_side_by_side(mixture: Mixture, urls: list[str], args: argparse.Namespa
             contestants["webdataset + torchvision v2"] = tv2_baseline(urls, cfg, b, n)
         except ImportError as e:  # torchvision or PIL missing: report without it
             print(f"(d) webdataset + torchvision v2 skipped: {e}")
-        rounds: dict[str, list[float]] = {k: [] for k in contestants}
-        for _ in range(args.rounds):
-            for k, fn in contestants.items():
-                rounds[k].append(cpu_per_sample(fn))
+        peers_dir = Path(tempfile.mkdtemp(prefix="vortex-bench-peers-"))
+        try:
+            for name, items in peer_readers(members, urls, peers_dir).items():
+                contestants[f"{name} + our transform (photometric=device)"] = through_our_transform(items, cfg, b)
+            rounds: dict[str, list[float]] = {k: [] for k in contestants}
+            for _ in range(args.rounds):
+                for k, fn in contestants.items():
+                    rounds[k].append(cpu_per_sample(fn))
+        finally:
+            shutil.rmtree(peers_dir, ignore_errors=True)
         med = {k: float(np.median(v)) for k, v in rounds.items()}
         return {"samples": n, "batch_size": b, "rounds": args.rounds, "data": [str(m.manifest) for m in mixture.sources],
                 "ms_per_item_median": {k: 1000 * v for k, v in med.items()},
@@ -453,6 +527,11 @@ def report_side_by_side(sb: dict[str, Any]) -> None:
         if tv2 and k != "webdataset + torchvision v2":
             line += f"; {tv2 / ms:.1f}x webdataset + torchvision v2"
         print(line)
+    ours = med.get("loader photometric=device")
+    peers = {k: v for k, v in med.items() if "+ our transform" in k}
+    if ours and peers:
+        print("    same transform, reader only: loader photometric=device = "
+              + ", ".join(f"{v / ours:.2f}x {k.split(' + ')[0]}" for k, v in peers.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

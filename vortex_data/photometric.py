@@ -54,7 +54,7 @@ def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[flo
         rgb = decode_jpeg_batch(batch["jpeg"], batch["crop"], batch["flip"], tuple(batch["depth"].shape[-2:]), device)
     else:
         rgb = batch["rgb"]
-    if "jitter" in batch:
+    if "jitter" in batch and not bool(torch.isnan(batch["jitter"]).all()):  # all NaN: evaluation, no jitter
         rgb = color_jitter_batch(rgb, batch["jitter"], batch["jitter_order"])
     out["rgb"] = normalise(rgb, mean, std)
     out["depth"] = batch["depth"].to(torch.float32).mul_(1.0 / DEPTH_SCALE_MM)
@@ -67,7 +67,8 @@ def normalise(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     bits as the CPU path's 256-entry table (``stream.rgb_lut``). Keeps channels-last memory."""
     m = torch.tensor(mean, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
-    return rgb.to(torch.float64).div_(255.0).sub_(m).div_(s).to(torch.float32)
+    out = rgb.to(torch.float64).div_(255.0).sub_(m).div_(s).to(torch.float32)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------- ColorJitter, batched
