@@ -6,7 +6,8 @@ Measured in one run, on the same samples:
   epochs, with peak RSS and RSS drift between epoch 1 and the last;
 * (a) the floor: decoding only the RGB JPEGs;
 * (b) the old layout, one file per field in a directory tree (16-bit PNG depth), through the same
-  decode/augment/collate, on local disk and with a simulated metadata latency per file open;
+  decode/augment/collate in the same photometric mode, on local disk and with a simulated
+  metadata latency per file open;
 * (c) a plain webdataset pipeline with its stock decoders (which turn 16-bit PNG depth into
   8 bits: reported, since that silently ruins depth);
 * file opens per 1,000 samples for each layout;
@@ -218,18 +219,22 @@ def tree_reader(root: Path, latency_s: float) -> Callable[[str], dict[str, bytes
 
 
 def run_pipeline(keys: list[str], read: Callable[[str], dict[str, bytes]], cfg: AugmentConfig,
-                 batch: int) -> dict[str, float]:
-    """Same decode/augment/collate as the loader, over ``read``, on one core: samples per CPU
-    second and per wall second (the latter includes simulated open latency)."""
+                 batch: int, photometric: str = "cpu") -> dict[str, float]:
+    """Same decode/augment/collate as the loader (in the same photometric mode), over ``read``,
+    on one core: samples per CPU second and per wall second (the latter includes simulated open
+    latency)."""
     with Clock() as c:
-        _pipeline(keys, read, cfg, batch)
+        _pipeline(keys, read, cfg, batch, photometric)
     return {"per_cpu_s": rate(len(keys), c.cpu), "per_wall_s": rate(len(keys), c.wall)}
 
 
-def _pipeline(keys: list[str], read: Callable[[str], dict[str, bytes]], cfg: AugmentConfig, batch: int) -> None:
+def _pipeline(keys: list[str], read: Callable[[str], dict[str, bytes]], cfg: AugmentConfig, batch: int,
+              photometric: str) -> None:
     for i in range(0, len(keys), batch):
         samples = [RawSample(key, read(key)) for key in keys[i:i + batch]]
-        build_batch(samples, cfg, True, 0, 0)["seg"].long()  # the same work as the loader
+        b = build_batch(samples, cfg, True, 0, 0, photometric=photometric)
+        if photometric == "cpu":
+            b["seg"].long()  # the same work as the loader
 
 
 def bench_stock_webdataset(urls: Iterable[str], limit: int) -> dict[str, Any]:
@@ -459,10 +464,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         keys = write_tree(samples, tmp)
         files = sum(1 for _ in tmp.rglob("*") if _.is_file())
-        res["tree"] = {f"{ms:g}ms": run_pipeline(keys, tree_reader(tmp, ms / 1000), cfg, args.batch_size)
-                       for ms in args.latency_ms}
+        res["tree"] = {f"{ms:g}ms": run_pipeline(keys, tree_reader(tmp, ms / 1000), cfg, args.batch_size,
+                                                 args.photometric) for ms in args.latency_ms}
         res["tree_opens_per_1000"] = 1000 * files / len(keys)
-        res["shards_one_core_same_samples"] = run_pipeline_shards(samples, cfg, args.batch_size)
+        res["shards_one_core_same_samples"] = run_pipeline_shards(samples, cfg, args.batch_size, args.photometric)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res["webdataset_stock"] = bench_stock_webdataset(urls, len(samples))
@@ -474,10 +479,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline_shards(samples: list[tuple[str, dict[str, bytes]]], cfg: AugmentConfig, batch: int) -> float:
+def run_pipeline_shards(samples: list[tuple[str, dict[str, bytes]]], cfg: AugmentConfig, batch: int,
+                        photometric: str = "cpu") -> dict[str, float]:
     """The loader's per-sample work on one core with reading excluded (members already in memory)."""
     mem = dict(samples)
-    return run_pipeline(list(mem), mem.__getitem__, cfg, batch)
+    return run_pipeline(list(mem), mem.__getitem__, cfg, batch, photometric)
 
 
 def report(res: dict[str, Any], args: argparse.Namespace) -> None:
