@@ -165,7 +165,8 @@ def test_reduced_jpeg_decode_samples_the_same_scene_points():
     data = encode_rgb(rgb, "jpg", 95)
     size = (36, 48)
     full = {"rgb": decode_rgb(data), "intrinsics": Intrinsics(300, 300, 199.5, 149.5)}
-    for box, want in [((10, 20, 280, 360), 4), ((0, 0, 300, 400), 8), ((33, 51, 150, 200), 4), ((7, 9, 100, 140), 2)]:
+    for box, want in [((10, 20, 280, 360), 4), ((0, 0, 300, 400), 8), ((33, 51, 150, 200), 4), ((7, 9, 100, 140), 2),
+                      ((0, 0, 288, 384), 8), ((4, 8, 144, 192), 4)]:  # the last two on reduced pixels: plain resize
         r = jpeg_reduction(box, size)
         assert r == want
         ref = crop_resize(full, box, size)["rgb"].astype(int)

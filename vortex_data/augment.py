@@ -233,6 +233,9 @@ def crop_resize_reduced(rgb: np.ndarray, reduce: int, box: tuple[int, int, int, 
     one bilinear affine warp mapping each output pixel centre to exactly the scene point the
     full-resolution path samples (a reduced pixel j covers full pixels [r*j, r*j + r)), so
     depth, labels and intrinsics are unaffected by the reduction."""
+    if all(v % reduce == 0 for v in box):  # the box falls on reduced pixels: a plain resize samples the same points
+        y0, x0, ch, cw = (v // reduce for v in box)
+        return _resize_into(rgb[y0:y0 + ch, x0:x0 + cw], size, rgb_interpolation((y0, x0, ch, cw), size), dst)
     y0, x0, ch, cw = box
     oh, ow = size
     sx, sy = cw / ow, ch / oh
