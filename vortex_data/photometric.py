@@ -23,14 +23,12 @@ from typing import Any, Sequence
 
 import torch
 
+from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION
 from .schema import DEPTH_SCALE_MM
 
 HOST_FIELDS = ("jitter", "jitter_order", "crop", "flip", "jpeg")
 """Batch fields :func:`to_device` leaves on the host (small parameters, or JPEG bytes that the
 decoder takes from host memory)."""
-
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-
 
 def to_device(batch: dict[str, Any], device: torch.device | str, non_blocking: bool = True) -> dict[str, Any]:
     """The batch with its tensors on ``device`` (asynchronous copies from pinned memory), except
