@@ -2,6 +2,9 @@
 
 import argparse
 import json
+from pathlib import Path
+
+import pytest
 
 from vortex_data import bench_loader
 
@@ -14,11 +17,12 @@ def test_bench_loader_reports_all_figures(tmp_path, capsys):
     bench_loader.add_parser(parser.add_subparsers())
     args = parser.parse_args(["bench-loader", str(manifest), "--samples", "8", "--batch-size", "2", "--epochs", "2",
                               "--size", "32", "48", "--latency-ms", "0", "2", "--target-rate", "10",
-                              "--json", str(tmp_path / "b.json")])
+                              "--rounds", "2", "--compare-samples", "6", "--json", str(tmp_path / "b.json")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     for needle in ("per CPU second", "stage time", "peak RSS", "opens per 1,000", "(a) RGB JPEG decode floor",
-                   "0ms per open", "2ms per open", "(c) webdataset stock", "target 10 img/s"):
+                   "0ms per open", "2ms per open", "(c) webdataset stock", "target 10 img/s", "(d) side by side",
+                   "loader photometric=cpu", "loader photometric=device", "device phase photometric=device"):
         assert needle in out
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["tree_opens_per_1000"] == 4000  # json, rgb, depth, seg: one open each per sample
@@ -26,3 +30,25 @@ def test_bench_loader_reports_all_figures(tmp_path, capsys):
     # The stock decoders squash 16-bit PNG depth to 8 bits: the reason the loader decodes depth itself.
     assert res["webdataset_stock"]["depth_png_decoded_bits"] == [8]
     assert res["tree"]["2ms"]["per_wall_s"] < res["tree"]["0ms"]["per_wall_s"]
+    sb = res["side_by_side"]
+    assert all(len(v) == 2 and min(v) > 0 for v in sb["ms_per_item_rounds"].values())
+    assert {"jpeg floor (cv2 decode)", "loader decode=device", "webdataset + torchvision v2"} <= set(sb["ms_per_item_median"])
+
+
+def test_bench_loader_builds_the_real_photo_set(tmp_path, capsys):
+    """--photos: perturbed real NYU frames, each JPEG different, about 100 KB at q95."""
+    nyu = Path(__file__).resolve().parents[2] / "shared" / "samples" / "nyu"
+    if not (nyu / "rgb_00000.jpg").exists():
+        pytest.skip("real NYU sample frames not present")
+    from vortex_data.bench_photos import build_photo_set
+    from vortex_data.shard_reader import ShardReader
+
+    manifest = build_photo_set(nyu, tmp_path / "set", 6)
+    shard = json.loads(manifest.read_text())["shards"][0]["path"]
+    reader = ShardReader()
+    url = str((manifest.parent / shard).resolve())
+    got = reader.read_group(url, list(reader.table(url)))
+    jpegs = [m["rgb.jpg"] for m in got.values()]
+    assert len(got) == 6 and len(set(jpegs)) == 6
+    assert 60_000 < sum(map(len, jpegs)) / 6 < 160_000
+    assert all({"depth.zst", "seg.zst", "json"} <= set(m) for m in got.values())

@@ -293,3 +293,38 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path: 
     assert ckpt is not None and "stopped reason=SIGTERM" in out
     state = checkpoint.load_rank(ckpt, 0)["loader"]
     assert state["epoch"] * 12 + state["samples"] == 2 * int(ckpt.name.split("_")[1])  # position = steps run
+
+
+def test_trainer_asks_for_device_photometric_and_goes_through_finish(tmp_path: Path) -> None:
+    """The trainer requests raw batches and calls the loader's finish() after moving them."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from loader_data import build
+    from vortex_data.stream import make_loader
+
+    manifest = build(tmp_path / "data", "nyu", 6, 3)
+    seen = []
+
+    class Recording:
+        def __init__(self, req: LoaderRequest) -> None:
+            assert req.photometric == "device"
+            self.inner = make_loader(manifest=str(manifest), split="train", batch_size=req.batch_size,
+                                     image_size=req.image_size, seed=req.seed, training=True,
+                                     photometric=req.photometric)
+
+        def __iter__(self):
+            return iter(self.inner)
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state):
+            self.inner.load_state_dict(state)
+
+        def finish(self, batch):
+            out = self.inner.finish(batch)
+            seen.append((batch["rgb"].dtype, batch["depth"].dtype, out["rgb"].dtype, out["seg"].dtype))
+            return out
+
+    torch.set_num_threads(1)
+    assert Trainer(tiny_config(tmp_path / "run", steps=2), Recording).run() == 0
+    assert seen == [(torch.uint8, torch.uint16, torch.float32, torch.int64)] * 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -236,10 +237,57 @@ def encode_array(arr: np.ndarray, codec: str, zstd_level: int = DEFAULT_ZSTD_LEV
     raise SchemaError(f"unknown array codec {codec!r}")
 
 
+_LOCAL = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One zstd decompression context per thread (and so per DataLoader worker), reused: a new
+    context per array costs more than decompressing a 640x480 depth map."""
+    d = getattr(_LOCAL, "dctx", None)
+    if d is None:
+        d = _LOCAL.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+_HEADER_CACHE: dict[bytes, tuple[tuple[int, ...], bool, np.dtype, int]] = {}
+
+
+def _npy_header(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of a .npy buffer. Parsed headers are cached by
+    their bytes: numpy parses them with ``ast``, which costs as much as a small decode, and a
+    dataset's maps share a handful of shapes."""
+    version = (raw[6], raw[7]) if len(raw) >= 8 else None
+    n_len = 2 if version == (1, 0) else 4
+    end = 8 + n_len + int.from_bytes(raw[8:8 + n_len], "little") if version else 0
+    key = bytes(raw[:end])
+    hit = _HEADER_CACHE.get(key)
+    if hit is not None:
+        return hit
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    if version not in _NPY_HEADERS:
+        raise ValueError(f"unsupported .npy version {version}")
+    shape, fortran, dtype = _NPY_HEADERS[version](f)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed")
+    hit = (shape, fortran, dtype, f.tell())
+    if f.tell() == end and len(_HEADER_CACHE) < 256:
+        _HEADER_CACHE[key] = hit
+    return hit
+
+
+def _npy_view(raw: bytes) -> np.ndarray:
+    """A read-only array over the bytes of a .npy file, without the copy ``np.load`` makes."""
+    shape, fortran, dtype, offset = _npy_header(raw)
+    arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
 def decode_array(data: bytes, codec: str) -> np.ndarray:
+    """bytes -> array (read-only for 'zst': a view of the decompressed buffer)."""
     if codec == "zst":
-        raw = zstandard.ZstdDecompressor().decompress(data)
-        return np.load(io.BytesIO(raw), allow_pickle=False)
+        return _npy_view(_decompressor().decompress(data))
     if codec == "png":
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is None:
@@ -257,11 +305,17 @@ def encode_rgb(rgb: np.ndarray, codec: str, jpeg_quality: int = DEFAULT_JPEG_QUA
     return data.tobytes()
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+_REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def decode_rgb(data: bytes, reduce: int = 1) -> np.ndarray:
+    """JPEG/PNG -> (H, W, 3) uint8 RGB, decoded straight to RGB order (no extra pass).
+    ``reduce`` 2/4/8: JPEG DCT-domain downscaling (size ceil(H/r) x ceil(W/r)), far cheaper than
+    a full decode followed by a resize."""
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduce] | cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise SchemaError("RGB image data could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def sample_metadata(sample: Sample) -> dict[str, Any]:
@@ -304,13 +358,8 @@ def _field(members: Mapping[str, bytes], name: str) -> tuple[str, bytes] | None:
     return None
 
 
-def decode_sample(members: Mapping[str, bytes], key: str = "?", with_rgb: bool = True) -> dict[str, Any]:
-    """Members of one sample (extension -> bytes, as webdataset groups them) -> arrays.
-
-    Returns ``{"key", "meta", "rgb" (H,W,3 uint8), "depth_mm" (H,W uint16), "seg" (H,W uint8),
-    "has_seg"}``. A sample without labels gets a map full of IGNORE_INDEX without decoding
-    anything. Raises SchemaError naming the key and field on any inconsistency.
-    """
+def read_meta(members: Mapping[str, bytes], key: str = "?") -> dict[str, Any]:
+    """The sample's metadata record, checked for the schema version."""
     try:
         meta = json.loads(members[META_EXT])
     except KeyError:
@@ -319,6 +368,29 @@ def decode_sample(members: Mapping[str, bytes], key: str = "?", with_rgb: bool =
         raise SchemaError(f"sample {key!r}: metadata is not valid JSON ({e})") from None
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(f"sample {key!r}: schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
+    return meta
+
+
+def rgb_bytes(members: Mapping[str, bytes], key: str = "?") -> bytes:
+    """The encoded RGB member (for decoders outside this module, e.g. on a GPU)."""
+    f = _field(members, "rgb")
+    if f is None:
+        raise SchemaError(f"sample {key!r}: missing 'rgb.*' member")
+    return f[1]
+
+
+def decode_sample(members: Mapping[str, bytes], key: str = "?", with_rgb: bool = True, *, rgb_reduce: int = 1,
+                  fill_seg: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Members of one sample (extension -> bytes, as webdataset groups them) -> arrays.
+
+    Returns ``{"key", "meta", "rgb" (H,W,3 uint8), "depth_mm" (H,W uint16), "seg" (H,W uint8),
+    "has_seg"}``. A sample without labels gets a map full of IGNORE_INDEX without decoding
+    anything (``fill_seg=False``: ``seg`` None instead, for callers that fill their own output).
+    ``rgb_reduce``: see :func:`decode_rgb`. zstd arrays are read-only. Raises SchemaError naming
+    the key and field on any inconsistency.
+    """
+    if meta is None:
+        meta = read_meta(members, key)
     h, w = int(meta["height"]), int(meta["width"])
     out: dict[str, Any] = {"key": key, "meta": meta, "has_seg": bool(meta["has_seg"])}
 
@@ -335,14 +407,15 @@ def decode_sample(members: Mapping[str, bytes], key: str = "?", with_rgb: bool =
 
     try:
         if with_rgb:
-            out["rgb"] = checked("rgb", decode_rgb(get("rgb")[1]), np.uint8, (h, w, 3))
+            r = rgb_reduce
+            out["rgb"] = checked("rgb", decode_rgb(get("rgb")[1], r), np.uint8, (-(-h // r), -(-w // r), 3))
         codec, data = get("depth")
         out["depth_mm"] = checked("depth", decode_array(data, codec), np.uint16, (h, w))
         if out["has_seg"]:
             codec, data = get("seg")
             out["seg"] = checked("seg", decode_array(data, codec), np.uint8, (h, w))
         else:
-            out["seg"] = np.full((h, w), IGNORE_INDEX, np.uint8)
+            out["seg"] = np.full((h, w), IGNORE_INDEX, np.uint8) if fill_seg else None
     except SchemaError as e:
         if str(e).startswith("sample "):
             raise

@@ -36,18 +36,19 @@ import signal
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .augment import AugmentConfig, augment_eval, augment_train, intrinsics_of
+from .augment import AugmentConfig, apply_geometry, color_jitter, draw_eval, draw_train, intrinsics_of, jpeg_reduction
 from .integrity import SampleError, check_members, check_policy
 from .mixture import (EpochPlan, Mixture, SourceIndex, plan_epoch, plan_sequential, read_source_index,
                       resolve_mixture, rng_for)
-from .schema import DEPTH_SCALE_MM, SchemaError, decode_sample
+from .photometric import finish_batch
+from .schema import DEPTH_SCALE_MM, IGNORE_INDEX, SchemaError, decode_sample, read_meta, rgb_bytes
 from .shard_cache import node_cache_dir
 from .shard_reader import ShardReader, is_remote
 
@@ -109,12 +110,35 @@ class LoaderSpec:
     """A sample failing its checksum or decode: 'raise', or 'skip' (replace it, count it, log it)."""
     cache_bytes: int | None = None
     """Size limit of the remote-shard cache (None: $VORTEX_SHARD_CACHE_BYTES or half the free space)."""
+    photometric: str = "cpu"
+    decode: str = "cpu"
 
     def plan(self, epoch: int) -> EpochPlan:
         sizes = [len(ix) for ix in self.indices]
         if self.train:
             return plan_epoch(sizes, self.weights, self.epoch_size, self.seed, epoch)
         return plan_sequential(sizes)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator keep freed memory for reuse instead of returning it to the OS.
+
+    Decoding and augmenting allocate and free several MB per sample; by default blocks that big
+    are fresh ``mmap``s, so every sample pays page faults on all of them (the same colour jitter
+    runs in about half the CPU time once the memory is reused). Called in DataLoader workers
+    (and by ``bench-loader``); RSS then stays at its high-water mark, flat across epochs.
+    Returns False where there is no glibc ``mallopt``.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 class EpochDataset(IterableDataset):
@@ -142,6 +166,8 @@ class EpochDataset(IterableDataset):
         s = self.spec
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            keep_freed_memory()  # this worker process's allocator (the main process's is the user's)
         self.worker = wid
         opens0 = self.reader.opens
         plan = s.plan(epoch)
@@ -174,80 +200,100 @@ class EpochDataset(IterableDataset):
     def _batch(self, plan: EpochPlan, epoch: int, positions: np.ndarray, raw: dict, n: int, t_read: float,
                first: int, opens: int) -> dict[str, Any]:
         s = self.spec
-        t_dec = t_aug = 0.0
         samples = []
         for p in positions:
-            src = int(plan.source[p])
-            t0 = time.perf_counter()
-            d = self._checked_sample(plan, epoch, p, raw)
-            d["intrinsics"] = intrinsics_of(d["meta"])
-            t1 = time.perf_counter()
-            if s.augmenting:
-                d = augment_train(d, s.augment, s.seed, epoch, int(plan.repeat[p]))
-            else:
-                d = augment_eval(d, s.augment)
-            t2 = time.perf_counter()
-            d["source"] = src
-            samples.append(d)
-            t_dec += t1 - t0
-            t_aug += t2 - t1
-        t0 = time.perf_counter()
-        batch = collate(samples, s.mean, s.std)
+            samples.append(self._checked_raw(plan, epoch, int(p), raw))
+        timing: dict[str, float] = {}
+        tries = [0] * len(samples)
+        while True:
+            try:
+                batch = build_batch(samples, s.augment, s.augmenting, s.seed, epoch, photometric=s.photometric,
+                                    decode=s.decode, mean=s.mean, std=s.std, timing=timing)
+                break
+            except SampleError as e:  # members that pass their checksums (or have none) but do not decode
+                if s.on_error != "skip":
+                    raise
+                i = next(i for i, smp in enumerate(samples) if smp.key == e.key and smp.shard == e.shard)
+                tries[i] += 1
+                if tries[i] > MAX_REPLACEMENT_TRIES:
+                    raise SampleError(f"{e} (and {MAX_REPLACEMENT_TRIES} replacements from the same source "
+                                      "did not decode either)") from None
+                samples[i] = self._replacement(plan, epoch, int(positions[i]), e, tries[i])
         # batch_positions wraps with modulo, so padding is where the unwrapped position passes n.
         batch["is_pad"] = torch.from_numpy((first + np.arange(len(positions))) >= n)
         if s.trim_pad and bool(batch["is_pad"].any()):
             batch = trim(batch, ~batch["is_pad"])
         if s.profile:
-            batch["timing"] = {"read": t_read, "decode": t_dec, "augment": t_aug,
-                               "collate": time.perf_counter() - t0, "opens": opens,
-                               "worker": self.worker}
+            batch["timing"] = {"read": t_read, **timing, "opens": opens, "worker": self.worker}
         if self._skipped:
             batch["skipped"], self._skipped = self._skipped, []
         return batch
 
-    # -- read-time integrity hook (one sample in, one decoded sample out)
-    def _checked_sample(self, plan: EpochPlan, epoch: int, p: int, raw: dict) -> dict[str, Any]:
-        """The decoded sample at plan position ``p``, checked against the index's member checksums.
+    # -- read-time integrity hook (one sample's members in, checked members out)
+    def _checked_raw(self, plan: EpochPlan, epoch: int, p: int, raw: dict) -> "RawSample":
+        """The encoded sample at plan position ``p``, checked against the index's member checksums.
 
         A bad sample raises SampleError (shard, key, member) with ``on_error='raise'``; with
-        'skip' it is replaced by a sample of the same source drawn from (seed, epoch, position,
-        attempt) only, so every rerun and every resume makes the same replacement.
+        'skip' it is replaced (:meth:`_replacement`). Decoding happens later, in
+        :func:`build_batch`, whose SampleError :meth:`_batch` handles the same way.
         """
         src, idx = int(plan.source[p]), int(plan.index[p])
         ix = self.spec.indices[src]
+        key = ix.keys[idx]
         try:
-            return _decode_checked(ix, idx, raw[(src, ix.keys[idx])])
+            return _checked(ix, idx, raw[(src, key)], int(plan.repeat[p]), src)
         except SampleError as e:
             if self.spec.on_error != "skip":
                 raise
-            bad = e
-        for attempt in range(MAX_REPLACEMENT_TRIES):
+            return self._replacement(plan, epoch, p, e, 1)
+
+    def _replacement(self, plan: EpochPlan, epoch: int, p: int, bad: SampleError, n: int) -> "RawSample":
+        """A stand-in for the bad sample at plan position ``p`` (its ``n``-th): a sample of the same
+        source drawn from (seed, epoch, position, attempt) only, so every rerun and every resume
+        makes the same replacement."""
+        src, idx = int(plan.source[p]), int(plan.index[p])
+        ix = self.spec.indices[src]
+        for attempt in range((n - 1) * MAX_REPLACEMENT_TRIES, n * MAX_REPLACEMENT_TRIES):
             alt = int(rng_for(self.spec.seed, "replace", epoch, int(p), attempt).integers(len(ix)))
             if alt == idx:
                 continue
             key = ix.keys[alt]
             try:
                 members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key])[key]
-                d = _decode_checked(ix, alt, members)
+                smp = _checked(ix, alt, members, int(plan.repeat[p]), src)
             except SampleError:
                 continue
             self._skipped.append(f"{bad}; replaced by {key!r}")
-            return d
+            return smp
         raise SampleError(f"{bad} (and {MAX_REPLACEMENT_TRIES} replacement draws from the same source failed too)")
 
 
 MAX_REPLACEMENT_TRIES = 8
 
 
-def _decode_checked(ix: SourceIndex, i: int, members: dict[str, bytes]) -> dict[str, Any]:
-    """Sample ``i`` of ``ix``: members checked against the index's member checksums (when it has them), decoded."""
+def _checked(ix: SourceIndex, i: int, members: dict[str, bytes], repeat: int, src: int) -> "RawSample":
+    """Sample ``i`` of ``ix`` with its members checked against the index's checksums (when it has them)."""
     key, url = ix.keys[i], ix.shards[int(ix.shard_of[i])]
     if ix.checksums is not None and ix.checksums[i] is not None:
         check_members(url, key, members, ix.checksums[i])
-    try:
-        return decode_sample(members, key)
-    except SchemaError as e:
-        raise SampleError(url, key, None, str(e).removeprefix(f"sample {key!r}: ")) from None
+    return RawSample(key, members, src, repeat, url)
+
+
+# ---------------------------------------------------------------- building a batch (the CPU phase)
+
+PHOTOMETRIC = ("cpu", "device")
+DECODE = ("cpu", "device")
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One encoded sample as read from its shard, with where it came from in the plan."""
+
+    key: str
+    members: Mapping[str, bytes]
+    source: int = 0
+    repeat: int = 0
+    shard: str = ""
 
 
 _LUTS: dict[tuple, np.ndarray] = {}
@@ -262,35 +308,97 @@ def rgb_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     return _LUTS[k]
 
 
-def collate(samples: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
-    """Decoded, augmented samples -> batch tensors (see :func:`make_loader` for the fields).
+def build_batch(samples: Sequence[RawSample], cfg: AugmentConfig, augmenting: bool, seed: int, epoch: int, *,
+                photometric: str = "cpu", decode: str = "cpu", mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD, timing: dict[str, float] | None = None) -> dict[str, Any]:
+    """Encoded samples -> one batch (fields: see :func:`make_loader`), the workers' whole job.
 
-    ``rgb`` comes out (B,3,H,W) in channels-last memory (what convolutions want on GPU) so the
-    normalisation is one pass over the pixels with no transpose copy: a 256-entry table per
-    channel (``cv2.LUT`` uint8 -> float32). The arithmetic is done with OpenCV/numpy per sample,
-    which stays on one thread, rather than torch ops whose intra-op threads fight the DataLoader
-    workers for cores. ``seg`` is uint8 here (8x less to pass from a worker to the main process);
-    :class:`StreamLoader` widens it to int64 on arrival, so batches keep the documented types.
+    Per sample: the metadata, then the augmentation draws (they fix the crop box before
+    anything is decoded, so the JPEG can be decoded DCT-reduced when the box is >= 2x the
+    output), then decode and the geometry of every map written straight into the batch arrays
+    (no per-sample intermediates, nothing touches every input pixel except the decoders). uint8
+    RGB, uint16 depth and uint8 labels are what crosses the worker boundary for
+    ``photometric="device"``; ``"cpu"`` finishes here (colour jitter per sample with OpenCV, one
+    table pass uint8 -> normalised float) with OpenCV/numpy, which stay on one thread, rather
+    than torch ops whose intra-op threads would fight the DataLoader workers for cores.
+    ``timing``: filled with decode / augment / collate seconds for the batch.
     """
-    h, w = samples[0]["rgb"].shape[:2]
-    lut = rgb_lut(mean, std)
-    rgb = np.empty((len(samples), h, w, 3), np.float32)
-    depth = np.empty((len(samples), 1, h, w), np.float32)
-    seg = np.empty((len(samples), h, w), np.uint8)
-    for i, d in enumerate(samples):
-        cv2.LUT(np.ascontiguousarray(d["rgb"]), lut, dst=rgb[i])  # uint8 -> normalised float, one pass
-        np.multiply(d["depth_mm"], np.float32(1.0 / DEPTH_SCALE_MM), out=depth[i, 0])
-        seg[i] = d["seg"]
-    return {
-        "rgb": torch.from_numpy(rgb).permute(0, 3, 1, 2),
-        "depth": torch.from_numpy(depth),
+    oh, ow = cfg.size
+    b = len(samples)
+    rgb = None if decode == "device" else np.empty((b, oh, ow, 3), np.uint8)
+    depth = np.empty((b, 1, oh, ow), np.uint16)
+    seg = np.empty((b, oh, ow), np.uint8)
+    factors = np.full((b, 4), np.nan)
+    order = np.tile(np.arange(4), (b, 1))
+    boxes, flips, jpegs, intrinsics, has_seg, jitters = [], [], [], [], [], []
+    t_dec = t_aug = 0.0
+    for i, smp in enumerate(samples):
+        t0 = time.perf_counter()
+        if decode == "device" and "rgb.jpg" not in smp.members:  # a setting that does not fit the data
+            raise SchemaError(f"sample {smp.key!r}: decode='device' needs JPEG RGB, the shard stores "
+                              f"{[e for e in smp.members if e.startswith('rgb.')]}")
+        try:
+            meta = read_meta(smp.members, smp.key)
+            h, w = int(meta["height"]), int(meta["width"])
+            draw = (draw_train(smp.key, h, w, cfg, seed, epoch, smp.repeat) if augmenting else draw_eval(h, w, cfg))
+            if decode == "device":
+                jpegs.append(torch.frombuffer(bytearray(rgb_bytes(smp.members, smp.key)), dtype=torch.uint8))
+            reduce = jpeg_reduction(draw.box, cfg.size) if rgb is not None and "rgb.jpg" in smp.members else 1
+            d = decode_sample(smp.members, smp.key, with_rgb=rgb is not None, rgb_reduce=reduce, fill_seg=False,
+                              meta=meta)
+        except (SchemaError, KeyError, ValueError) as e:  # names the shard, so the bad sample can be found
+            raise SampleError(smp.shard, smp.key, None, str(e).removeprefix(f"sample {smp.key!r}: ")) from None
+        d["intrinsics"] = intrinsics_of(meta)
+        t1 = time.perf_counter()
+        if d["seg"] is None:
+            seg[i] = IGNORE_INDEX
+        out = {"depth_mm": depth[i, 0], "seg": seg[i]}
+        if rgb is not None:
+            out["rgb"] = rgb[i]
+        k = apply_geometry(d, draw, cfg.size, out, reduce, cfg.scale_depth)["intrinsics"]
+        if draw.jitter is not None:
+            j = draw.jitter
+            factors[i] = [np.nan if v is None else v for v in (j.brightness, j.contrast, j.saturation, j.hue)]
+            order[i] = j.order
+        jitters.append(draw.jitter)
+        boxes.append(draw.box)
+        flips.append(draw.flip)
+        intrinsics.append((k.fx, k.fy, k.cx, k.cy))
+        has_seg.append(bool(d["has_seg"]))
+        t_aug += time.perf_counter() - t1
+        t_dec += t1 - t0
+    t0 = time.perf_counter()
+    batch: dict[str, Any] = {
+        "has_seg": torch.tensor(has_seg),
+        "dataset": torch.tensor([smp.source for smp in samples], dtype=torch.int64),
+        "key": [smp.key for smp in samples],
+        "intrinsics": torch.tensor(intrinsics, dtype=torch.float32),
         "seg": torch.from_numpy(seg),
-        "has_seg": torch.tensor([bool(d["has_seg"]) for d in samples]),
-        "dataset": torch.tensor([int(d["source"]) for d in samples], dtype=torch.int64),
-        "key": [d["key"] for d in samples],
-        "intrinsics": torch.tensor([[d["intrinsics"].fx, d["intrinsics"].fy, d["intrinsics"].cx, d["intrinsics"].cy]
-                                    for d in samples], dtype=torch.float32),
     }
+    t_jit = 0.0
+    if photometric == "cpu":
+        lut = rgb_lut(mean, std)
+        rgbf = np.empty((b, oh, ow, 3), np.float32)
+        for i, j in enumerate(jitters):
+            t1 = time.perf_counter()
+            x = color_jitter(rgb[i], j) if j is not None else rgb[i]
+            t_jit += time.perf_counter() - t1
+            cv2.LUT(x, lut, dst=rgbf[i])  # uint8 -> normalised float, one pass
+        batch["rgb"] = torch.from_numpy(rgbf).permute(0, 3, 1, 2)  # channels-last memory
+        batch["depth"] = torch.from_numpy(np.multiply(depth, np.float32(1.0 / DEPTH_SCALE_MM), dtype=np.float32))
+    else:
+        batch["depth"] = torch.from_numpy(depth)
+        batch["jitter"] = torch.from_numpy(factors)
+        batch["jitter_order"] = torch.from_numpy(order.astype(np.int64))
+        if rgb is not None:
+            batch["rgb"] = torch.from_numpy(rgb).permute(0, 3, 1, 2)
+        else:
+            batch["jpeg"] = jpegs
+            batch["crop"] = torch.tensor(boxes, dtype=torch.int64)
+            batch["flip"] = torch.tensor(flips)
+    if timing is not None:
+        timing.update(decode=t_dec, augment=t_aug + t_jit, collate=time.perf_counter() - t0 - t_jit)
+    return batch
 
 
 def trim(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
@@ -341,7 +449,9 @@ class StreamLoader:
             ds = EpochDataset(self.spec, self.epoch, self.position)
             kw: dict[str, Any] = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True,
                                    "worker_init_fn": ignore_stop_signals} if self.num_workers else {})
-            self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kw)
+            # Pinned host memory makes the trainer's .to(device, non_blocking=True) truly asynchronous.
+            self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                  pin_memory=torch.cuda.is_available(), **kw)
             if self.num_workers:
                 _LIVE.add(self)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
@@ -349,7 +459,8 @@ class StreamLoader:
         step = self.spec.world_size * self.spec.batch_size
         skipped0 = len(self.skipped)
         for b in self._dl:
-            b["seg"] = b["seg"].long()
+            if self.spec.photometric == "cpu":
+                b["seg"] = b["seg"].long()  # uint8 across the worker boundary; finish() widens on the device
             for msg in b.pop("skipped", ()):
                 log.warning("bad sample skipped: %s", msg)
                 self.skipped.append(msg)
@@ -359,6 +470,12 @@ class StreamLoader:
             log.warning("epoch %d: %d bad samples replaced (on_error='skip'); %d in total",
                         self.epoch, len(self.skipped) - skipped0, len(self.skipped))
         self.epoch, self.position = self.epoch + 1, 0
+
+    def finish(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The device phase: a batch (moved with :func:`vortex_data.photometric.to_device` or
+        ``.to(device, non_blocking=True)`` per tensor) -> the finished float batch, on its device.
+        The identity for ``photometric="cpu"`` batches, so training code can always call it."""
+        return finish_batch(batch, self.spec.mean, self.spec.std)
 
     def close(self) -> None:
         """Stop persistent workers now (otherwise they stop when the loader is garbage-collected,
@@ -447,8 +564,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 size: Sequence[int] | None = None, manifests_dir: str | None = None,
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD, profile: bool = False,
-                on_error: str = "raise", cache_bytes: int | None = None) -> StreamLoader:
+                std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
+                decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -463,6 +580,17 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     with one rank the padding is trimmed. augment: None = V5 when training, else the
     deterministic resize/centre crop; also 'default'/'v5'/'none', a bool or an AugmentConfig.
     image_size / size: (H, W) output size (overrides the AugmentConfig's).
+
+    photometric: ``"cpu"`` (default): the workers finish the batch (the fields above).
+    ``"device"``: the workers do only decode and geometry and ship compact raw batches,
+    ``rgb`` uint8 (B,3,H,W) channels-last, ``depth`` uint16 mm (B,1,H,W), ``seg`` uint8, plus
+    ``jitter`` float64 (B,4) (brightness, contrast, saturation, hue factors; NaN = not applied)
+    and ``jitter_order`` int64 (B,4); ``loader.finish(batch)`` turns it into the fields above on
+    the batch's device (move it first with ``vortex_data.photometric.to_device``).
+    decode: ``"device"`` (needs photometric="device", JPEG RGB and torchvision): the workers ship
+    ``jpeg`` (list of uint8 tensors), ``crop`` int64 (B,4) boxes y0, x0, h, w and ``flip`` bool
+    (B,) instead of ``rgb``; ``finish`` decodes with ``torchvision.io.decode_jpeg`` on the
+    batch's device and does the RGB crop/resize/flip there.
     on_error: every sample is checked against the member checksums in the index before decoding; a
     mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
     default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
@@ -471,6 +599,12 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
+    if photometric not in PHOTOMETRIC:
+        raise ValueError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
+    if decode not in DECODE:
+        raise ValueError(f"decode must be one of {DECODE}, got {decode!r}")
+    if decode == "device" and photometric != "device":
+        raise ValueError("decode='device' ships undecoded RGB, so it needs photometric='device'")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
@@ -491,7 +625,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         train=train, augmenting=cfg is not None, augment=base, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
-        cache_dir=cache_dir, profile=profile, on_error=on_error, cache_bytes=cache_bytes,
+        cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
+        cache_bytes=cache_bytes,
     )
     _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(

@@ -1,7 +1,9 @@
 """The trainer's view of data: a batch contract, a pluggable loader factory, a synthetic source.
 
 A loader is any iterable of batch dicts with ``state_dict()`` / ``load_state_dict()`` whose
-state covers exactly the batches already yielded (so a resumed run sees the next batch):
+state covers exactly the batches already yielded (so a resumed run sees the next batch), and
+optionally ``finish(batch)``, which the trainer calls after moving the batch to its device
+(the streaming loader's device phase); without it, batches must already look like this:
 
     rgb (B,3,H,W) float normalised   depth (B,1,H,W) float metres, 0 = invalid
     seg (B,H,W) long, 255 = ignore   has_seg (B,) bool   dataset (B,)   key list[str]   intrinsics (B,4)
@@ -44,6 +46,10 @@ class LoaderRequest:
     manifests_dir: str | None = None
     on_error: str = "raise"
     """A sample failing its integrity check: 'raise' (stop) or 'skip' (replace it, count it, log it)."""
+    photometric: str = "cpu"
+    """'device': raw batches that the loader's ``finish(batch)`` completes on the device (the
+    trainer asks for this); 'cpu': finished batches (evaluation, custom loop code)."""
+    decode: str = "cpu"
 
 
 class StatefulLoader(Protocol):

@@ -34,7 +34,8 @@ from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
 from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import build_optimizer, build_scheduler
-from vortex_data.train.profiling import StepTimer, diagnose
+from vortex_data import photometric
+from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController
 
 log = logging.getLogger("vortex_data.train")
@@ -101,7 +102,7 @@ class Trainer:
             mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
             image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
             world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True,
-            manifests_dir=cfg.manifests_dir, on_error=cfg.on_error))
+            manifests_dir=cfg.manifests_dir, on_error=cfg.on_error, photometric="device"))
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint last written or restored
         self.model: nn.Module = self.module
@@ -215,10 +216,16 @@ class Trainer:
     # ------------------------------------------------------------ training
 
     def to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rgb = batch["rgb"].to(self.device, non_blocking=True)
+        """Asynchronous copy, then the loader's device phase (colour jitter, normalisation, depth
+        to metres, labels to int64) on the device; loaders without one deliver finished batches."""
+        batch = photometric.to_device(batch, self.device)
+        finish = getattr(self.loader, "finish", None)
+        if finish is not None:
+            batch = finish(batch)
+        rgb = batch["rgb"]
         if self.cuda and self.cfg.channels_last:
             rgb = rgb.contiguous(memory_format=torch.channels_last)
-        return rgb, batch["depth"].to(self.device, non_blocking=True).float(), batch["seg"].to(self.device, non_blocking=True).long()
+        return rgb, batch["depth"].float(), batch["seg"].long()
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         rgb, depth, seg = self.to_device(batch)
@@ -259,20 +266,20 @@ class Trainer:
                   device=str(self.device), amp=str(self.amp_dtype))
         it = iter(self.loader)
         epoch_timer, profile_timer = StepTimer(), StepTimer()
+        clock = ComputeClock(self.cuda)  # CUDA events, read a step late: no per-step synchronize
         first_step = self.step
         while not self.finished():
             t0 = time.perf_counter()
             it, batch = self.next_batch(it)
             t1 = time.perf_counter()
+            clock.start()
             parts = self.train_step(batch)
-            if self.cuda:
-                torch.cuda.synchronize()  # so compute time is compute, not kernel-launch time
-            t2 = time.perf_counter()
+            compute = clock.stop()
             self.step += 1
-            epoch_timer.add(t1 - t0, t2 - t1)
-            self.profile(profile_timer, self.step - first_step, t1 - t0, t2 - t1)
+            epoch_timer.add(t1 - t0, compute)
+            self.profile(profile_timer, self.step - first_step, t1 - t0, compute)
             if self.step % cfg.log_every == 0 or self.finished():
-                self.log_step(parts, t1 - t0, t2 - t1)
+                self.log_step(parts, t1 - t0, compute)
             if self.step % cfg.steps_per_epoch == 0:
                 self.info("epoch", epoch=self.step // cfg.steps_per_epoch, step=self.step,
                           data_wait_fraction=round(epoch_timer.wait_fraction, 4),

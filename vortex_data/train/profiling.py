@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -26,6 +28,44 @@ class StepTimer:
 
     def reset(self) -> None:
         self.wait, self.compute, self.steps = 0.0, 0.0, 0
+
+
+class ComputeClock:
+    """Compute seconds per training step without a per-step ``torch.cuda.synchronize()``.
+
+    On CUDA each step is bracketed by two timing events and read one step later: by then the
+    previous step has usually finished, and waiting for it (``Event.synchronize``) leaves the
+    current step queued, so copies and compute keep overlapping. On the CPU it is wall time.
+    ``stop()`` returns the time of the most recent step that has been read (0.0 before that).
+    """
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self._t0 = 0.0
+        self._pending: tuple[Any, Any] | None = None
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            import torch
+
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if not self.cuda:
+            return time.perf_counter() - self._t0
+        import torch
+
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        prev, self._pending = self._pending, (self._start, end)
+        if prev is None:
+            return 0.0
+        prev[1].synchronize()
+        return prev[0].elapsed_time(prev[1]) / 1000.0
 
 
 @dataclass
