@@ -44,7 +44,8 @@ def slurm(tmp_path: Path):
                "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": "4242",
                "SLURM_JOB_NODELIST": "localhost", "SLURM_GPUS_ON_NODE": "1", "SLURM_RESTART_COUNT": str(restarts),
                "MAX_REQUEUES": str(max_requeues), "RUN_DIR": str(tmp_path / "run"), "STAGE": "1",
-               "REQUEUE_LOG": str(requeues), "MASTER_PORT": "29517"}
+               "REQUEUE_LOG": str(requeues), "MASTER_PORT": "29517",
+               "PREFLIGHT": "0"}  # preflight has its own tests (test_preflight.py); these test the requeue logic
         env.pop("SLURM_JOB_END_TIME", None)
         res = subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, cwd=tmp_path, capture_output=True,
                              text=True, timeout=300)

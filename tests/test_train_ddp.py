@@ -76,6 +76,8 @@ class Recorded:
         return self.inner.state_dict()
     def load_state_dict(self, state):
         self.inner.load_state_dict(state)
+    def finish(self, batch):
+        return self.inner.finish(batch)
     def __iter__(self):
         with open(os.path.join(out, f"seen_rank{rank}.jsonl"), "a") as f:
             for b in self.inner:

@@ -328,3 +328,31 @@ def test_trainer_asks_for_device_photometric_and_goes_through_finish(tmp_path: P
     torch.set_num_threads(1)
     assert Trainer(tiny_config(tmp_path / "run", steps=2), Recording).run() == 0
     assert seen == [(torch.uint8, torch.uint16, torch.float32, torch.int64)] * 2
+
+
+def test_a_raw_batch_without_finish_is_a_clear_error(tmp_path: Path) -> None:
+    """A loader wrapper that forgets to forward finish() must not train on uint8 RGB."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from loader_data import build
+    from vortex_data.stream import make_loader
+
+    manifest = build(tmp_path / "data", "nyu", 6, 3)
+
+    class NoFinish:
+        def __init__(self, req: LoaderRequest) -> None:
+            self.inner = make_loader(manifest=str(manifest), split="train", batch_size=req.batch_size,
+                                     image_size=req.image_size, seed=req.seed, training=True,
+                                     photometric=req.photometric)
+
+        def __iter__(self):
+            return iter(self.inner)
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state):
+            self.inner.load_state_dict(state)
+
+    torch.set_num_threads(1)
+    with pytest.raises(TypeError, match="torch.uint8 RGB.*NoFinish has none"):
+        Trainer(tiny_config(tmp_path / "run", steps=1), NoFinish).run()

@@ -223,6 +223,9 @@ class Trainer:
         if finish is not None:
             batch = finish(batch)
         rgb = batch["rgb"]
+        if not rgb.is_floating_point():  # a wrapper that dropped finish() would train on raw uint8
+            raise TypeError(f"the loader delivered {rgb.dtype} RGB: a loader made with photometric='device' "
+                            f"must be finished with its finish(batch); {type(self.loader).__name__} has none")
         if self.cuda and self.cfg.channels_last:
             rgb = rgb.contiguous(memory_format=torch.channels_last)
         return rgb, batch["depth"].float(), batch["seg"].long()
