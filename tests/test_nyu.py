@@ -23,7 +23,7 @@ from vortex_data.fixtures.nyu import NyuFrame, mat73_header, synthetic_frame, wr
 from vortex_data.fixtures.scene import CEILING, DOOR, FLOOR, FURNITURE, OBJECT, WALL
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.sources.base import FrameRef, RejectFrame
-from vortex_data.sources.nyu_splits import (SplitError, make_split, official_split, random80_split, scene_overlap,
+from vortex_data.sources.nyu_splits import (SplitError, make_split, place_of, official_split, random80_split, scene_overlap,
                                            scenes80_split)
 from vortex_data.sources.nyu import NYU_INTRINSICS, NyuConverter, NyuFileError
 
@@ -172,6 +172,21 @@ def test_scenes80_is_as_close_to_80_percent_as_whole_scenes_allow():
         assert abs(n_train - target) == best
 
 
+def test_scenes80_keeps_captures_of_one_room_together():
+    """kitchen_0001a and kitchen_0001b are two recordings of one kitchen: never split across."""
+    scenes = [f"room_{j:04d}{c}" for j in range(40) for c in "ab"[: 1 + j % 2] for _ in range(2)]
+    assert place_of("basement_0001a") == place_of("basement_0001b") == "basement_0001"
+    assert place_of("living_room_0038") == "living_room_0038"
+    for seed in range(4):
+        split = scenes80_split(scenes, seed)
+        train = {place_of(scenes[i - 1]) for i in split["train"]}
+        val = {place_of(scenes[i - 1]) for i in split["val"]}
+        assert train and val and not train & val
+        assert scene_overlap(scenes, split["train"], split["val"]) == {"frames": 0, "scenes": 0}
+    naive = random80_split(len(scenes), seed=0)
+    assert scene_overlap(scenes, naive["train"], naive["val"])["frames"] > 0
+
+
 def test_scenes80_of_one_scene_is_all_train():
     assert scenes80_split(["a"] * 5, seed=0) == {"train": [1, 2, 3, 4, 5], "val": []}
     assert len(scenes80_split(["a", "b"], seed=0)["val"]) == 1
@@ -222,6 +237,30 @@ def test_scenes80_is_the_default_and_the_manifest_records_scenes(scene_mat):
     report = conv.enumerate(None).report
     assert report["held_out_frames_sharing_a_train_scene"] == 0 and report["scenes_on_both_sides"] == 0
     json.dumps(opts)
+
+
+def test_the_index_records_each_frames_scene_and_preflight_finds_no_leakage(scene_mat, tmp_path):
+    import pyarrow.parquet as pq
+
+    from vortex_data.manifest import load_manifest
+    from vortex_data.preflight import scene_leakage
+    from vortex_data.shards import BuildConfig, build_shards
+
+    path, scenes = scene_mat
+    res = build_shards(NyuConverter(path), BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m",
+                                                       workers=1, progress=False))
+    got = {}
+    for m in res.manifests:
+        man = load_manifest(m)
+        got[man.split] = pq.read_table(man.index_path(), columns=["scene"]).column("scene").to_pylist()
+    assert sorted(got["train"] + got["val"]) == sorted(scenes)
+    assert scene_leakage(got["train"], got["val"]) == (0, len(got["val"]))
+    res = build_shards(NyuConverter(path, split_scheme="random80"),
+                       BuildConfig(out_dir=tmp_path / "r", manifest_dir=tmp_path / "rm", workers=1, progress=False))
+    rnd = {load_manifest(m).split: pq.read_table(load_manifest(m).index_path()).column("scene").to_pylist()
+           for m in res.manifests}
+    report = load_manifest(next(m for m in res.manifests if load_manifest(m).split == "val")).report
+    assert scene_leakage(rnd["train"], rnd["val"])[0] == report["held_out_frames_sharing_a_train_scene"]
 
 
 def test_random80_report_counts_frames_sharing_a_train_scene(scene_mat):

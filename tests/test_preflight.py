@@ -97,7 +97,9 @@ def test_missing_manifests_are_a_no_go_naming_the_file(tmp_path, capsys):
 def add_scenes(manifest, scenes):
     index = manifest.with_suffix(".parquet")
     t = pq.read_table(index)
-    pq.write_table(t.append_column("scene", pa.array(scenes, pa.string())), index)
+    col = pa.array(scenes, pa.string())
+    t = t.set_column(t.column_names.index("scene"), "scene", col) if "scene" in t.column_names else t.append_column("scene", col)
+    pq.write_table(t, index)
 
 
 def test_nyu_leakage_is_counted_when_the_indexes_record_scenes(sets, tmp_path, capsys):
@@ -114,6 +116,7 @@ def test_nyu_leakage_is_counted_when_the_indexes_record_scenes(sets, tmp_path, c
                           tmp_path, capsys)
     assert code == 1 and checks["leakage"]["status"] == "fail"
     assert scene_leakage(["a", "b"], ["c", "d"]) == (0, 2)
+    assert scene_leakage(["kitchen_0001a"], ["kitchen_0001b", "office_0002"]) == (1, 2)  # one room, two captures
 
 
 def test_walltime_arithmetic():

@@ -229,3 +229,36 @@ def test_persistent_workers_open_each_shard_once_across_epochs_and_jumps_stay_ex
     assert (loader.epoch, loader.position) == (2, 2)
     assert [b["key"] for b in loader] == want[2][1:]
     loader.close()
+
+
+def test_workers_ignore_sigterm_from_others_and_still_end_with_their_process(tmp_path):
+    """Slurm's SIGTERM to every process must not kill loader workers; the interpreter's own exit
+    (multiprocessing terminating its daemon children) still ends them, even for a loader nobody
+    closed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manifest = build(tmp_path, "nyu", 8, 4)
+    code = (f"import sys\nfrom vortex_data.stream import make_loader\n"
+            f"l = make_loader(manifest={str(manifest)!r}, batch_size=2, size=(32, 48), training=False, num_workers=2)\n"
+            "it = iter(l)\nnext(it)\nnext(it)\n"  # a batch from each worker: both have started
+            "print(' '.join(str(p.pid) for p in l._dl._iterator._workers), flush=True)\n"
+            "sys.stdin.readline()\nnext(it)\nnext(it)\nprint('ok', flush=True)\n")  # exits with the loader alive
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)  # from this process, not the workers' parent: ignored
+    time.sleep(0.5)
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "ok"  # both workers still served their batches
+    assert proc.wait(timeout=60) == 0  # and the exit did not wait forever on them
+    time.sleep(0.5)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -43,6 +43,9 @@ INDEX_SCHEMA = pa.schema([
     ("fy", pa.float32()),
     ("cx", pa.float32()),
     ("cy", pa.float32()),
+    # the capture's scene where the source names one (NYU's ``scenes`` cell), else null: what a
+    # train/val leakage check compares (vortex-data preflight).
+    ("scene", pa.string()),
     # extension -> XXH3-64 of the tar member's bytes (vortex_data.integrity); absent in older indexes.
     ("member_xxh3_64", pa.map_(pa.string(), pa.uint64())),
 ])

@@ -118,9 +118,12 @@ def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, e
 
 
 def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int, int]:
-    """(frames of the other split whose scene is also in train, frames of the other split)."""
-    seen = set(train_scenes)
-    return sum(s in seen for s in other_scenes), len(other_scenes)
+    """(frames of the other split whose place is also in train, frames of the other split); a
+    place is a scene name without its capture letter, as the scenes80 split groups them."""
+    from .sources.nyu_splits import place_of
+
+    seen = {place_of(s) for s in train_scenes}
+    return sum(place_of(s) in seen for s in other_scenes), len(other_scenes)
 
 
 def check_leakage(pairs: list[tuple[str, list[str] | None, list[str] | None, str]], fail: bool) -> Check:
@@ -253,6 +256,8 @@ def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, 
     except (ManifestError, OSError) as e:
         return None, str(e)
     keys, scenes = t.column("key").to_pylist(), t.column(SCENE_COLUMN).to_pylist()
+    if all(s is None for s in scenes):  # the column exists in every index; only some sources fill it
+        return None, f"{m.index_path().name} records no scenes"
     if key_pattern:
         scenes = [s for k, s in zip(keys, scenes) if re.search(key_pattern, k)]
     if any(s is None for s in scenes):

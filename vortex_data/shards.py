@@ -211,7 +211,8 @@ def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
             "valid_fraction": float(valid.size / d.size), "depth_min_m": dmin, "depth_median_m": dmed,
             "depth_max_m": dmax, "has_seg": sample.seg is not None, "class_pixels": class_pixels,
             "ignore_pixels": ignore, "rejected_depth_pixels": int(sample.rejected_depth_pixels),
-            "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
+            "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy,
+            "scene": printable_path(sample.meta["scene"]) if isinstance(sample.meta.get("scene"), str) else None}
 
 
 def _printable_meta(value: Any) -> Any:

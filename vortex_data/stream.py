@@ -30,11 +30,11 @@ only on (seed, epoch, key, repeat), resumed samples are identical to the uninter
 
 from __future__ import annotations
 
-import atexit
 import logging
+import os
 import signal
+import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -452,8 +452,6 @@ class StreamLoader:
             # Pinned host memory makes the trainer's .to(device, non_blocking=True) truly asynchronous.
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                   pin_memory=torch.cuda.is_available(), **kw)
-            if self.num_workers:
-                _LIVE.add(self)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
         n = len(self.spec.plan(self.epoch))
         step = self.spec.world_size * self.spec.batch_size
@@ -478,8 +476,7 @@ class StreamLoader:
         return finish_batch(batch, self.spec.mean, self.spec.std)
 
     def close(self) -> None:
-        """Stop persistent workers now (otherwise they stop when the loader is garbage-collected,
-        or at interpreter exit)."""
+        """Stop persistent workers now (otherwise they stop when the loader is garbage-collected)."""
         dl, self._dl = self._dl, None
         it = getattr(dl, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
@@ -513,28 +510,31 @@ class StreamLoader:
         self.epoch, self.position = epoch, samples
 
 
-_LIVE: "weakref.WeakSet[StreamLoader]" = weakref.WeakSet()
-
-
-@atexit.register  # registered after multiprocessing's own exit hook, so it runs before it
-def _close_live_loaders() -> None:
-    """Workers ignore SIGTERM (below), so multiprocessing's exit hook, which terminates daemon
-    children with SIGTERM and then joins them, would wait forever on a loader nobody closed."""
-    for loader in list(_LIVE):
-        loader.close()
-
-
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGUSR1/SIGINT, the main process decides.
+    """DataLoader ``worker_init_fn``: a worker ignores stop signals that are not its parent's.
 
     Slurm signals every process of a step (and a terminal's Ctrl-C the whole process group);
     torch's workers would otherwise die of it, and the main process would crash with 'DataLoader
-    worker ... is killed by signal' instead of finishing the step and checkpointing. Workers still
-    end when the main process shuts them down, and a worker whose parent has died exits on its
-    own (torch's watchdog).
+    worker ... is killed by signal' instead of finishing the step and checkpointing. SIGUSR1 and
+    SIGINT are ignored. SIGTERM is taken by a thread that reads who sent it (``sigwaitinfo``):
+    from the main process (multiprocessing terminating a worker that did not stop on request, as
+    it does at interpreter exit) the worker exits; from anyone else it is ignored. A worker whose
+    parent has died exits on its own (torch's watchdog).
     """
-    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+    for name in ("SIGUSR1", "SIGINT"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no way to see the sender here: ignore SIGTERM too
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started now inherit the mask
+    threading.Thread(target=_sigterm_from_parent_only, args=(os.getppid(),), daemon=True,
+                     name="vortex-sigterm").start()
+
+
+def _sigterm_from_parent_only(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(128 + signal.SIGTERM)
 
 
 AUGMENT_ON = ("default", "v5", "train", "on", "true")

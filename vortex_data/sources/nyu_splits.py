@@ -3,7 +3,9 @@
 Frame numbers here are 1-based, as in MATLAB and the official ``splits.mat``.
 
 - ``scenes80`` (default): whole scenes (the file's ``scenes`` cell) to train or val, so no room
-  is on both sides; the validation score then measures rooms the model has not seen.
+  is on both sides; the validation score then measures rooms the model has not seen. A scene is
+  a place (:func:`place_of`): names that differ only in a trailing capture letter
+  (``kitchen_0028a``, ``kitchen_0028b``) are recordings of one room and stay on one side.
 - ``random80``: the seed's frame-level 80/20 split, kept to reproduce it exactly. NYU's labeled
   frames come several to a scene, so val shares rooms with train and scores optimistically.
 - ``official``: the 795/654 ``splits.mat`` split, for comparing with published numbers.
@@ -12,6 +14,7 @@ Frame numbers here are 1-based, as in MATLAB and the official ``splits.mat``.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -31,6 +34,16 @@ class SplitError(ValueError):
     """A split definition that cannot be applied to the file's frames."""
 
 
+_CAPTURE_LETTER = re.compile(r"(?<=\d)[a-z]$")
+
+
+def place_of(scene: str) -> str:
+    """The room a scene name denotes: the name without a trailing capture letter after its number
+    (``basement_0001a`` -> ``basement_0001``). Grouping by it is the cautious reading: two
+    captures of one room on both sides of a split would leak the room."""
+    return _CAPTURE_LETTER.sub("", scene)
+
+
 def random80_split(n_frames: int, seed: int) -> dict[str, list[int]]:
     """round(0.8 N) frames for train and the rest for val, drawn by a seeded permutation.
 
@@ -47,12 +60,14 @@ def random80_split(n_frames: int, seed: int) -> dict[str, list[int]]:
 def scenes80_split(scenes: Sequence[str], seed: int) -> dict[str, list[int]]:
     """Whole scenes to train or val, train as close as possible to 80 % of the frames.
 
-    ``scenes[i]`` is the scene of frame i + 1. The scenes are put in a seeded order
+    ``scenes[i]`` is the scene of frame i + 1; scenes of one place (:func:`place_of`) count as
+    one. The places are put in a seeded order
     (``default_rng(seed).permutation`` of their sorted names); an exact subset-sum over their frame
     counts then finds the reachable train size nearest to 0.8 N (the smaller one on a tie, so val
     is never short), with at least one scene on each side (a file of one scene is all train), and
     scenes in that order that make it up go to train.
     """
+    scenes = [place_of(s) for s in scenes]
     n = len(scenes)
     names = sorted(set(scenes))
     if not names:
@@ -87,9 +102,10 @@ def split_scenes(scenes: Sequence[str], split: dict[str, list[int]]) -> dict[str
 
 
 def scene_overlap(scenes: Sequence[str], train: Sequence[int], held_out: Sequence[int]) -> dict[str, int]:
-    """How many held-out frames (and scenes) share a scene with train."""
-    in_train = {scenes[i - 1] for i in train}
-    shared = [scenes[i - 1] for i in held_out if scenes[i - 1] in in_train]
+    """How many held-out frames (and places) share a place (:func:`place_of`) with train."""
+    places = [place_of(s) for s in scenes]
+    in_train = {places[i - 1] for i in train}
+    shared = [places[i - 1] for i in held_out if places[i - 1] in in_train]
     return {"frames": len(shared), "scenes": len(set(shared))}
 
 
