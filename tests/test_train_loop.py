@@ -295,30 +295,44 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path: 
     assert state["epoch"] * 12 + state["samples"] == 2 * int(ckpt.name.split("_")[1])  # position = steps run
 
 
-def test_trainer_asks_for_device_photometric_and_goes_through_finish(tmp_path: Path) -> None:
-    """The trainer requests raw batches and calls the loader's finish() after moving them."""
+class NoFinish:
+    """A loader wrapper around make_loader(photometric=the request's) that forwards no finish()."""
+
+    manifest = ""
+
+    def __init__(self, req: LoaderRequest) -> None:
+        from vortex_data.stream import make_loader
+
+        self.inner = make_loader(manifest=self.manifest, split="train", batch_size=req.batch_size,
+                                 image_size=req.image_size, seed=req.seed, training=True, photometric=req.photometric)
+
+    def __iter__(self):
+        return iter(self.inner)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+def nyu_manifest(tmp_path: Path) -> str:
     sys.path.insert(0, str(Path(__file__).parent))
     from loader_data import build
-    from vortex_data.stream import make_loader
 
-    manifest = build(tmp_path / "data", "nyu", 6, 3)
+    return str(build(tmp_path / "data", "nyu", 6, 3))
+
+
+def test_trainer_asks_for_device_photometric_and_goes_through_finish(tmp_path: Path) -> None:
+    """The trainer requests raw batches and calls the loader's finish() after moving them."""
     seen = []
 
-    class Recording:
+    class Recording(NoFinish):
+        manifest = nyu_manifest(tmp_path)
+
         def __init__(self, req: LoaderRequest) -> None:
             assert req.photometric == "device"
-            self.inner = make_loader(manifest=str(manifest), split="train", batch_size=req.batch_size,
-                                     image_size=req.image_size, seed=req.seed, training=True,
-                                     photometric=req.photometric)
-
-        def __iter__(self):
-            return iter(self.inner)
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, state):
-            self.inner.load_state_dict(state)
+            super().__init__(req)
 
         def finish(self, batch):
             out = self.inner.finish(batch)
@@ -332,27 +346,7 @@ def test_trainer_asks_for_device_photometric_and_goes_through_finish(tmp_path: P
 
 def test_a_raw_batch_without_finish_is_a_clear_error(tmp_path: Path) -> None:
     """A loader wrapper that forgets to forward finish() must not train on uint8 RGB."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from loader_data import build
-    from vortex_data.stream import make_loader
-
-    manifest = build(tmp_path / "data", "nyu", 6, 3)
-
-    class NoFinish:
-        def __init__(self, req: LoaderRequest) -> None:
-            self.inner = make_loader(manifest=str(manifest), split="train", batch_size=req.batch_size,
-                                     image_size=req.image_size, seed=req.seed, training=True,
-                                     photometric=req.photometric)
-
-        def __iter__(self):
-            return iter(self.inner)
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, state):
-            self.inner.load_state_dict(state)
-
+    loader = type("NoFinish", (NoFinish,), {"manifest": nyu_manifest(tmp_path)})
     torch.set_num_threads(1)
     with pytest.raises(TypeError, match="torch.uint8 RGB.*NoFinish has none"):
-        Trainer(tiny_config(tmp_path / "run", steps=1), NoFinish).run()
+        Trainer(tiny_config(tmp_path / "run", steps=1), loader).run()
