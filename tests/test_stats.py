@@ -19,9 +19,9 @@ from vortex_data.schema import Intrinsics, Sample, decode_sample, depth_to_mm, m
 from vortex_data.shards import BuildConfig, build_shards
 from vortex_data.sources.base import Converter, Enumeration, FrameRef
 from vortex_data.stats import compute_stats, write_outputs
-from vortex_data.stats_hash import frame_hashes, min_hamming
-from vortex_data.stats_mixture import p_labelless_iid, read_mixture, simulate_labelless_iid
-from vortex_data.stats_report import PLOT_TITLES
+from vortex_data.stats.phash import frame_hashes, min_hamming
+from vortex_data.stats.mixture_risk import p_labelless_iid, read_mixture, simulate_labelless_iid
+from vortex_data.stats.report import PLOT_TITLES
 
 W, H = 256, 192
 

@@ -59,7 +59,7 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
                 raise SystemExit(1)
             print()
         manifests += result.manifests
-    from .stats import demo_stats
+    from .stats.compute import demo_stats
     print("== stats: depth/label/RGB statistics, label-less batch risk, near-duplicates")
     demo_stats(manifests, out / "stats", workers=workers)
     demo_stream(out / "manifests")

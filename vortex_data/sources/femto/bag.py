@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .femto_calib import CalibrationError, FemtoCalibration, _make
-from .femto_recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
-from ..registration import CameraModel
-from ..schema import DepthConversion, depth_to_mm
+from .calib import CalibrationError, FemtoCalibration, _make
+from .recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
+from ...registration import CameraModel
+from ...schema import DepthConversion, depth_to_mm
 
 ORBBEC_DEPTH = "/cam/sensor_3/frameType_3"
 ORBBEC_COLOR = "/cam/sensor_2/frameType_2"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .tar_index import iter_samples
-from .schema import SchemaError, decode_sample
-from .stats_hash import frame_hashes
+from ..tar_index import iter_samples
+from ..schema import SchemaError, decode_sample
+from .phash import frame_hashes
 
 DEPTH_BINS_MM = 65536
 """One histogram bin per stored millimetre value: percentiles are exact at the storage resolution."""
