@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vortex_data import bench_loader
+from vortex_data.bench import loader as bench_loader
 
 from loader_data import build
 
@@ -40,7 +40,7 @@ def test_bench_loader_builds_the_real_photo_set(tmp_path, capsys):
     nyu = Path(__file__).resolve().parents[2] / "shared" / "samples" / "nyu"
     if not (nyu / "rgb_00000.jpg").exists():
         pytest.skip("real NYU sample frames not present")
-    from vortex_data.bench_photos import build_photo_set
+    from vortex_data.bench.photos import build_photo_set
     from vortex_data.shard_reader import ShardReader
 
     manifest = build_photo_set(nyu, tmp_path / "set", 6)

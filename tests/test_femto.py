@@ -16,10 +16,11 @@ import pytest
 from vortex_data.fixtures.femto import demo_calibration, write_demo_femto, write_frame_dump
 from vortex_data.registration import register_depth_to_color
 from vortex_data.sources import RejectFrame, get_converter
-from vortex_data.sources.femto import FemtoConverter, parse_size
-from vortex_data.sources.femto_calib import CalibrationError, folder_calibration, k4a_calibration
-from vortex_data.sources.femto_mkv import MkvRecording, read_matroska_attachment
-from vortex_data.sources.femto_recording import RecordingError, pair_by_time
+from vortex_data.sources.femto import FemtoConverter
+from vortex_data.sources.femto.converter import parse_size
+from vortex_data.sources.femto.calib import CalibrationError, folder_calibration, k4a_calibration
+from vortex_data.sources.femto.mkv import MkvRecording, read_matroska_attachment
+from vortex_data.sources.femto.recording import RecordingError, pair_by_time
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +343,7 @@ def test_truncated_colour_jpeg_and_depth_png_are_rejected(dump, tmp_path):
 
 
 def test_mjpg_colour_payload_must_be_whole():
-    from vortex_data.sources.femto_recording import decode_color
+    from vortex_data.sources.femto.recording import decode_color
     ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (360, 640, 3), np.uint8))
     assert decode_color(jpg.tobytes(), "MJPG", 640, 360, "rec.mkv capture 0").shape == (360, 640, 3)
     with pytest.raises(ValueError, match=r"rec.mkv capture 0.*truncated JPEG"):

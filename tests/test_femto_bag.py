@@ -12,8 +12,8 @@ import pytest
 from vortex_data.fixtures.femto import (demo_calibration, orbbec_frame_bytes, render_captures, write_orbbec_bag,
                                         write_ros_bag)
 from vortex_data.sources.femto import FemtoConverter
-from vortex_data.sources.femto_bag import parse_orbbec_frame
-from vortex_data.sources.femto_recording import RecordingError
+from vortex_data.sources.femto.bag import parse_orbbec_frame
+from vortex_data.sources.femto.recording import RecordingError
 
 CAL = demo_calibration()
 
@@ -104,7 +104,7 @@ def test_bag_depth_conversion_invalidates_and_counts_bad_values():
     become invalid and are counted (never clipped to 65.535 m); REP 118 NaN/inf are plain holes."""
     import numpy as np
 
-    from vortex_data.sources.femto_bag import _pixels_to_depth_mm
+    from vortex_data.sources.femto.bag import _pixels_to_depth_mm
 
     m = np.array([[2.5, np.nan, np.inf], [-0.5, 70.0, 0.0]], "<f4")
     conv = _pixels_to_depth_mm(m.tobytes(), 3, 2, 12, "32fc1", 1.0, False, "t")

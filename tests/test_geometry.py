@@ -25,8 +25,8 @@ from vortex_data.schema import EncodeOptions, Intrinsics, Sample
 from vortex_data.shards import BuildConfig, build_shards
 from vortex_data.sources.base import Converter, Enumeration, FrameRef
 from vortex_data.sources.femto import FemtoConverter
-from vortex_data.sources.femto_calib import FemtoCalibration
-from vortex_data.sources.femto_recording import CaptureData
+from vortex_data.sources.femto.calib import FemtoCalibration
+from vortex_data.sources.femto.recording import CaptureData
 from vortex_data.stream import make_loader
 
 H, W = 480, 640

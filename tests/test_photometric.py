@@ -195,7 +195,7 @@ def test_modes_agree_on_real_photos(tmp_path):
     """The equivalence on real NYU frames (perturbed copies at photo entropy), when present."""
     from pathlib import Path
 
-    from vortex_data.bench_photos import build_photo_set
+    from vortex_data.bench.photos import build_photo_set
 
     nyu = Path(__file__).resolve().parents[2] / "shared" / "samples" / "nyu"
     if not (nyu / "rgb_00000.jpg").exists():

@@ -13,7 +13,8 @@ import pytest
 import webdataset as wds
 
 from vortex_data.fixtures.diode import write_diode_tree
-from vortex_data.manifest import iter_tar_samples, load_manifest, merge, verify
+from vortex_data.manifest import load_manifest, merge, verify
+from vortex_data.tar_index import iter_samples
 from vortex_data.schema import decode_sample
 from vortex_data.shards import BuildConfig, build_shards
 from vortex_data.sources.diode import DiodeConverter
@@ -148,7 +149,7 @@ def test_rebuild_with_other_options_replaces_stale_shards(src, tmp_path):
     res = build_shards(DiodeConverter(src), cfg)
     train_dir = tmp_path / "shards/diode/train"
     assert sorted(p.name for p in train_dir.glob("*.tar")) == ["diode-train-000000.tar"]
-    assert len(list(iter_tar_samples(train_dir / "diode-train-000000.tar"))) == 11
+    assert len(list(iter_samples(train_dir / "diode-train-000000.tar"))) == 11
     assert verify(res.manifests[0]).ok
 
 

@@ -13,14 +13,15 @@ import pytest
 
 from vortex_data.cli import main
 from vortex_data.fixtures.scene import random_room, random_view, render
-from vortex_data.manifest import iter_tar_samples, load_manifest
+from vortex_data.manifest import load_manifest
+from vortex_data.tar_index import iter_samples
 from vortex_data.schema import Intrinsics, Sample, decode_sample, depth_to_mm, make_key
 from vortex_data.shards import BuildConfig, build_shards
 from vortex_data.sources.base import Converter, Enumeration, FrameRef
 from vortex_data.stats import compute_stats, write_outputs
-from vortex_data.stats_hash import frame_hashes, min_hamming
-from vortex_data.stats_mixture import p_labelless_iid, read_mixture, simulate_labelless_iid
-from vortex_data.stats_report import PLOT_TITLES
+from vortex_data.stats.phash import frame_hashes, min_hamming
+from vortex_data.stats.mixture_risk import p_labelless_iid, read_mixture, simulate_labelless_iid
+from vortex_data.stats.report import PLOT_TITLES
 
 W, H = 256, 192
 
@@ -92,7 +93,7 @@ def brute(manifest: Path) -> dict:
     """Decode every sample of a manifest's shards and compute the numbers with plain numpy."""
     depth, rgb, seg = [], [], []
     for shard in load_manifest(manifest).shard_paths():
-        for key, members in iter_tar_samples(shard):
+        for key, members in iter_samples(shard):
             s = decode_sample(members, key)
             depth.append(s["depth_mm"].ravel())
             rgb.append(s["rgb"].reshape(-1, 3))

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from vortex_data.fixtures.diode import write_demo_diode, write_diode_tree
-from vortex_data.manifest import iter_tar_samples, load_manifest
+from vortex_data.manifest import load_manifest
+from vortex_data.tar_index import iter_samples
 from vortex_data.schema import EncodeOptions, decode_array, encode_array
 from vortex_data.shards import BuildConfig, build_shards
 from vortex_data.sources.diode import DiodeConverter
@@ -35,7 +36,7 @@ def field_bytes(manifest: Path) -> dict[str, float]:
     sizes: dict[str, int] = defaultdict(int)
     n = 0
     for shard in m.shard_paths():
-        for _, members in iter_tar_samples(shard):
+        for _, members in iter_samples(shard):
             n += 1
             for ext, data in members.items():
                 sizes[ext.split(".")[0]] += len(data)

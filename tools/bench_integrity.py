@@ -16,14 +16,15 @@ import cv2
 import numpy as np
 
 from vortex_data.integrity import check_members, member_checksums
-from vortex_data.manifest import iter_tar_samples, load_manifest
+from vortex_data.manifest import load_manifest
+from vortex_data.tar_index import iter_samples
 from vortex_data.schema import Intrinsics, Sample, decode_sample, encode_sample
 
 
 def from_manifest(path: Path, n: int) -> list[tuple[str, dict[str, bytes]]]:
     out = []
     for shard in load_manifest(path).shard_paths():
-        for key, members in iter_tar_samples(shard):
+        for key, members in iter_samples(shard):
             out.append((key, members))
             if len(out) >= n:
                 return out

@@ -17,9 +17,9 @@ from .sources import CONVERTERS, get_converter
 # one-line help). A module is imported only when its command is used, so converting shards does
 # not pay for importing torch.
 PLUGINS = {
-    "stats": ("vortex_data.stats", "add_parser",
+    "stats": ("vortex_data.stats.compute", "add_parser",
               "depth/label/RGB statistics, label-less-batch risk and cross-source duplicates -> HTML + JSON"),
-    "bench-loader": ("vortex_data.bench_loader", "add_parser", "measure loader throughput against its baselines"),
+    "bench-loader": ("vortex_data.bench.loader", "add_parser", "measure loader throughput against its baselines"),
     "train": ("vortex_data.train.commands", "add_train_parser",
               "train EfficientViT-B1 depth + segmentation (resumes automatically; [train] extra)"),
     "eval": ("vortex_data.train.commands", "add_eval_parser", "evaluate a training checkpoint per dataset"),

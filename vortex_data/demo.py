@@ -59,7 +59,7 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
                 raise SystemExit(1)
             print()
         manifests += result.manifests
-    from .stats import demo_stats
+    from .stats.compute import demo_stats
     print("== stats: depth/label/RGB statistics, label-less batch risk, near-duplicates")
     demo_stats(manifests, out / "stats", workers=workers)
     demo_stream(out / "manifests")
@@ -93,7 +93,8 @@ def demo_train(manifests_dir: Path, run_dir: Path) -> None:
     if find_spec("timm") is None:
         print("== train: skipped (install the [train] extra for EfficientViT-B1: pip install -e '.[train]')")
         return
-    from .cli import main
+    # The trainer's own command line, not vortex_data.cli: the CLI imports this module.
+    from .train.commands import main
 
     print("== train: stage 1 (mixture) then stage 2 (NYU, V5), a few CPU steps each, then eval")
     common = ["--manifests", str(manifests_dir), "--run-dir", str(run_dir), "--batch-size", "2",

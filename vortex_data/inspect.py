@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow.compute as pc
 
-from .manifest import iter_tar_samples, load_manifest
+from .manifest import load_manifest
 from .schema import CLASS_NAMES, IGNORE_INDEX, decode_sample
+from .tar_index import read_samples
 
 # One colour per class (RGB) for label dumps; ignore is black.
 PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [250, 170, 30], [0, 130, 180], [220, 20, 60]],
@@ -81,34 +81,9 @@ def _flat_report(report: dict[str, Any], prefix: str = "") -> list[tuple[str, st
     return out
 
 
-class ShardReadError(ValueError):
-    """A shard that is not a complete tar; the message names the file and what is wrong."""
-
-
-def _samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """iter_tar_samples, with a damaged tar reported as a ShardReadError naming the shard."""
-    done = 0
-    try:
-        for item in iter_tar_samples(path):
-            yield item
-            done += 1
-    except (tarfile.TarError, EOFError) as e:
-        raise _damaged(path, done, str(e)) from None
-    # tarfile accepts a tar cut just before its end-of-archive blocks; a shard always has them.
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 2 * tarfile.BLOCKSIZE))
-        if f.read() != bytes(2 * tarfile.BLOCKSIZE):
-            raise _damaged(path, done, "no end-of-archive marker")
-
-
-def _damaged(path: Path, done: int, why: str) -> ShardReadError:
-    return ShardReadError(f"{path}: not a complete tar shard after {done} whole samples ({why}); "
-                          "rebuild it (rerun build-shards) or check it with `vortex-data verify`")
-
-
 def shard_listing(path: Path) -> list[dict[str, Any]]:
     out = []
-    for key, members in _samples(path):
+    for key, members in read_samples(path):
         meta = json.loads(members.get("json", b"{}"))
         out.append({"key": key, "fields": {k: len(v) for k, v in members.items()},
                     "size": f"{meta.get('width')}x{meta.get('height')}", "has_seg": meta.get("has_seg")})
@@ -129,7 +104,7 @@ def colourise_depth(depth_mm: np.ndarray) -> np.ndarray:
 
 def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
     """Write one sample's RGB, colourised depth, raw 16-bit depth, labels and metadata."""
-    for k, members in _samples(shard):
+    for k, members in read_samples(shard):
         if k == key:
             break
     else:

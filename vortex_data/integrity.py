@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 
 import xxhash
 
-from .shard_reader import ShardReadError
+from .tar_index import ShardReadError, member_name
 
 CHECKSUM_COLUMN = "member_xxh3_64"
 ON_ERROR = ("raise", "skip")
@@ -53,12 +53,12 @@ def check_members(shard: str, key: str, members: Mapping[str, bytes],
     want = dict(expected)
     for ext in sorted(set(want) | set(members)):
         if ext not in members:
-            raise SampleError(shard, key, f"{key}.{ext}", "member listed in the index is missing from the shard")
+            raise SampleError(shard, key, member_name(key, ext), "member listed in the index is missing from the shard")
         if ext not in want:
-            raise SampleError(shard, key, f"{key}.{ext}", "member is in the shard but not in the index")
+            raise SampleError(shard, key, member_name(key, ext), "member is in the shard but not in the index")
         got = member_hash(members[ext])
         if got != want[ext]:
-            raise SampleError(shard, key, f"{key}.{ext}",
+            raise SampleError(shard, key, member_name(key, ext),
                               f"checksum (XXH3-64) {got:016x} does not match the index ({want[ext]:016x}): "
                               "the bytes changed since the build")
 

@@ -13,17 +13,17 @@ import hashlib
 import json
 import os
 import re
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .integrity import CHECKSUM_COLUMN, SampleError, check_members
-from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, check_key, decode_sample, split_member
+from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample
+from .tar_index import TAR_ERRORS, KeyGrammarError, check_key, iter_samples
 from .temporaries import locked_temp
 
 INDEX_SCHEMA = pa.schema([
@@ -254,23 +254,8 @@ def _check_unique(items: list[str], what: str) -> None:
 
 # ---------------------------------------------------------------- reading and verifying shards
 
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group tar members into samples exactly as webdataset does (key = name up to the first
-    dot of the basename; consecutive members with the same key form one sample)."""
-    with tarfile.open(path, "r:") as tf:
-        key, members = None, {}
-        for info in tf:
-            if not info.isfile():
-                continue
-            k, ext = split_member(info.name)
-            if k != key and key is not None:
-                yield key, members
-                members = {}
-            key = k
-            members[ext] = tf.extractfile(info).read()
-        if key is not None:
-            yield key, members
-
+iter_tar_samples = iter_samples
+"""The old name of :func:`vortex_data.tar_index.iter_samples`, kept for scripts that use it."""
 
 @dataclass
 class VerifyReport:
@@ -319,7 +304,7 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
         rep.shards_checked += 1
         keys = []
         try:
-            for key, members in iter_tar_samples(shard):
+            for key, members in iter_samples(shard):
                 keys.append(key)
                 try:
                     # A key outside the grammar ('../x', absolute, dotted) could escape a folder
@@ -327,7 +312,7 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
                     check_key(key)
                     if key in sums:
                         check_members(str(shard), key, members, sums[key])
-                except SchemaError as e:
+                except KeyGrammarError as e:
                     rep.problems.append(f"{shard}: {e}")
                 except SampleError as e:
                     rep.problems.append(str(e))
@@ -337,7 +322,7 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
                     except SchemaError as e:
                         rep.problems.append(f"{shard}: {e}")
                 rep.samples_checked += 1
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (*TAR_ERRORS, OSError) as e:
             rep.problems.append(f"{shard}: unreadable tar ({e})")
         if len(keys) != entry["samples"]:
             rep.problems.append(f"{shard}: {len(keys)} samples, manifest says {entry['samples']}")

@@ -12,6 +12,7 @@ sample appears either floor(q / n) or ceil(q / n) times and no sample repeats in
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
@@ -23,7 +24,7 @@ import numpy as np
 
 from ._toml import tomllib
 from .integrity import CHECKSUM_COLUMN
-from .schema import split_member
+from .tar_index import sample_keys
 
 
 class MixtureError(ValueError):
@@ -230,21 +231,6 @@ def _read_bytes(url: str) -> bytes:
     return Path(url).read_bytes()
 
 
-def _keys_from_tar(url: str) -> list[str]:
-    """Sample keys of a shard in order, read from the tar headers (used when no index exists)."""
-    import io
-    import tarfile
-
-    keys: list[str] = []
-    with tarfile.open(fileobj=io.BytesIO(_read_bytes(url))) as tf:
-        for m in tf.getmembers():
-            if m.isfile():
-                k = split_member(m.name)[0]
-                if not keys or keys[-1] != k:
-                    keys.append(k)
-    return keys
-
-
 def read_source_index(manifest: str, name: str | None = None, key_pattern: str | None = None) -> SourceIndex:
     """Manifest (+ its Parquet per-sample index) -> :class:`SourceIndex`.
 
@@ -261,8 +247,6 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
     checksums: list | None = None
     index_rel = m.get("index")
     if index_rel:
-        import io
-
         import pyarrow.parquet as pq
 
         try:
@@ -286,7 +270,7 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
                 raise MixtureError(f"{manifest}: index row {k!r} names unknown shard {s!r}")
     else:
         for i, url in enumerate(shards):
-            ks = _keys_from_tar(url)
+            ks = sample_keys(io.BytesIO(_read_bytes(url)))  # no index: list the tar headers
             keys.extend(ks)
             shard_of.extend([i] * len(ks))
     expected = sum(int(s.get("samples", 0)) for s in shards_meta)

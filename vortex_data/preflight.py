@@ -101,7 +101,7 @@ def check_rate(measured: float | None, needed: float | None, error: str | None =
 
 def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
                  warn_above: float) -> Check:
-    from .stats_mixture import p_labelled_draw, p_labelless_iid, p_labelless_quota
+    from .stats.mixture_risk import p_labelled_draw, p_labelless_iid, p_labelless_quota
 
     fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
     p_draw = p_labelled_draw(weights, fr)
@@ -223,14 +223,14 @@ def measure_train_rate(cfg: Any, steps: int) -> float:
 
 def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
     from .mixture import resolve_mixture
-    from .stats import Unit
+    from .stats.compute import Unit
 
     mix = resolve_mixture(cfg.mixture, cfg.manifest, cfg.manifests_dir)  # as make_loader resolves it
     return mix, [Unit(s.name, Path(mix.manifest_path(s, "train")), s.key_pattern, s.weight) for s in mix.sources]
 
 
 def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int]:
-    from .stats import _index_rows, labelled_flags
+    from .stats.compute import _index_rows, labelled_flags
 
     mix, units = _train_units(cfg)
     labelled = [labelled_flags(_index_rows(u)) for u in units]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -19,6 +18,8 @@ import numpy as np
 import zstandard
 
 from .geometry import resize_intrinsics, resize_nearest, resize_rgb, scale_centre
+# The key grammar and member naming live with the tar reader; make_key stays importable from here.
+from .tar_index import KeyGrammarError, check_key, make_key, split_member  # noqa: F401
 
 SCHEMA_VERSION = 1
 
@@ -40,8 +41,6 @@ DEFAULT_ZSTD_LEVEL = 3
 # Tar member suffixes (webdataset splits a member name at the first dot of its basename:
 # "diode/train/00019_00183_indoors_000_010.depth.zst" -> key + "depth.zst").
 META_EXT = "json"
-
-_KEY_PART = re.compile(r"[^A-Za-z0-9_\-]")
 
 
 class SchemaError(ValueError):
@@ -115,32 +114,10 @@ class Sample:
             if out_of_range.any():
                 bad_vals = np.unique(self.seg[out_of_range])
                 raise bad(f"seg holds values {bad_vals[:8].tolist()} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
-        check_key(self.key)
-
-
-def make_key(dataset: str, split: str, frame_id: str) -> str:
-    """``<dataset>/<split>/<frame id>`` with characters webdataset would misread replaced.
-
-    A dot would end the key early (webdataset splits member names at the first dot of the
-    basename), so dots and other unsafe characters become '_'. Slashes inside frame_id are kept
-    as path levels. The writer refuses duplicate keys, so a collision cannot pass silently.
-    """
-    parts = [dataset, split, *frame_id.strip("/").split("/")]
-    return "/".join(_KEY_PART.sub("_", p) for p in parts if p)
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """Tar member name -> (key, extension), split at the first dot of the basename exactly as
-    webdataset does: ``"nyu/train/0001.depth.zst"`` -> ``("nyu/train/0001", "depth.zst")``."""
-    d, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (d + "/" if d else "") + stem, ext
-
-
-def check_key(key: str) -> None:
-    parts = key.split("/")
-    if len(parts) < 3 or any(not p or _KEY_PART.search(p) for p in parts):
-        raise SchemaError(f"key {key!r} is not '<dataset>/<split>/<frame id>' of [A-Za-z0-9_-] parts")
+        try:
+            check_key(self.key)
+        except KeyGrammarError as e:
+            raise SchemaError(str(e)) from None
 
 
 # ---------------------------------------------------------------- depth conversion

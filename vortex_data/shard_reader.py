@@ -1,7 +1,8 @@
 """Random-access reads of samples from WebDataset tar shards, grouped by shard.
 
 A shard is opened once per worker and kept open (LRU of ``max_open`` handles); its member
-table (name -> offset, size) comes from the tar headers on first use. Reading a group of
+table (name -> offset, size) comes from the tar headers on first use
+(:func:`vortex_data.tar_index.member_table`). Reading a group of
 samples sorts them by offset, so each shard is read front to back. Remote shards (``pipe:``,
 ``http(s)://``, anything webdataset's ``gopen`` understands) are fetched whole into the node's
 shard cache (:mod:`vortex_data.shard_cache`: one download per shard for all ranks and workers of
@@ -11,17 +12,14 @@ a node, size-limited) and then read the same way.
 from __future__ import annotations
 
 import os
-import tarfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from .schema import split_member
 from .shard_cache import ShardCache, node_cache_dir
+from .tar_index import TAR_ERRORS, ShardReadError, member_name, member_table
 
-
-class ShardReadError(IOError):
-    """A shard that is missing, unreadable, or lacks a sample the index promises."""
+__all__ = ["ShardReadError", "ShardReader", "is_remote"]
 
 
 def is_remote(url: str) -> bool:
@@ -80,14 +78,9 @@ class ShardReader:
         if t is None:
             f = self._handle(url)
             f.seek(0)
-            t = {}
             try:
-                with tarfile.open(fileobj=f, mode="r:") as tf:
-                    for m in tf:
-                        if m.isfile():
-                            key, ext = split_member(m.name)
-                            t.setdefault(key, []).append((ext, m.offset_data, m.size))
-            except tarfile.TarError as e:
+                t = member_table(f)
+            except TAR_ERRORS as e:
                 raise ShardReadError(f"{url}: not a readable tar shard ({e})") from None
             self._tables[url] = t
         return t
@@ -106,7 +99,7 @@ class ShardReader:
                 f.seek(off)
                 data = f.read(size)
                 if len(data) != size:
-                    raise ShardReadError(f"{url}: member {key}.{ext} truncated ({len(data)} of {size} bytes)")
+                    raise ShardReadError(f"{url}: member {member_name(key, ext)} truncated ({len(data)} of {size} bytes)")
                 members[ext] = data
             out[key] = members
         return out

@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 import torch
 
-from vortex_data.fixtures.scene import random_room, random_view, render
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.stream import IMAGENET_MEAN, IMAGENET_STD, make_loader, rgb_lut
 
@@ -124,6 +123,10 @@ class SyntheticBatches:
         """Sample number n of this rank's stream."""
         if self.unique:
             n %= self.unique
+        # The renderer is the test fixtures' scene generator: imported here, so the trainer's data
+        # contract does not load fixture code unless synthetic batches are asked for.
+        from vortex_data.fixtures.scene import random_room, random_view, render
+
         rng = np.random.default_rng([self.seed, self.rank, n])
         h, w = self.image_size
         f = 0.8 * w

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .mixture import Mixture, quotas as loader_quotas, resolve_mixture
+from ..mixture import Mixture, quotas as loader_quotas, resolve_mixture
 
 
 def read_mixture(path: Path | str, split: str = "train", manifests_dir: Path | None = None) -> Mixture:

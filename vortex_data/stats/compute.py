@@ -2,8 +2,8 @@
 
 Per-sample facts already in the Parquet index (resolution, intrinsics, valid fraction, class
 pixels, has_seg) are read from it; depth histograms, RGB sums and image hashes need the pixels
-and come from one parallel streaming pass over the shards (:mod:`stats_pass`). The JSON holds
-every number the HTML shows; the HTML is rendered from the JSON alone (:mod:`stats_report`).
+and come from one parallel streaming pass over the shards (:mod:`scan`). The JSON holds
+every number the HTML shows; the HTML is rendered from the JSON alone (:mod:`report`).
 What each number means is documented in docs/stats.md.
 """
 
@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from .cpus import usable_cpus
-from .manifest import load_manifest
-from .mixture import Mixture
-from .schema import CLASS_NAMES, NUM_CLASSES
-from .stats_hash import DEFAULT_THRESHOLD, find_duplicates
-from .stats_mixture import (normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
+from ..cpus import usable_cpus
+from ..manifest import load_manifest
+from ..mixture import Mixture
+from ..schema import CLASS_NAMES, NUM_CLASSES
+from .phash import DEFAULT_THRESHOLD, find_duplicates
+from .mixture_risk import (normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
                             read_mixture, simulate_labelless_iid, simulate_labelless_quota)
-from .stats_numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
+from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
                             median_frequency_weights, rgb_mean_std, summary)
-from .stats_pass import Accumulator, ShardTask, scan_shards
+from .scan import Accumulator, ShardTask, scan_shards
 
 VALID_FRACTION_EDGES = np.linspace(0.0, 1.0, 21)
 SIM_BATCHES = 20000
@@ -234,7 +234,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
 
 def write_outputs(stats: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write stats.json and the self-contained report.html; returns their paths."""
-    from .stats_report import render_html
+    from .report import render_html
     out_dir.mkdir(parents=True, exist_ok=True)
     js, html = out_dir / "stats.json", out_dir / "report.html"
     js.write_text(json.dumps(stats, indent=1) + "\n")

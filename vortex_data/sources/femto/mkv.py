@@ -20,8 +20,8 @@ from typing import Any
 import av
 import numpy as np
 
-from .femto_calib import DEPTH_MODES, CalibrationError, FemtoCalibration, color_mode_parts, k4a_calibration, COLOR_RESOLUTIONS
-from .femto_recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
+from .calib import DEPTH_MODES, CalibrationError, FemtoCalibration, color_mode_parts, k4a_calibration, COLOR_RESOLUTIONS
+from .recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
 
 _EBML_ID = 0x1A45DFA3
 _SEGMENT_ID = 0x18538067

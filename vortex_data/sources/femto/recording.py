@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from .femto_calib import FemtoCalibration
-from .image_files import decode_image
+from .calib import FemtoCalibration
+from ..image_files import decode_image
 
 
 class RecordingError(ValueError):

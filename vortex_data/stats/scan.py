@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .manifest import iter_tar_samples
-from .schema import SchemaError, decode_sample
-from .stats_hash import frame_hashes
+from ..tar_index import iter_samples
+from ..schema import SchemaError, decode_sample
+from .phash import frame_hashes
 
 DEPTH_BINS_MM = 65536
 """One histogram bin per stored millimetre value: percentiles are exact at the storage resolution."""
@@ -75,7 +75,7 @@ def scan_shard(task: ShardTask) -> dict[str, Accumulator]:
     accs = {name: Accumulator() for name, _ in task.sources}
     patterns = [(name, re.compile(p) if p else None) for name, p in task.sources]
     try:
-        for key, members in iter_tar_samples(task.shard):
+        for key, members in iter_samples(task.shard):
             users = [name for name, pat in patterns if pat is None or pat.search(key)]
             if not users:
                 continue

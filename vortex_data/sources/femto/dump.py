@@ -5,7 +5,7 @@ Layout (docs/femto.md)::
     <folder>/color/color_<timestamp_us>.jpg   (or .png; RGB as any 8-bit colour image)
     <folder>/depth/depth_<timestamp_us>.png   (uint16, millimetres, 0 = invalid)
     <folder>/rgb_camera_info.json, depth_camera_info.json, extrinsic_depth_to_color.json
-             (or one calibration.json; see femto_calib.folder_calibration)
+             (or one calibration.json; see calib.folder_calibration)
 
 The timestamp is the last run of digits in the file name, in microseconds. Calibrations for
 another size of the same aspect ratio (e.g. the factory 3840x2160 colour calibration for 1280x720
@@ -23,10 +23,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .base import os_reason, scan_folder
-from .femto_calib import FemtoCalibration, folder_calibration
-from .image_files import decode_image, read_image
-from .femto_recording import Capture, CaptureData, RecordingError, pair_by_time
+from ..base import os_reason, scan_folder
+from .calib import FemtoCalibration, folder_calibration
+from ..image_files import decode_image, read_image
+from .recording import Capture, CaptureData, RecordingError, pair_by_time
 
 COLOR_DIR, DEPTH_DIR = "color", "depth"
 COLOR_EXTS = (".jpg", ".jpeg", ".png")

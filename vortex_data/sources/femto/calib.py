@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registration import CameraModel, nearest_rotation
+from ...registration import CameraModel, nearest_rotation
 
 
 class CalibrationError(ValueError):

@@ -13,14 +13,14 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..geometry import resize_nearest, resize_rgb
-from ..registration import register_color_to_depth, register_depth_to_color
-from ..schema import Sample, make_key
-from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
-from .femto_calib import CalibrationError, FemtoCalibration
-from .femto_dump import DumpRecording, is_frame_dump
-from .femto_mkv import MkvRecording
-from .femto_recording import Capture, CaptureData, Recording, RecordingError
+from ...geometry import resize_nearest, resize_rgb
+from ...registration import register_color_to_depth, register_depth_to_color
+from ...schema import Sample, make_key
+from ..base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
+from .calib import CalibrationError, FemtoCalibration
+from .dump import DumpRecording, is_frame_dump
+from .mkv import MkvRecording
+from .recording import Capture, CaptureData, Recording, RecordingError
 
 REGISTER_MODES = ("color", "depth", "none")
 
@@ -50,7 +50,7 @@ def open_recording(src: Path, pair_tol_us: int = 16_000, depth_topic: str | None
         if is_frame_dump(src):
             return DumpRecording(src, pair_tol_us)
         if (src / "metadata.yaml").is_file():  # a ROS 2 bag
-            from .femto_bag import BagRecording
+            from .bag import BagRecording
             return BagRecording(src, pair_tol_us, depth_topic=depth_topic, color_topic=color_topic)
         raise RecordingError(f"{src}: a folder must be a frame dump with color/ and depth/ subfolders "
                              "or a ROS 2 bag (metadata.yaml) (docs/femto.md)")
@@ -60,7 +60,7 @@ def open_recording(src: Path, pair_tol_us: int = 16_000, depth_topic: str | None
     if suffix == ".mkv":
         return MkvRecording(src, pair_tol_us)
     if suffix in (".bag", ".mcap", ".db3") or src.name.endswith(".bag_error"):
-        from .femto_bag import BagRecording
+        from .bag import BagRecording
         return BagRecording(src, pair_tol_us, depth_topic=depth_topic, color_topic=color_topic)
     raise RecordingError(f"{src}: not a Femto recording (expected a .mkv, a .bag or a frame-dump folder)")
 
