@@ -247,8 +247,8 @@ def test_workers_ignore_sigterm_from_others_and_still_end_with_their_process(tmp
             "it = iter(l)\nnext(it)\nnext(it)\n"  # a batch from each worker: both have started
             "print(' '.join(str(p.pid) for p in l._dl._iterator._workers), flush=True)\n"
             "sys.stdin.readline()\nnext(it)\nnext(it)\nprint('ok', flush=True)\n")  # exits with the loader alive
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2
     for pid in pids:
@@ -258,6 +258,7 @@ def test_workers_ignore_sigterm_from_others_and_still_end_with_their_process(tmp
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "ok"  # both workers still served their batches
     assert proc.wait(timeout=60) == 0  # and the exit did not wait forever on them
+    assert "Traceback" not in proc.stderr.read()  # nor took their exit for a crash
     time.sleep(0.5)
     for pid in pids:
         with pytest.raises(ProcessLookupError):

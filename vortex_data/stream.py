@@ -534,7 +534,9 @@ def ignore_stop_signals(worker_id: int) -> None:
 def _sigterm_from_parent_only(parent: int) -> None:
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(128 + signal.SIGTERM)
+            # Exit 0: torch's SIGCHLD check in the main process takes any other status (or death
+            # by a signal) for a crashed worker and raises, even inside multiprocessing's exit hook.
+            os._exit(0)
 
 
 AUGMENT_ON = ("default", "v5", "train", "on", "true")
