@@ -148,3 +148,15 @@ def test_epoch_dataset_resumes_exactly_from_its_state(sets):
 def test_synthetic_loader_resumes_exactly_from_its_state():
     state, _, _ = assert_resumes_exactly(lambda: SyntheticBatches(batch_size=2, image_size=(16, 24), seed=2), 2, 2)
     assert state == {"index": 2}
+
+
+def test_docs_name_every_stage_module():
+    """docs/loader.md's stage table and the package's modules stay the same list."""
+    import re
+    from pathlib import Path
+
+    import vortex_data.stream as stream
+
+    pkg = Path(stream.__file__).parent
+    table = re.findall(r"^\| `(\w+\.py)` \|", (Path(__file__).resolve().parents[1] / "docs" / "loader.md").read_text(), re.M)
+    assert sorted(table) == sorted(p.name for p in pkg.glob("*.py") if p.name != "__init__.py")
