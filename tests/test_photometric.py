@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vortex_data import photometric as P
+from vortex_data.stream import photometric as P
 from vortex_data.augment import AugmentConfig, crop_resize, crop_resize_reduced, jpeg_reduction
 from vortex_data.mixture import Mixture, Source
 from vortex_data.schema import Intrinsics, decode_rgb, encode_rgb
@@ -209,3 +209,9 @@ def test_modes_agree_on_real_photos(tmp_path):
         for x, y in zip(ref, got):
             assert torch.equal(x["depth"], y["depth"]) and torch.equal(x["seg"], y["seg"])
             assert float(((x["rgb"] - y["rgb"]) * std * 255).abs().mean()) <= 2.0
+
+
+def test_the_device_phase_keeps_its_former_import_name():
+    import vortex_data.photometric as old
+
+    assert old is P and old.to_device is P.to_device

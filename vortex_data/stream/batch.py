@@ -5,7 +5,7 @@ decoded, so the JPEG can be decoded DCT-reduced when the box is >= 2x the output
 and the geometry of every map written straight into the batch arrays (no per-sample
 intermediates; nothing touches every input pixel except the decoders). uint8 RGB, uint16 depth
 and uint8 labels are what crosses the worker boundary with ``photometric="device"`` (the device
-phase, :mod:`vortex_data.photometric`, finishes them); ``"cpu"`` finishes here
+phase, :mod:`vortex_data.stream.photometric`, finishes them); ``"cpu"`` finishes here
 (:func:`finish_on_cpu`: colour jitter per sample with OpenCV, one table pass uint8 -> normalised
 float) with OpenCV/numpy, which stay on one thread, rather than torch ops whose intra-op threads
 would fight the DataLoader workers for cores. Then :func:`vortex_data.stream.collate.collate`.
@@ -45,7 +45,7 @@ def rgb_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
 def normalise_into(rgb: np.ndarray, dst: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """uint8 (H,W,3) -> normalised float32 written into ``dst``, one table pass (same bits as the
-    device phase's :func:`vortex_data.photometric.normalise`)."""
+    device phase's :func:`vortex_data.stream.photometric.normalise`)."""
     return cv2.LUT(np.ascontiguousarray(rgb), rgb_lut(mean, std), dst=dst)
 
 

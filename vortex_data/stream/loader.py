@@ -10,7 +10,7 @@ next is exactly the rest of the epoch, each sample once. Rounding: the last fewe
 samples of the epoch are dropped in training (the same rule as every epoch's tail, now counted
 from ``s``), padded by wrap-around with evaluation settings. Since plan and augmentation depend
 only on (seed, epoch, key, repeat), resumed samples are identical to the uninterrupted run's.
-``finish`` is the device phase (:mod:`vortex_data.photometric`). :func:`make_loader` checks the
+``finish`` is the device phase (:mod:`vortex_data.stream.photometric`). :func:`make_loader` checks the
 arguments, reads the source indices and builds the :class:`~vortex_data.stream.plan.LoaderSpec`.
 """
 
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..augment import AugmentConfig
 from ..integrity import check_policy
 from ..mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
-from ..photometric import finish_batch
+from .photometric import finish_batch
 from ..shard_cache import node_cache_dir
 from ..shard_reader import is_remote
 from .batch import IMAGENET_MEAN, IMAGENET_STD
@@ -99,7 +99,7 @@ class StreamLoader:
         self.epoch, self.position = self.epoch + 1, 0
 
     def finish(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The device phase: a batch (moved with :func:`vortex_data.photometric.to_device` or
+        """The device phase: a batch (moved with :func:`vortex_data.stream.photometric.to_device` or
         ``.to(device, non_blocking=True)`` per tensor) -> the finished float batch, on its device.
         The identity for ``photometric="cpu"`` batches, so training code can always call it."""
         return finish_batch(batch, self.spec.mean, self.spec.std)
@@ -190,7 +190,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     ``rgb`` uint8 (B,3,H,W) channels-last, ``depth`` uint16 mm (B,1,H,W), ``seg`` uint8, plus
     ``jitter`` float64 (B,4) (brightness, contrast, saturation, hue factors; NaN = not applied)
     and ``jitter_order`` int64 (B,4); ``loader.finish(batch)`` turns it into the fields above on
-    the batch's device (move it first with ``vortex_data.photometric.to_device``).
+    the batch's device (move it first with ``vortex_data.stream.photometric.to_device``).
     decode: ``"device"`` (needs photometric="device", JPEG RGB and torchvision): the workers ship
     ``jpeg`` (list of uint8 tensors), ``crop`` int64 (B,4) boxes y0, x0, h, w and ``flip`` bool
     (B,) instead of ``rgb``; ``finish`` decodes with ``torchvision.io.decode_jpeg`` on the

@@ -1,0 +1,196 @@
+"""The device phase of V5 augmentation: a raw batch -> the documented float batch, on any device.
+
+With ``make_loader(..., photometric="device")`` the workers ship compact batches: uint8 RGB
+(B,3,H,W) in channels-last memory, uint16 depth millimetres, uint8 labels and the per-sample
+ColorJitter draws (``jitter``: factors (B,4) float64 for brightness, contrast, saturation, hue,
+NaN = not applied; ``jitter_order``: (B,4) int64, torchvision's ``fn_idx``). :func:`finish_batch`
+then runs, batched on whatever device the batch is on: the colour jitter, the normalisation,
+depth mm -> metres and labels -> int64. With ``decode="device"`` it first decodes the JPEGs
+(``torchvision.io.decode_jpeg``, nvJPEG on CUDA) and does the RGB crop, resize and flip there.
+
+The jitter follows torchvision.transforms.v2's tensor kernels op for op (blend =
+``img*f + other*(1-f)`` clamped and truncated, grayscale ``0.2989R + 0.587G + 0.114B`` floored,
+contrast against the mean grayscale, hue through torchvision's hexcone HSV) with the factor a
+per-sample tensor instead of a Python float, so one kernel serves the whole batch. The jitter
+parameters stay on the host (see :func:`to_device`): choosing which samples get which operation
+at each of the four steps then needs no device-to-host synchronisation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+from ..augment import BRIGHTNESS, CONTRAST, HUE, SATURATION
+from ..schema import DEPTH_SCALE_MM
+
+HOST_FIELDS = ("jitter", "jitter_order", "crop", "flip", "jpeg")
+"""Batch fields :func:`to_device` leaves on the host (small parameters, or JPEG bytes that the
+decoder takes from host memory)."""
+
+def to_device(batch: dict[str, Any], device: torch.device | str, non_blocking: bool = True) -> dict[str, Any]:
+    """The batch with its tensors on ``device`` (asynchronous copies from pinned memory), except
+    :data:`HOST_FIELDS`."""
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) and k not in HOST_FIELDS else v
+            for k, v in batch.items()}
+
+
+def is_finished(batch: dict[str, Any]) -> bool:
+    return "jpeg" not in batch and batch["rgb"].is_floating_point()
+
+
+def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """Raw (``photometric="device"``) batch -> finished batch on the batch's device; a batch that
+    is already finished is returned as it is. Fields: see ``make_loader``."""
+    if is_finished(batch):
+        return batch
+    out = {k: v for k, v in batch.items() if k not in HOST_FIELDS}
+    device = batch["depth"].device
+    if "jpeg" in batch:
+        rgb = decode_jpeg_batch(batch["jpeg"], batch["crop"], batch["flip"], tuple(batch["depth"].shape[-2:]), device)
+    else:
+        rgb = batch["rgb"]
+    if "jitter" in batch and not bool(torch.isnan(batch["jitter"]).all()):  # all NaN: evaluation, no jitter
+        rgb = color_jitter_batch(rgb, batch["jitter"], batch["jitter_order"])
+    out["rgb"] = normalise(rgb, mean, std)
+    out["depth"] = batch["depth"].to(torch.float32).mul_(1.0 / DEPTH_SCALE_MM)
+    out["seg"] = batch["seg"].long()
+    return out
+
+
+def normalise(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 -> ``(x/255 - mean) / std`` float32, computed in float64 and rounded once: the same
+    bits as the CPU path's 256-entry table (:func:`vortex_data.stream.batch.rgb_lut`). Keeps channels-last memory."""
+    m = torch.tensor(mean, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
+    out = rgb.to(torch.float64).div_(255.0).sub_(m).div_(s).to(torch.float32)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- ColorJitter, batched
+
+def _gray(img: torch.Tensor) -> torch.Tensor:
+    """torchvision v2 ``_rgb_to_grayscale_image`` (float result), floored as its uint8 callers do."""
+    r, g, b = img.unbind(dim=-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3).floor_()
+
+
+def _factor(f: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return f.to(device=like.device, dtype=torch.float32, non_blocking=True).view(-1, 1, 1, 1)
+
+
+def _blend(img: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """torchvision v2 ``_blend`` for uint8 with a per-sample ratio: ``img*r + other*(1-r)``, with
+    ``1-r`` formed in float64 before rounding to float32 as torchvision does for its Python float."""
+    return img.mul(_factor(ratio, img)).addcmul_(other, _factor(1.0 - ratio, img)).clamp_(0, 255).to(torch.uint8)
+
+
+def adjust_brightness(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return img.mul(_factor(f, img)).clamp_(0, 255).to(torch.uint8)
+
+
+def adjust_contrast(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(img, torch.mean(_gray(img), dim=(-3, -2, -1), keepdim=True), f)
+
+
+def adjust_saturation(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(img, _gray(img), f)
+
+
+def _rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
+    """torchvision v2 ``_rgb_to_hsv`` (PIL's hexcone model), transcribed so the core package
+    needs only torch."""
+    r, g, _ = image.unbind(dim=-3)
+    minc, maxc = torch.aminmax(image, dim=-3)
+    eqc = maxc == minc
+    channels_range = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = channels_range / torch.where(eqc, ones, maxc)
+    divisor = torch.where(eqc, ones, channels_range).unsqueeze_(dim=-3)
+    rc, gc, bc = ((maxc.unsqueeze(dim=-3) - image) / divisor).unbind(dim=-3)
+    neq_r = maxc != r
+    eq_g = maxc == g
+    hg = rc.add(2.0).sub_(bc).mul_(eq_g & neq_r)
+    hr = bc.sub_(gc).mul_(~neq_r)
+    hb = gc.add_(4.0).sub_(rc).mul_(neq_r.logical_and_(eq_g.logical_not_()))
+    h = hr.add_(hg).add_(hb).mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
+
+
+def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
+    """torchvision v2 ``_hsv_to_rgb``, transcribed."""
+    h, s, v = img.unbind(dim=-3)
+    h6 = h.mul(6)
+    i = torch.floor(h6)
+    f = h6.sub_(i)
+    i = i.to(dtype=torch.int32)
+    sxf = s * f
+    one_minus_s = 1.0 - s
+    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
+    t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
+    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
+    i.remainder_(6)
+    vpqt = torch.stack((v, p, q, t), dim=-3)
+    select = torch.tensor(_SELECT, dtype=torch.long, device=img.device)[:, i].moveaxis(0, -3)
+    return vpqt.gather(-3, select)
+
+
+def adjust_hue(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``f`` turns; uint8 <-> float conversions as torchvision's ``to_dtype``
+    (``*(1/255)``, then ``*(255 + 1 - 1e-3)`` truncated)."""
+    hsv = _rgb_to_hsv(img.to(torch.float32).mul_(1.0 / 255))
+    hsv[:, 0].add_(_factor(f, img).view(-1, 1, 1)).remainder_(1.0)
+    return _hsv_to_rgb(hsv).mul_(255.0 + 1.0 - 1e-3).to(torch.uint8)
+
+
+ADJUST = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast, SATURATION: adjust_saturation, HUE: adjust_hue}
+
+
+def color_jitter_batch(rgb: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Per-sample ColorJitter of a uint8 (B,3,H,W) batch: at step k sample i gets operation
+    ``order[i, k]`` with factor ``factors[i, op]`` (NaN: skipped). Each step runs each operation
+    once, on the samples that have it at that step."""
+    factors, order = factors.cpu(), order.cpu()  # no-ops for host tensors (the intended case)
+    applied = ~torch.isnan(factors)
+    x = rgb
+    for step in range(order.shape[1]):
+        y = x.clone() if not bool(applied.gather(1, order[:, step:step + 1]).all()) else torch.empty_like(x)
+        for op, fn in ADJUST.items():
+            sel = (order[:, step] == op) & applied[:, op]
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            f = factors[sel, op]
+            if n == len(sel):
+                y = fn(x, f)
+                continue
+            idx = sel.nonzero().flatten().to(x.device, non_blocking=True)
+            y.index_copy_(0, idx, fn(x.index_select(0, idx), f))
+        x = y
+    return x
+
+
+# ---------------------------------------------------------------- JPEG decode on the device
+
+def decode_jpeg_batch(jpegs: Sequence[torch.Tensor], crop: torch.Tensor, flip: torch.Tensor, size: tuple[int, int],
+                      device: torch.device) -> torch.Tensor:
+    """Decode (``torchvision.io.decode_jpeg`` on ``device``), crop to each sample's box, resize
+    (bilinear, antialiased when shrinking, like the CPU path's area/linear choice) and flip:
+    uint8 (B,3,H,W) channels-last."""
+    with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2.functional import horizontal_flip, resized_crop
+
+        imgs = decode_jpeg(list(jpegs), mode=ImageReadMode.RGB, device=device)
+    out = torch.empty((len(imgs), 3, *size), dtype=torch.uint8, device=device).contiguous(memory_format=torch.channels_last)
+    for i, (img, box, fl) in enumerate(zip(imgs, crop.tolist(), flip.tolist())):
+        y0, x0, ch, cw = box
+        r = resized_crop(img, y0, x0, ch, cw, list(size), antialias=True)
+        out[i] = horizontal_flip(r) if fl else r
+    return out
