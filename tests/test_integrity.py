@@ -20,6 +20,7 @@ from vortex_data.schema import decode_array, encode_array
 from vortex_data.stream import make_loader
 
 from loader_data import build
+from resume_helper import assert_resumes_exactly
 
 SIZE = (32, 48)
 
@@ -124,6 +125,15 @@ def test_skip_mode_finishes_the_epoch_with_a_deterministic_replacement_counted_a
     assert any("bad samples replaced" in r.message and "1 bad" in r.message for r in caplog.records)
     _, again = epoch(data, on_error="skip", num_workers=2)
     assert again == got  # same replacement, whatever the worker count
+
+
+def test_resume_before_a_bad_sample_makes_the_same_replacement(data):
+    shard, key = first_sample(data)  # plan position 1 of the ordered pass
+    flip_byte(shard, f"{key}.rgb.jpg")
+    kw = dict(manifest=str(data), batch_size=1, size=SIZE, training=False, on_error="skip")
+    state, before, after = assert_resumes_exactly(lambda: make_loader(**kw), 1, 7,
+                                                  make_resumed=lambda: make_loader(num_workers=2, **kw))
+    assert state["samples"] == 1 and key not in [k for b in before + after for k in b["key"]]
 
 
 def test_bad_policy_is_refused(data):

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from vortex_data import photometric as P
+from vortex_data.stream import photometric as P
 from vortex_data.augment import AugmentConfig, crop_resize, crop_resize_reduced, jpeg_reduction
 from vortex_data.mixture import Mixture, Source
 from vortex_data.schema import Intrinsics, decode_rgb, encode_rgb
 from vortex_data.stream import IMAGENET_MEAN, IMAGENET_STD, make_loader
 
 from loader_data import build
+from resume_helper import assert_resumes_exactly, assert_same_batch
 
 SIZE = (32, 48)
 
@@ -143,17 +144,15 @@ def test_resume_is_exact_in_every_mode(sets, mode):
     if mode[1] == "device":
         pytest.importorskip("torchvision")
     kw = dict(batch_size=3, size=SIZE, seed=7, photometric=mode[0], decode=mode[1])
-    want = finished(make_loader(mix(sets), **kw))
-    first = make_loader(mix(sets), num_workers=2, **kw)
-    it = iter(first)
-    got = [first.finish(next(it)) for _ in range(2)]
-    state = first.state_dict()
-    resumed = make_loader(mix(sets), num_workers=1, **kw)
-    resumed.load_state_dict(state)
-    got += finished(resumed)
-    assert [b["key"] for b in got] == [b["key"] for b in want]
-    for a, b in zip(got, want):
-        assert all(torch.equal(a[k], b[k]) for k in ("rgb", "depth", "seg", "intrinsics"))
+    finish = make_loader(mix(sets), **kw).finish
+
+    def same(a, b):  # what crosses the worker boundary, and what the device phase makes of it
+        assert_same_batch(a, b)
+        assert_same_batch(finish(a), finish(b))
+
+    assert_resumes_exactly(lambda: make_loader(mix(sets), num_workers=2, **kw), 2, 4, same=same,
+                           make_resumed=lambda: make_loader(mix(sets), num_workers=1, **kw),
+                           make_reference=lambda: make_loader(mix(sets), **kw))
 
 
 # ---- lean CPU path: JPEG reduced decode
@@ -210,3 +209,4 @@ def test_modes_agree_on_real_photos(tmp_path):
         for x, y in zip(ref, got):
             assert torch.equal(x["depth"], y["depth"]) and torch.equal(x["seg"], y["seg"])
             assert float(((x["rgb"] - y["rgb"]) * std * 255).abs().mean()) <= 2.0
+

@@ -12,6 +12,7 @@ from vortex_data.shard_reader import ShardReader
 from vortex_data.stream import make_loader
 
 from loader_data import build
+from resume_helper import assert_resumes_exactly
 
 SIZE = (32, 48)
 
@@ -101,19 +102,13 @@ def test_workers_outnumbering_shards_give_the_same_batches(sets):
 
 def test_resume_mid_epoch_sees_exactly_the_same_samples_and_augmentations(sets):
     m = mix(sets)
-    straight = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=2)
-    want = [b for _ in range(2) for b in straight]  # epochs 0 and 1
-    first = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=2)
-    got = list(first)  # epoch 0
-    it = iter(first)
-    got += [next(it) for _ in range(3)]  # 3 batches into epoch 1, then "crash"
-    state = first.state_dict()
+    kw = dict(batch_size=3, size=SIZE, seed=7)
+    # epoch 0 (8 batches), 3 batches into epoch 1, "crash", then the other 5 of epoch 1; with every
+    # field of every batch equal to an uninterrupted run's, and the worker count may change.
+    state, before, after = assert_resumes_exactly(lambda: make_loader(m, num_workers=2, **kw), 8 + 3, 5,
+                                                  make_resumed=lambda: make_loader(m, num_workers=1, **kw))
     assert (state["epoch"], state["samples"]) == (1, 9)  # 3 batches of 3 on one rank
-    resumed = make_loader(m, batch_size=3, size=SIZE, seed=7, num_workers=1)  # worker count may change
-    resumed.load_state_dict(state)
-    got += list(resumed)
-    assert [b["key"] for b in got] == [b["key"] for b in want]
-    assert all(torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["depth"], b["depth"]) for a, b in zip(got, want))
+    want = before + after
     assert [b["key"] for b in want[:8]] != [b["key"] for b in want[8:]]  # epochs are reshuffled
     other = make_loader(m, batch_size=3, size=SIZE, seed=8)
     with pytest.raises(ValueError, match="seed"):

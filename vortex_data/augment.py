@@ -12,7 +12,7 @@ the flip. Depth values are rescaled only with ``AugmentConfig(scale_depth="camer
 Two phases: :func:`draw_train` draws everything from the RNG stream (crop box, flip, jitter
 factors and order, in that order); the geometry runs on the CPU (:func:`apply_geometry`, which
 can write straight into batch buffers), and the colour jitter either on the CPU
-(:func:`color_jitter`) or batched on the device (:mod:`vortex_data.photometric`). Both consume
+(:func:`color_jitter`) or batched on the device (:mod:`vortex_data.stream.photometric`). Both consume
 the same draws, so the choice changes where the work runs, not what a sample looks like.
 
 Colour jitter follows torchvision's ``ColorJitter`` on uint8 tensors: factors drawn uniformly

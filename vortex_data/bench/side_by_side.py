@@ -134,7 +134,7 @@ def bench_side_by_side(mixture: Mixture, urls: list[str], args: argparse.Namespa
     """Every contestant once per round, ``args.rounds`` rounds; medians of per-sample CPU cost."""
     import torch
 
-    from ..photometric import to_device
+    from ..stream.photometric import to_device
 
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core: the device phase on this CPU, torch ops single-threaded

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-import cv2
 import numpy as np
-import torch
 
 from vortex_data.schema import IGNORE_INDEX
-from vortex_data.stream import IMAGENET_MEAN, IMAGENET_STD, make_loader, rgb_lut
+from vortex_data.stream import collate, make_loader, normalise_into, widen_labels
 
 
 @dataclass(frozen=True)
@@ -84,12 +82,6 @@ def resolve_factory(spec: str) -> LoaderFactory:
     return getattr(importlib.import_module(module), attr)
 
 
-def normalise_rgb(rgb: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float, ImageNet mean/std (what the timm encoder expects), by the
-    streaming loader's own table so both loaders normalise identically."""
-    return torch.from_numpy(cv2.LUT(np.ascontiguousarray(rgb), rgb_lut(IMAGENET_MEAN, IMAGENET_STD))).permute(2, 0, 1)
-
-
 class SyntheticBatches:
     """Deterministic batches of ray-cast rooms: batch i depends only on (seed, rank, i).
 
@@ -133,24 +125,19 @@ class SyntheticBatches:
         rgb, depth, seg = render(random_room(rng), random_view(rng, f, f, w / 2 - 0.5, h / 2 - 0.5, w, h), noise_seed=n)
         depth = np.where(np.isfinite(depth) & (depth < self.max_depth), depth, 0).astype(np.float32)
         has_seg = n % 2 == 0
-        return {"rgb": normalise_rgb(rgb), "depth": torch.from_numpy(depth)[None],
-                "seg": torch.from_numpy(seg.astype(np.int64)) if has_seg else torch.full((h, w), IGNORE_INDEX, dtype=torch.long),
+        return {"rgb": rgb, "depth": depth[None], "seg": seg if has_seg else np.full((h, w), IGNORE_INDEX, np.uint8),
                 "has_seg": has_seg, "dataset": n % 2, "key": f"synth_{'ab'[n % 2]}/train/{self.rank}_{n:08d}",
-                "intrinsics": torch.tensor([f, f, w / 2 - 0.5, h / 2 - 0.5])}
+                "intrinsics": (f, f, w / 2 - 0.5, h / 2 - 0.5)}
 
     def batch(self, i: int) -> dict[str, Any]:
+        """Batch i, normalised and collated by the streaming loader's own functions, so both
+        loaders' batches have the same fields, dtypes and normalisation."""
         samples = [self.sample(i * self.batch_size + j) for j in range(self.batch_size)]
-        return collate(samples)
-
-
-def collate(samples: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    samples = list(samples)
-    return {
-        "rgb": torch.stack([s["rgb"] for s in samples]),
-        "depth": torch.stack([s["depth"] for s in samples]),
-        "seg": torch.stack([s["seg"] for s in samples]),
-        "has_seg": torch.tensor([s["has_seg"] for s in samples]),
-        "dataset": torch.tensor([s["dataset"] for s in samples]),
-        "key": [s["key"] for s in samples],
-        "intrinsics": torch.stack([s["intrinsics"] for s in samples]),
-    }
+        h, w = self.image_size
+        rgb = np.empty((len(samples), h, w, 3), np.float32)
+        for j, s in enumerate(samples):
+            normalise_into(s["rgb"], rgb[j])  # ImageNet mean/std, what the timm encoder expects
+        return widen_labels(collate(rgb=rgb, depth=np.stack([s["depth"] for s in samples]),
+                                    seg=np.stack([s["seg"] for s in samples]),
+                                    has_seg=[s["has_seg"] for s in samples], dataset=[s["dataset"] for s in samples],
+                                    key=[s["key"] for s in samples], intrinsics=[s["intrinsics"] for s in samples]))

@@ -34,7 +34,7 @@ from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
 from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import build_optimizer, build_scheduler
-from vortex_data import photometric
+from vortex_data.stream import photometric
 from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController
 

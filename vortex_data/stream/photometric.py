@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION
-from .schema import DEPTH_SCALE_MM
+from ..augment import BRIGHTNESS, CONTRAST, HUE, SATURATION
+from ..schema import DEPTH_SCALE_MM
 
 HOST_FIELDS = ("jitter", "jitter_order", "crop", "flip", "jpeg")
 """Batch fields :func:`to_device` leaves on the host (small parameters, or JPEG bytes that the
@@ -62,7 +62,7 @@ def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[flo
 
 def normalise(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 -> ``(x/255 - mean) / std`` float32, computed in float64 and rounded once: the same
-    bits as the CPU path's 256-entry table (``stream.rgb_lut``). Keeps channels-last memory."""
+    bits as the CPU path's 256-entry table (:func:`vortex_data.stream.batch.rgb_lut`). Keeps channels-last memory."""
     m = torch.tensor(mean, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
     out = rgb.to(torch.float64).div_(255.0).sub_(m).div_(s).to(torch.float32)

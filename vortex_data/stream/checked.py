@@ -1,0 +1,101 @@
+"""Stage 3, integrity: every sample checked against its index checksums; bad ones replaced or raised.
+
+Each sample's members are checked, as they are read, against the XXH3-64 of every member stored
+in the index (when the index has them). A sample that fails, or that passes but does not decode
+(:func:`vortex_data.stream.batch.build_batch` raises :class:`SampleError`), stops the run with
+``on_error='raise'``; with ``'skip'`` it is replaced by another sample of the same source drawn
+from (seed, epoch, plan position, attempt) only, so every rerun and every resume, at any worker
+count, makes the same replacement. The replacements are handed on with the batch (``skipped``)
+for the main process to log and count. Stateless for resume: a replacement depends on the plan
+position alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..integrity import SampleError, check_members
+from ..mixture import EpochPlan, SourceIndex, rng_for
+from ..shard_reader import ShardReader
+from .plan import LoaderSpec
+from .read import RawSample, Window
+
+MAX_REPLACEMENT_TRIES = 8
+
+
+def checked_sample(ix: SourceIndex, i: int, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
+    """Sample ``i`` of ``ix`` with its members checked against the index's checksums (when it has them)."""
+    key, url = ix.keys[i], ix.shards[int(ix.shard_of[i])]
+    if ix.checksums is not None and ix.checksums[i] is not None:
+        check_members(url, key, members, ix.checksums[i])
+    return RawSample(key, members, src, repeat, url)
+
+
+class CheckedSamples:
+    """The samples of plan positions, checked, with deterministic stand-ins under ``on_error='skip'``.
+
+    Holds the shard reader it reads replacements with and the replacement messages not yet handed
+    on (:meth:`take_skipped`); both live in the worker, neither is resume state.
+    """
+
+    def __init__(self, spec: LoaderSpec, reader: ShardReader):
+        self.spec, self.reader = spec, reader
+        self._skipped: list[str] = []
+
+    def sample(self, plan: EpochPlan, epoch: int, p: int, raw: Window) -> RawSample:
+        """The encoded sample at plan position ``p`` (read into ``raw``), checked; a bad one raises
+        SampleError (shard, key, member) or, under 'skip', is replaced (:meth:`replacement`)."""
+        src, idx = int(plan.source[p]), int(plan.index[p])
+        ix = self.spec.indices[src]
+        try:
+            return checked_sample(ix, idx, raw[(src, ix.keys[idx])], int(plan.repeat[p]), src)  # type: ignore[arg-type]
+        except SampleError as e:
+            if self.spec.on_error != "skip":
+                raise
+            return self.replacement(plan, epoch, p, e, 1)
+
+    def replacement(self, plan: EpochPlan, epoch: int, p: int, bad: SampleError, n: int) -> RawSample:
+        """A stand-in for the bad sample at plan position ``p`` (its ``n``-th): a sample of the same
+        source drawn from (seed, epoch, position, attempt) only, so every rerun and every resume
+        makes the same replacement."""
+        src, idx = int(plan.source[p]), int(plan.index[p])
+        ix = self.spec.indices[src]
+        for attempt in range((n - 1) * MAX_REPLACEMENT_TRIES, n * MAX_REPLACEMENT_TRIES):
+            alt = int(rng_for(self.spec.seed, "replace", epoch, int(p), attempt).integers(len(ix)))
+            if alt == idx:
+                continue
+            key = ix.keys[alt]
+            try:
+                members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key])[key]
+                smp = checked_sample(ix, alt, members, int(plan.repeat[p]), src)
+            except SampleError:
+                continue
+            self._skipped.append(f"{bad}; replaced by {key!r}")
+            return smp
+        raise SampleError(f"{bad} (and {MAX_REPLACEMENT_TRIES} replacement draws from the same source failed too)")
+
+    def batch(self, plan: EpochPlan, epoch: int, positions: np.ndarray, raw: Window,
+              build: Callable[[Sequence[RawSample]], dict[str, Any]]) -> dict[str, Any]:
+        """``build`` over the checked samples of ``positions``; a sample that passes its checksums
+        (or has none) but does not decode is replaced the same way and the batch built again."""
+        samples = [self.sample(plan, epoch, int(p), raw) for p in positions]
+        tries = [0] * len(samples)
+        while True:
+            try:
+                return build(samples)
+            except SampleError as e:
+                if self.spec.on_error != "skip":
+                    raise
+                i = next(i for i, smp in enumerate(samples) if smp.key == e.key and smp.shard == e.shard)
+                tries[i] += 1
+                if tries[i] > MAX_REPLACEMENT_TRIES:
+                    raise SampleError(f"{e} (and {MAX_REPLACEMENT_TRIES} replacements from the same source "
+                                      "did not decode either)") from None
+                samples[i] = self.replacement(plan, epoch, int(positions[i]), e, tries[i])
+
+    def take_skipped(self) -> list[str]:
+        """The replacement messages since the last call (handed on with the batch they belong to)."""
+        out, self._skipped = self._skipped, []
+        return out
