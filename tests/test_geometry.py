@@ -238,3 +238,20 @@ def test_femto_output_keeps_depth_on_the_intrinsics(register, axis):
     assert abs(s) <= MAX_SHIFT, f"femto --register {register}: depth shifted {s:+.3f} px in {axis}"
     n = w if axis == "x" else h
     assert np.all(read == np.round(read)) and read.min() >= 0 and read.max() <= n - 1
+
+
+def test_resize_nearest_fast_path_samples_exactly_the_same_pixels():
+    """OpenCV's INTER_NEAREST_EXACT is used only for size pairs where it picks nearest_indices'
+    pixels; every size pair, on either path, gives the two-gather result."""
+    from vortex_data.geometry import _opencv_agrees, nearest_indices, resize_nearest
+
+    rng = np.random.default_rng(0)
+    paths = set()
+    for _ in range(400):
+        h, w, oh, ow = (int(v) for v in rng.integers(1, 700, 4))
+        a = rng.integers(0, 65535, (h, w), dtype=np.uint16)
+        want = np.take(a.take(nearest_indices(h, oh), axis=0), nearest_indices(w, ow), axis=1)
+        assert np.array_equal(resize_nearest(a, (oh, ow)), want), (h, w, oh, ow)
+        paths.add(_opencv_agrees(h, oh, 0) and _opencv_agrees(w, ow, 1))
+    assert paths == {True, False}
+    assert not _opencv_agrees(480, 240, 0)  # an even factor: every pixel a tie, OpenCV rounds up

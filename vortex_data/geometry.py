@@ -96,12 +96,34 @@ def nearest_indices(n_src: int, n_dst: int) -> np.ndarray:
     return idx
 
 
+@lru_cache(maxsize=4096)
+def _opencv_agrees(n_src: int, n_dst: int, axis: int) -> bool:
+    """Whether ``cv2.INTER_NEAREST_EXACT`` picks exactly :func:`nearest_indices` along ``axis``
+    for this size pair (it differs only where a tie falls, e.g. at even integer factors).
+    Checked once per pair on an index ramp, so the fast path is taken only where it is exact."""
+    if n_src > np.iinfo(np.uint16).max:
+        return False
+    ramp = np.arange(n_src, dtype=np.uint16).reshape((n_src, 1) if axis == 0 else (1, n_src))
+    size = (1, n_dst) if axis == 0 else (n_dst, 1)  # OpenCV's (width, height)
+    got = cv2.resize(ramp, size, interpolation=cv2.INTER_NEAREST_EXACT).ravel()
+    return bool(np.array_equal(got, nearest_indices(n_src, n_dst)))
+
+
 def resize_nearest(arr: np.ndarray, out_hw: tuple[int, int], dst: np.ndarray | None = None) -> np.ndarray:
     """A depth or label map (H, W[, C]) resized to ``out_hw`` by nearest source pixel
-    (:func:`nearest_indices` on each axis); every output value is an input value."""
+    (:func:`nearest_indices` on each axis); every output value is an input value.
+
+    Where OpenCV's ``INTER_NEAREST_EXACT`` samples the very same pixels (no tie on either axis:
+    most crop sizes) it does the work, about twice as fast as the two gathers below."""
     src_hw = arr.shape[:2]
     if tuple(src_hw) == tuple(out_hw):
         return _same(arr, dst)
+    if (arr.dtype in (np.uint8, np.uint16) and _opencv_agrees(int(src_hw[0]), int(out_hw[0]), 0)
+            and _opencv_agrees(int(src_hw[1]), int(out_hw[1]), 1)):
+        out = cv2.resize(arr, (out_hw[1], out_hw[0]), dst=dst, interpolation=cv2.INTER_NEAREST_EXACT)
+        if dst is not None and out is not dst:
+            raise ValueError(f"dst {dst.shape} {dst.dtype} does not fit a {out.shape} {out.dtype} result")
+        return out
     rows = nearest_indices(int(src_hw[0]), int(out_hw[0]))
     cols = nearest_indices(int(src_hw[1]), int(out_hw[1]))
     # Two 1-D gathers (rows, then columns) are ~4x faster than one 2-D fancy index.
