@@ -7,7 +7,7 @@ overflows ``shard_bytes``). Because a group is always written by one process, in
 fixed tar metadata, the bytes do not depend on the worker count or on the SLURM task split.
 
 Each finished group leaves a small record in ``<shard dir>/.build/`` (shard checksums, index rows,
-rejections, and the size and mtime of every source file of its frames). Shards are written under
+rejections, and the size and mtime of every source file of its frames; build_records.py). Shards are written under
 a temporary name and renamed when complete; the record is written last. A rerun keeps every group
 whose record matches the build, whose source files are unchanged and whose shards still hash to
 the recorded sha256, and rebuilds the rest, so a killed build resumes without duplicates and a
@@ -16,7 +16,7 @@ changed source frame is converted again.
 Temporaries carry the writer's task index, host and pid and are flock-ed while written
 (temporaries.py): at start a task removes only its own groups' leftovers and temporaries that
 are provably abandoned, so staggered SLURM array tasks on one folder never delete each other's
-work. Pool workers die with their parent (PR_SET_PDEATHSIG, and a parent-pid check).
+work. Pool workers die with their parent (pool.py).
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ import io
 import json
 import multiprocessing
 import os
-import re
-import signal
-import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -46,12 +43,12 @@ from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file,
 from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                      make_key, resize_sample)
 from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
-from .temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
+from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
+from .pool import die_with_parent, exit_if_orphaned
+from .temporaries import LockedTemp, writer_tag
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20
-_SHARD_RE = re.compile(r"-(\d{6})(?:-(\d+))?\.tar$")
-TMP_GLOB = ".tmp*"  # also matches the '<name>.tmp' of older versions
 
 
 class BuildError(RuntimeError):
@@ -276,31 +273,8 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
 
 
 def _write_group_task(args: tuple[Converter, Group, BuildConfig]) -> dict[str, Any]:
-    _exit_if_orphaned()
+    exit_if_orphaned()
     return write_group(*args)
-
-
-_PARENT_PID: int | None = None
-_PR_SET_PDEATHSIG = 1
-
-
-def _worker_init(parent_pid: int) -> None:
-    """Pool worker start-up: die with the build process. Without this, a worker whose parent was
-    killed -9 finishes its queue and then blocks forever on the pool's pipe."""
-    global _PARENT_PID
-    _PARENT_PID = parent_pid
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # the parent-pid check below still stops the worker at its next group
-    _exit_if_orphaned()  # the parent may have died before prctl took effect
-
-
-def _exit_if_orphaned() -> None:
-    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
-        os._exit(1)
 
 
 # ---------------------------------------------------------------- resume
@@ -310,86 +284,10 @@ def split_dir(cfg: BuildConfig, dataset: str, split: str) -> Path:
 
 
 def _record_path(cfg: BuildConfig, group: Group) -> Path:
-    return split_dir(cfg, group.dataset, group.split) / ".build" / f"{group.stem}.json"
-
-
-def reusable_record(cfg: BuildConfig, group: Group) -> dict[str, Any] | None:
-    """The group's record if it belongs to this build, its source files are unchanged and its
-    shards are intact, else None."""
-    path = _record_path(cfg, group)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("build_id") != group.build_id or record.get("sources") != group.sources:
-        return None
-    directory = path.parent.parent
-    for s in record["shards"]:
-        f = directory / s["name"]
-        if not f.is_file() or f.stat().st_size != s["bytes"] or sha256_file(f) != s["sha256"]:
-            return None
-    return record
-
-
-def group_sources(converter: Converter, frames: Iterable[FrameRef]) -> str:
-    """sha256 over (path, size, mtime_ns) of every source file of a group's frames, in frame order.
-
-    Only stat() calls, so checking every group on a rerun stays cheap; a rewritten, truncated,
-    restored, added or removed file changes it (contents are not hashed: that would read the
-    whole dataset again on every rerun). Names are hashed as bytes, so any file name works.
-    """
-    root = converter.source_root()
-    h = hashlib.sha256()
-    for fr in frames:
-        for rel in converter.source_files(fr):
-            try:
-                st = os.stat(root / rel)
-                size, mtime = st.st_size, st.st_mtime_ns
-            except (OSError, ValueError):
-                size = mtime = -1
-            h.update(os.fsencode(rel) + f"\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()
-
-
-_TEMP_STEM_RE = re.compile(r"^(.*-\d{6})(?:-\d+)?\.(?:tar|json)$")
-
-
-def _remove_temporaries(directory: Path, own_stems: set[str]) -> None:
-    """Remove leftovers of this task's own groups (unless a live process still holds them) and
-    other temporaries only when provably abandoned: never another live task's work."""
-    for tmp in list(directory.glob(f"*.tar{TMP_GLOB}")) + list(directory.glob(f".build/*.json{TMP_GLOB}")):
-        m = _TEMP_STEM_RE.match(final_name(tmp.name) or "")
-        remove_if_abandoned(tmp, own=bool(m) and m.group(1) in own_stems)
-
-
-def _remove_stale(directory: Path, prefix: str, keep_shards: set[str], keep_stems: set[str]) -> list[str]:
-    """Delete shards and records an earlier, different build of this split left (full builds only)."""
-    stale = [p for p in directory.glob(f"{prefix}-*.tar") if _SHARD_RE.search(p.name) and p.name not in keep_shards]
-    stale += [p for p in directory.glob(f".build/{prefix}-*.json") if p.stem not in keep_stems]
-    for p in stale:
-        p.unlink()
-    return [p.name for p in stale]
+    return record_path(split_dir(cfg, group.dataset, group.split), group.stem)
 
 
 # ---------------------------------------------------------------- the build
-
-def source_fingerprint(root: Path, frames: Iterable[FrameRef], rejected: Iterable[Rejection]) -> dict[str, Any]:
-    """sha256 over the sorted (relative path, size) of every source file the build touched.
-
-    Cheap (no file contents read) yet changes when a file is added, removed or rewritten with a
-    different size; mtimes are left out so a copied dataset fingerprints the same.
-    """
-    files = {f for fr in frames for f in fr.files} | {r.file for r in rejected if r.file}
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        p = root / rel
-        try:
-            size = p.stat().st_size if p.is_file() else -1
-        except (OSError, ValueError):
-            size = -1
-        h.update(os.fsencode(rel) + f"\t{size}\n".encode())  # bytes: any file name, even not UTF-8
-    return {"root": printable_path(root.resolve()), "files": len(files), "sha256": h.hexdigest()}
-
 
 def _split_off_bad_names(frames: list[FrameRef]) -> tuple[list[FrameRef], list[Rejection]]:
     """Frames whose id is not UTF-8 (a file or folder name with other bytes) cannot become a
@@ -430,9 +328,9 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     for split in plans:
         d = split_dir(cfg, converter.name, split)
         (d / ".build").mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(d, {g.stem for g in mine if g.split == split})
+        remove_temporaries(d, {g.stem for g in mine if g.split == split})
     for g in mine:
-        rec = reusable_record(cfg, g)
+        rec = reusable_record(_record_path(cfg, g), g.build_id, g.sources)
         if rec is None:
             todo.append(g)
         else:
@@ -447,7 +345,7 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_write_group_task, (converter, g, cfg)): g for g in todo}
             try:
                 for fut in as_completed(futures):
@@ -474,7 +372,7 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
                                             fingerprint, part))
         if part is None:
             keep = {s["name"] for g in groups_here for s in records[(split, g.index)]["shards"]}
-            _remove_stale(split_dir(cfg, converter.name, split), f"{converter.name}-{split}", keep,
+            remove_stale(split_dir(cfg, converter.name, split), f"{converter.name}-{split}", keep,
                           {g.stem for g in groups})
     return BuildResult(manifests, groups_built=len(todo), groups_reused=reused)
 

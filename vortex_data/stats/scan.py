@@ -7,6 +7,7 @@ dataset's pixels is ever held: memory is O(65536 + samples x 64 bytes of hashes)
 
 from __future__ import annotations
 
+import os
 import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..pool import die_with_parent
 from ..tar_index import iter_samples
 from ..schema import SchemaError, decode_sample
 from .phash import frame_hashes
@@ -103,7 +105,7 @@ def scan_shards(tasks: list[ShardTask], workers: int = 1, progress: bool = True)
             results[i] = scan_shard(t)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(scan_shard, t): i for i, t in enumerate(tasks)}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
