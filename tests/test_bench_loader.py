@@ -2,7 +2,6 @@
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 
@@ -35,11 +34,11 @@ def test_bench_loader_reports_all_figures(tmp_path, capsys):
     assert {"jpeg floor (cv2 decode)", "loader decode=device", "webdataset + torchvision v2"} <= set(sb["ms_per_item_median"])
 
 
-def test_bench_loader_builds_the_real_photo_set(tmp_path, capsys):
+def test_bench_loader_builds_the_real_photo_set(samples_dir, tmp_path, capsys):
     """--photos: perturbed real NYU frames, each JPEG different, about 100 KB at q95."""
-    nyu = Path(__file__).resolve().parents[2] / "shared" / "samples" / "nyu"
+    nyu = samples_dir / "nyu"
     if not (nyu / "rgb_00000.jpg").exists():
-        pytest.skip("real NYU sample frames not present")
+        pytest.skip(f"the samples folder has no real NYU frames ({nyu / 'rgb_00000.jpg'} missing)")
     from vortex_data.bench.photos import build_photo_set
     from vortex_data.shard_reader import ShardReader
 

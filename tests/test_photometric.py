@@ -11,7 +11,7 @@ from vortex_data.stream import photometric as P
 from vortex_data.augment import AugmentConfig, crop_resize, crop_resize_reduced, jpeg_reduction
 from vortex_data.mixture import Mixture, Source
 from vortex_data.schema import Intrinsics, decode_rgb, encode_rgb
-from vortex_data.stream import IMAGENET_MEAN, IMAGENET_STD, make_loader
+from vortex_data.stream import IMAGENET_STD, make_loader
 
 from loader_data import build
 from resume_helper import assert_resumes_exactly, assert_same_batch
@@ -190,15 +190,13 @@ def test_evaluation_batches_in_device_mode_equal_the_cpu_mode_exactly(sets):
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("rgb", "depth", "seg", "intrinsics", "is_pad"))
 
 
-def test_modes_agree_on_real_photos(tmp_path):
+def test_modes_agree_on_real_photos(samples_dir, tmp_path):
     """The equivalence on real NYU frames (perturbed copies at photo entropy), when present."""
-    from pathlib import Path
-
     from vortex_data.bench.photos import build_photo_set
 
-    nyu = Path(__file__).resolve().parents[2] / "shared" / "samples" / "nyu"
+    nyu = samples_dir / "nyu"
     if not (nyu / "rgb_00000.jpg").exists():
-        pytest.skip("real NYU sample frames not present")
+        pytest.skip(f"the samples folder has no real NYU frames ({nyu / 'rgb_00000.jpg'} missing)")
     manifest = build_photo_set(nyu, tmp_path, 4)
     kw = dict(manifest=str(manifest), split="train", training=True, batch_size=2, size=(240, 320), seed=3)
     assert_same_batches(list(make_loader(**kw)), finished(make_loader(**kw, photometric="device")))
