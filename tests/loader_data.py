@@ -54,3 +54,10 @@ def build(root: Path, name: str, n: int, shard_samples: int, split: str = "train
                       encode=EncodeOptions(array_codec=codec), workers=1, progress=False)
     res = build_shards(SyntheticConverter(name, n, split=split, **kw), cfg)
     return Path(res.manifests[0])
+
+
+def write_mixture(path: Path, manifests_dir: Path, epoch_size: int, sources: Any = (("nyu", 1),)) -> Path:
+    """A mixture TOML over ``<name>-{split}.json`` manifests in ``manifests_dir``, (name, weight) each."""
+    path.write_text(f'name = "t"\nepoch_size = {epoch_size}\nmanifests_dir = "{manifests_dir}"\n' + "".join(
+        f'[[source]]\nname = "{n}"\nmanifest = "{n}-{{split}}.json"\nweight = {w}\n' for n, w in sources))
+    return path

@@ -10,7 +10,7 @@ import pytest
 from vortex_data.cli import main
 from vortex_data.preflight import check_cpus, check_walltime, config_from_args, preflight, scene_leakage
 
-from loader_data import build
+from loader_data import build, write_mixture
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,7 @@ def sets(tmp_path_factory):
 
 
 def recipe(root, tmp_path, sources=(("nyu", 0.5), ("diode", 0.5)), **common):
-    mix = tmp_path / "mix.toml"
-    mix.write_text(f'name = "t"\nepoch_size = 16\nmanifests_dir = "{root / "manifests"}"\n' + "".join(
-        f'[[source]]\nname = "{n}"\nmanifest = "{n}-{{split}}.json"\nweight = {w}\n' for n, w in sources))
+    mix = write_mixture(tmp_path / "mix.toml", root / "manifests", 16, sources)
     settings = {"mixture": str(mix), "batch_size": 4, "image_size": [32, 48], "num_workers": 0, "steps": 10,
                 "stop_margin_s": 1.0, **common}
     path = tmp_path / "recipe.toml"

@@ -115,12 +115,10 @@ def seen(run: Path, rank: int) -> list[tuple[str, str]]:
 
 
 def test_resume_at_another_world_size_continues_samples_and_schedule(tmp_path: Path) -> None:
-    from loader_data import build
+    from loader_data import build, write_mixture
 
     build(tmp_path / "data", "nyu", 22, 5)
-    mixture = tmp_path / "mix.toml"
-    mixture.write_text(f'name = "t"\nepoch_size = 22\nmanifests_dir = "{tmp_path / "data" / "manifests"}"\n'
-                       '[[source]]\nname = "nyu"\nmanifest = "nyu-{split}.json"\nweight = 1\n')
+    mixture = write_mixture(tmp_path / "mix.toml", tmp_path / "data" / "manifests", 22)
     script = tmp_path / "elastic.py"
     script.write_text(ELASTIC)
     ref, cut = tmp_path / "ref", tmp_path / "cut"

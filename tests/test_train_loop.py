@@ -264,12 +264,10 @@ def test_time_limit_not_longer_than_the_stop_margin_is_a_clear_error(tmp_path: P
 
 def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path: Path) -> None:
     """What Slurm does at the walltime: SIGTERM to every process of the step, DataLoader workers included."""
-    from loader_data import build
+    from loader_data import build, write_mixture
 
     build(tmp_path / "data", "nyu", 12, 4)
-    mixture = tmp_path / "mix.toml"
-    mixture.write_text(f'name = "t"\nepoch_size = 12\nmanifests_dir = "{tmp_path / "data" / "manifests"}"\n'
-                       '[[source]]\nname = "nyu"\nmanifest = "nyu-{split}.json"\nweight = 1\n')
+    mixture = write_mixture(tmp_path / "mix.toml", tmp_path / "data" / "manifests", 12)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "vortex_data.train", "--recipe", "none", "--mixture", str(mixture), "--run-dir",
            str(run), "--batch-size", "2", "--image-size", "32", "32", "--num-workers", "2", "--steps", "100000",
