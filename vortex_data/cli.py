@@ -37,9 +37,12 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _size(text: str) -> int:
-    units = {"k": 2**10, "m": 2**20, "g": 2**30}
-    t = text.strip().lower().rstrip("b")
-    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    from .shard_cache import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:  # argparse then prints the message itself, naming the option
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_build_parser(sub: argparse._SubParsersAction, dataset: str | None) -> None:

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from .cpus import usable_cpus
+
 SCENE_COLUMN = "scene"
-STATUSES = ("ok", "warn", "fail", "unknown")
 
 
 @dataclass
@@ -65,13 +66,6 @@ class Report:
 
 
 # ---------------------------------------------------------------- the checks (pure where possible)
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
 
 def check_cpus(cpus: int, workers: int, ranks_per_node: int = 1) -> Check:
     procs = ranks_per_node * (workers + 1)
@@ -295,7 +289,8 @@ def time_left(time_limit_s: float | None, now: float | None = None) -> float | N
     from .train.stopping import slurm_deadline
 
     now = time.time() if now is None else now
-    left = [v for v in (time_limit_s, None if slurm_deadline() is None else slurm_deadline() - now) if v is not None]
+    deadline = slurm_deadline()
+    left = [v for v in (time_limit_s, None if deadline is None else deadline - now) if v is not None]
     return min(left) if left else None
 
 
@@ -351,7 +346,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--num-workers", type=int, help="override the recipe's loader workers per rank")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size per rank")
     p.add_argument("--steps", type=int, help="steps still to run (default: the recipe's steps)")
-    p.add_argument("--ranks-per-node", type=int, default=int(os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]),
+    p.add_argument("--ranks-per-node", type=int, default=int((os.environ.get("SLURM_NTASKS_PER_NODE") or "1").split("(")[0]),
                    help="training processes sharing these CPUs (default $SLURM_NTASKS_PER_NODE or 1; with torchrun "
                         "in one task give the GPUs per node)")
     p.add_argument("--needed-rate", type=float, metavar="SAMPLES_PER_S",

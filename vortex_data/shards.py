@@ -145,7 +145,6 @@ class _RollingTar:
         self.directory, self.stem, self.max_bytes, self.tag = directory, stem, max_bytes, tag
         self.done: list[dict[str, Any]] = []
         self._tf: tarfile.TarFile | None = None
-        self._file = None
         self._temp = None
         self._count = 0
         self._bytes = 0
@@ -161,8 +160,7 @@ class _RollingTar:
             self._close()
         if self._tf is None:
             self._temp = LockedTemp(self.directory / self.current_name, self.tag)
-            self._file = self._temp.file
-            self._tf = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+            self._tf = tarfile.open(fileobj=self._temp.file, mode="w", format=tarfile.PAX_FORMAT)
         for ext, data in members:
             _tar_member(self._tf, f"{key}.{ext}", data)
         self._count += 1
@@ -176,13 +174,13 @@ class _RollingTar:
         final = self.directory / name
         self.done.append({"name": name, "samples": self._count, "bytes": final.stat().st_size,
                           "sha256": sha256_file(final)})
-        self._tf, self._file, self._temp, self._count, self._bytes = None, None, None, 0, 0
+        self._tf, self._temp, self._count, self._bytes = None, None, 0, 0
 
     def abort(self) -> None:
         """Remove the temporary being written (an exception is ending this group)."""
         if self._temp is not None:
             self._temp.discard()
-            self._tf, self._file, self._temp = None, None, None
+            self._tf, self._temp = None, None
 
     def finish(self) -> list[dict[str, Any]]:
         if self._tf is not None:
@@ -209,7 +207,7 @@ def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
             "depth_max_m": dmax, "has_seg": sample.seg is not None, "class_pixels": class_pixels,
             "ignore_pixels": ignore, "rejected_depth_pixels": int(sample.rejected_depth_pixels),
             "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy,
-            "scene": printable_path(sample.meta["scene"]) if isinstance(sample.meta.get("scene"), str) else None}
+            "scene": sample.meta["scene"] if isinstance(sample.meta.get("scene"), str) else None}  # escaped in _load_one
 
 
 def _printable_meta(value: Any) -> Any:
@@ -362,13 +360,14 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     bar.close()
 
     manifests = []
+    part = (cfg.task_index, cfg.num_tasks) if cfg.num_tasks > 1 else None
     for split, groups in plans.items():
-        part = (cfg.task_index, cfg.num_tasks) if cfg.num_tasks > 1 else None
         groups_here = [g for g in groups if (split, g.index) in records]
-        enum_rejected = [r for r in enum.rejected if r.split == split] if cfg.task_index == 0 else []
-        fingerprint = source_fingerprint(converter.source_root(), by_split[split],
-                                         [r for r in enum.rejected if r.split == split])
-        manifests.append(_assemble_manifest(converter, cfg, split, groups_here, records, enum_rejected, enum.report,
+        split_rejected = [r for r in enum.rejected if r.split == split]
+        fingerprint = source_fingerprint(converter.source_root(), by_split[split], split_rejected)
+        # Enumeration-time rejections are listed once, by task 0, so merged parts count each frame once.
+        manifests.append(_assemble_manifest(converter, cfg, split, groups_here, records,
+                                            split_rejected if cfg.task_index == 0 else [], enum.report,
                                             fingerprint, part))
         if part is None:
             keep = {s["name"] for g in groups_here for s in records[(split, g.index)]["shards"]}

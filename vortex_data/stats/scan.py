@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..pool import die_with_parent
-from ..tar_index import iter_samples
+from ..tar_index import TAR_ERRORS, iter_samples
 from ..schema import SchemaError, decode_sample
 from .phash import frame_hashes
 
@@ -85,7 +85,7 @@ def scan_shard(task: ShardTask) -> dict[str, Accumulator]:
             # The hash is only needed once per frame; the first source that reads it keeps it.
             for i, name in enumerate(users):
                 accs[name].add_sample(s["rgb"], s["depth_mm"], key, with_hash=task.hash_frames and i == 0)
-    except (SchemaError, OSError, EOFError, ValueError) as e:
+    except (*TAR_ERRORS, SchemaError, OSError, ValueError) as e:  # a damaged shard is named, not a raw tar error
         raise SchemaError(f"{task.shard}: {e}") from None
     return accs
 
