@@ -160,3 +160,15 @@ def test_docs_name_every_stage_module():
     pkg = Path(stream.__file__).parent
     table = re.findall(r"^\| `(\w+\.py)` \|", (Path(__file__).resolve().parents[1] / "docs" / "loader.md").read_text(), re.M)
     assert sorted(table) == sorted(p.name for p in pkg.glob("*.py") if p.name != "__init__.py")
+
+
+def test_plan_len_is_the_length_of_the_plan_without_drawing_it(sets):
+    from dataclasses import replace
+
+    from vortex_data.stream import make_loader
+
+    for training in (True, False):
+        spec = make_loader(mix(sets), batch_size=2, size=SIZE, training=training).spec
+        for epoch_size in (7, 12, 31):
+            s = replace(spec, epoch_size=epoch_size)
+            assert all(s.plan_len(e) == len(s.plan(e)) for e in range(3))

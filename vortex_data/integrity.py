@@ -50,7 +50,7 @@ def member_checksums(members: Iterable[tuple[str, bytes]]) -> dict[str, int]:
 def check_members(shard: str, key: str, members: Mapping[str, bytes],
                   expected: Mapping[str, int] | Iterable[tuple[str, int]]) -> None:
     """Raise SampleError unless ``members`` are exactly the members the index recorded, byte for byte."""
-    want = dict(expected)
+    want = expected if isinstance(expected, Mapping) else dict(expected)
     for ext in sorted(set(want) | set(members)):
         if ext not in members:
             raise SampleError(shard, key, member_name(key, ext), "member listed in the index is missing from the shard")

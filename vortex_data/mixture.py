@@ -257,7 +257,8 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
             raise MixtureError(f"{manifest}: per-sample index {index_rel!r} unreadable ({e!r})") from None
         keys = [str(k) for k in table.column("key").to_pylist()]
         if CHECKSUM_COLUMN in columns:
-            checksums = table.column(CHECKSUM_COLUMN).to_pylist()
+            # pyarrow gives a map as (key, value) pairs: one dict per sample now, not one per read.
+            checksums = [None if c is None else dict(c) for c in table.column(CHECKSUM_COLUMN).to_pylist()]
         col = table.column("shard").to_pylist()
         by_name = {Path(s["path"]).name: i for i, s in enumerate(shards_meta)}
         by_path = {s["path"]: i for i, s in enumerate(shards_meta)}

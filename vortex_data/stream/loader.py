@@ -80,7 +80,7 @@ class StreamLoader:
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                   pin_memory=torch.cuda.is_available(), **kw)
         self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
-        n = len(self.spec.plan(self.epoch))
+        n = self.spec.plan_len(self.epoch)
         step = self.spec.step
         skipped0 = len(self.skipped)
         for b in self._dl:
@@ -114,7 +114,7 @@ class StreamLoader:
         length. world_size / batch_size are recorded for messages only: any may resume it."""
         s = self.spec
         return {"version": STATE_VERSION, "epoch": self.epoch, "samples": self.position,
-                "epoch_samples": len(s.plan(self.epoch)), "seed": s.seed, "fingerprint": self.fingerprint,
+                "epoch_samples": s.plan_len(self.epoch), "seed": s.seed, "fingerprint": self.fingerprint,
                 "world_size": s.world_size, "batch_size": s.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -130,7 +130,7 @@ class StreamLoader:
             if state.get(k) != mine:
                 raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
         epoch, samples = int(state["epoch"]), int(state["samples"])
-        n = len(self.spec.plan(epoch))
+        n = self.spec.plan_len(epoch)
         if epoch < 0 or not 0 <= samples <= n:
             raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
                              f"of {n} samples")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..augment import AugmentConfig
-from ..mixture import EpochPlan, SourceIndex, plan_epoch, plan_sequential
+from ..mixture import EpochPlan, SourceIndex, plan_epoch, plan_sequential, quotas
 
 PHOTOMETRIC = ("cpu", "device")
 DECODE = ("cpu", "device")
@@ -93,6 +93,12 @@ class LoaderSpec:
             return plan_epoch(sizes, self.weights, self.epoch_size, self.seed, epoch)
         return plan_sequential(sizes)
 
+    def plan_len(self, epoch: int) -> int:
+        """``len(self.plan(epoch))`` without drawing the plan (state_dict and batch counts need only this)."""
+        if self.train:
+            return int(sum(quotas(self.weights, self.epoch_size)))
+        return sum(len(ix) for ix in self.indices)
+
     @property
     def step(self) -> int:
         """Plan positions one step of all ranks consumes."""
@@ -100,4 +106,4 @@ class LoaderSpec:
 
     def batches(self, epoch: int, offset: int = 0) -> int:
         """Batches per rank in the pass over ``epoch`` from plan position ``offset``."""
-        return batches_per_rank(len(self.plan(epoch)) - offset, self.batch_size, self.world_size, self.drop_last)
+        return batches_per_rank(self.plan_len(epoch) - offset, self.batch_size, self.world_size, self.drop_last)
