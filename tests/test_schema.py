@@ -99,3 +99,13 @@ def test_member_names_split_like_webdataset():
     from vortex_data.schema import split_member
     assert split_member("sunrgbd/train/kv1/b3dodata/img_0063.depth.zst") == ("sunrgbd/train/kv1/b3dodata/img_0063", "depth.zst")
     assert split_member("k.json") == ("k", "json")
+
+
+def test_metadata_without_its_size_or_intrinsics_is_named():
+    import json
+
+    from vortex_data.schema import SCHEMA_VERSION, SchemaError, read_meta
+
+    meta = {"schema_version": SCHEMA_VERSION, "height": 4, "width": 6}
+    with pytest.raises(SchemaError, match=r"sample 'nyu/train/x': metadata lacks 'intrinsics'"):
+        read_meta({"json": json.dumps(meta).encode()}, "nyu/train/x")

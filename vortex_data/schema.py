@@ -345,6 +345,9 @@ def read_meta(members: Mapping[str, bytes], key: str = "?") -> dict[str, Any]:
         raise SchemaError(f"sample {key!r}: metadata is not valid JSON ({e})") from None
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(f"sample {key!r}: schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
+    missing = [k for k in ("height", "width", "intrinsics") if k not in meta]
+    if missing:
+        raise SchemaError(f"sample {key!r}: metadata lacks {', '.join(repr(k) for k in missing)}")
     return meta
 
 

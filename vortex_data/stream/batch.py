@@ -84,7 +84,7 @@ def build_batch(samples: Sequence[RawSample], cfg: AugmentConfig, augmenting: bo
     for i, smp in enumerate(samples):
         t0 = time.perf_counter()
         if decode == "device" and "rgb.jpg" not in smp.members:  # a setting that does not fit the data
-            raise SchemaError(f"sample {smp.key!r}: decode='device' needs JPEG RGB, the shard stores "
+            raise SchemaError(f"{smp.shard}: sample {smp.key!r}: decode='device' needs JPEG RGB, the shard stores "
                               f"{[e for e in smp.members if e.startswith('rgb.')]}")
         try:
             meta = read_meta(smp.members, smp.key)
@@ -95,9 +95,9 @@ def build_batch(samples: Sequence[RawSample], cfg: AugmentConfig, augmenting: bo
             reduce = jpeg_reduction(draw.box, cfg.size) if rgb is not None and "rgb.jpg" in smp.members else 1
             d = decode_sample(smp.members, smp.key, with_rgb=rgb is not None, rgb_reduce=reduce, fill_seg=False,
                               meta=meta)
+            d["intrinsics"] = intrinsics_of(meta)
         except (SchemaError, KeyError, ValueError) as e:  # names the shard, so the bad sample can be found
             raise SampleError(smp.shard, smp.key, None, str(e).removeprefix(f"sample {smp.key!r}: ")) from None
-        d["intrinsics"] = intrinsics_of(meta)
         t1 = time.perf_counter()
         if d["seg"] is None:
             seg[i] = IGNORE_INDEX
