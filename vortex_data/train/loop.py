@@ -134,21 +134,18 @@ class Trainer:
         self.scheduler.load_state_dict(shared["scheduler"])
         self.scaler.load_state_dict(shared["scaler"])
         self.step = self.saved_step = int(shared["step"])
-        saved_world = int(shared.get("world_size", self.dist.world_size))
-        if saved_world == self.dist.world_size:
-            mine = checkpoint.load_rank(path, self.dist.rank)
-            if mine is None:
-                raise checkpoint.CheckpointError(f"{path}: no rank_{self.dist.rank:05d}.pt")
-            self.loader.load_state_dict(mine["loader"])
+        saved_world = int(shared["world_size"])
+        same_world = saved_world == self.dist.world_size
+        # The streaming loader's state is the global position in the epoch plan, the same on every
+        # rank, so at another world size rank 0's continues every new rank exactly. RNG streams
+        # belong to the old ranks; new ones keep their seeded start.
+        rank = self.dist.rank if same_world else 0
+        mine = checkpoint.load_rank(path, rank)
+        if mine is None:
+            raise checkpoint.CheckpointError(f"{path}: no rank_{rank:05d}.pt")
+        self.loader.load_state_dict(mine["loader"])
+        if same_world:
             checkpoint.set_rng_state(mine["rng"])
-        else:
-            # The streaming loader's state is the global position in the epoch plan, the same on
-            # every rank, so rank 0's continues every rank of the new world exactly. RNG streams
-            # belong to the old ranks; the new ones keep their seeded start.
-            first = checkpoint.load_rank(path, 0)
-            if first is None:
-                raise checkpoint.CheckpointError(f"{path}: no rank_00000.pt")
-            self.loader.load_state_dict(first["loader"])
         self.info("resumed", path=str(path), step=self.step, samples=self.scheduler.samples,
                   world_size=f"{saved_world}->{self.dist.world_size}")
 
