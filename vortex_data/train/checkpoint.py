@@ -2,7 +2,7 @@
 
 Layout under ``ckpt_dir``::
 
-    step_00001200/train.pt        model, Kendall, optimiser, scheduler, scaler, step, samples, config
+    step_00001200/train.pt        model, Kendall, optimiser, scheduler (samples seen), scaler, step, world size, config
     step_00001200/rank_00000.pt   this rank's loader state and RNG states
     step_00001200/checksums.json  bytes and sha256 of every file above, written last
     latest                        name of the newest published step directory

@@ -33,7 +33,7 @@ from vortex_data.train.config import TrainConfig
 from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
 from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
-from vortex_data.train.optim import build_optimizer, build_scheduler
+from vortex_data.train.optim import SampleSchedule, build_optimizer
 from vortex_data.stream import photometric
 from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController
@@ -94,8 +94,8 @@ class Trainer:
         self.global_batch = cfg.batch_size * self.dist.world_size
         # warmup_steps / steps count steps of the global batch the stage starts with (restore()
         # keeps the checkpoint's), so a resume at another world size continues by samples seen.
-        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio,
-                                         reference_batch=self.global_batch)
+        self.scheduler = SampleSchedule(self.optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio,
+                                        reference_batch=self.global_batch)
         self.amp_dtype = AMP_DTYPES[cfg.amp] if self.cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.loader: StatefulLoader = factory(LoaderRequest(
@@ -112,8 +112,8 @@ class Trainer:
     def shared_state(self) -> dict[str, Any]:
         return {"net": self.module.net.state_dict(), "kendall": self.module.kendall.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "samples": self.scheduler.samples,
-                "world_size": self.dist.world_size, "global_batch": self.global_batch, "config": self.cfg.as_dict()}
+                "scaler": self.scaler.state_dict(), "step": self.step, "world_size": self.dist.world_size,
+                "config": self.cfg.as_dict()}  # samples seen live in the scheduler's state
 
     def rank_state(self) -> dict[str, Any]:
         return {"loader": self.loader.state_dict(), "rng": checkpoint.rng_state(), "step": self.step}

@@ -31,10 +31,8 @@ def build_optimizer(encoder: list[nn.Parameter], heads: list[nn.Parameter], kend
 
 
 class WarmupCosine:
-    """lr factor: linear 0 -> 1 over ``warmup`` steps, then cosine 1 -> ``floor`` at ``total`` steps.
-
-    A class rather than a lambda so LambdaLR can pickle it into the checkpoint.
-    """
+    """lr factor: linear 0 -> 1 over ``warmup`` steps, then cosine 1 -> ``floor`` at ``total`` steps
+    (fractional steps allowed: :class:`SampleSchedule` evaluates it at samples / reference batch)."""
 
     def __init__(self, warmup: int, total: int, floor: float = 0.01) -> None:
         self.warmup, self.total, self.floor = warmup, max(total, 1), floor
@@ -86,7 +84,3 @@ class SampleSchedule:
         self.base_lrs = list(state["base_lrs"])
         self._apply()
 
-
-def build_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, floor: float,
-                    reference_batch: int = 1) -> SampleSchedule:
-    return SampleSchedule(opt, warmup, total, floor, reference_batch)
