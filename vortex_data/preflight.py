@@ -114,10 +114,9 @@ def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, e
 def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int, int]:
     """(frames of the other split whose place is also in train, frames of the other split); a
     place is a scene name without its capture letter, as the scenes80 split groups them."""
-    from .sources.nyu_splits import place_of
+    from .sources.nyu_splits import shared_places
 
-    seen = {place_of(s) for s in train_scenes}
-    return sum(place_of(s) in seen for s in other_scenes), len(other_scenes)
+    return shared_places(train_scenes, other_scenes)["frames"], len(other_scenes)
 
 
 def check_leakage(pairs: list[tuple[str, list[str] | None, list[str] | None, str]], fail: bool) -> Check:

@@ -103,9 +103,13 @@ def split_scenes(scenes: Sequence[str], split: dict[str, list[int]]) -> dict[str
 
 def scene_overlap(scenes: Sequence[str], train: Sequence[int], held_out: Sequence[int]) -> dict[str, int]:
     """How many held-out frames (and places) share a place (:func:`place_of`) with train."""
-    places = [place_of(s) for s in scenes]
-    in_train = {places[i - 1] for i in train}
-    shared = [places[i - 1] for i in held_out if places[i - 1] in in_train]
+    return shared_places([scenes[i - 1] for i in train], [scenes[i - 1] for i in held_out])
+
+
+def shared_places(train_scenes: Sequence[str], held_out_scenes: Sequence[str]) -> dict[str, int]:
+    """Held-out frames (one scene name each) whose place is also a train frame's, and how many places."""
+    in_train = {place_of(s) for s in train_scenes}
+    shared = [p for p in map(place_of, held_out_scenes) if p in in_train]
     return {"frames": len(shared), "scenes": len(set(shared))}
 
 
