@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,7 +21,6 @@ from .sources.base import Converter, FrameRef, Rejection, printable_path
 from .temporaries import final_name, remove_if_abandoned
 
 TMP_GLOB = ".tmp*"  # also matches the '<name>.tmp' of older versions
-_TEMP_STEM_RE = re.compile(r"^(.*-\d{6})(?:-\d+)?\.(?:tar|json)$")
 
 
 def record_path(shard_dir: Path, stem: str) -> Path:
@@ -89,8 +87,15 @@ def remove_temporaries(directory: Path, own_stems: set[str]) -> None:
     """Remove leftovers of this task's own groups (unless a live process still holds them) and
     other temporaries only when provably abandoned: never another live task's work."""
     for tmp in list(directory.glob(f"*.tar{TMP_GLOB}")) + list(directory.glob(f".build/*.json{TMP_GLOB}")):
-        m = _TEMP_STEM_RE.match(final_name(tmp.name) or "")
-        remove_if_abandoned(tmp, own=bool(m) and m.group(1) in own_stems)
+        remove_if_abandoned(tmp, own=_group_stem(final_name(tmp.name) or "") in own_stems)
+
+
+def _group_stem(name: str) -> str | None:
+    """The group a shard (``<stem>.tar``, ``<stem>-<k>.tar``) or record (``<stem>.json``) belongs to."""
+    if name.endswith(".json"):
+        return name[: -len(".json")]
+    m = SHARD_NAME_RE.search(name)
+    return name[: m.end(1)] if m else None
 
 
 def remove_stale(directory: Path, prefix: str, keep_shards: set[str], keep_stems: set[str]) -> list[str]:
