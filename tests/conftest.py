@@ -28,3 +28,12 @@ def samples_dir() -> Path:
     if path is None:
         pytest.skip("real sample files not present (../shared/samples or $VORTEX_DATA_SAMPLES)")
     return path
+
+
+@pytest.fixture(scope="session")
+def nyu_photos(samples_dir: Path) -> Path:
+    """The folder of real NYU frames (rgb_N.jpg + sync_depth_N.png) the real-photo benchmark set is made from."""
+    nyu = samples_dir / "nyu"
+    if not any(nyu.rglob("rgb_*.jpg")):
+        pytest.skip(f"no real NYU frames (rgb_*.jpg) under {nyu}")
+    return nyu

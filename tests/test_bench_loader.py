@@ -3,7 +3,6 @@
 import argparse
 import json
 
-import pytest
 
 from vortex_data.bench import loader as bench_loader
 
@@ -34,11 +33,9 @@ def test_bench_loader_reports_all_figures(tmp_path, capsys):
     assert {"jpeg floor (cv2 decode)", "loader decode=device", "webdataset + torchvision v2"} <= set(sb["ms_per_item_median"])
 
 
-def test_bench_loader_builds_the_real_photo_set(samples_dir, tmp_path, capsys):
+def test_bench_loader_builds_the_real_photo_set(nyu_photos, tmp_path, capsys):
     """--photos: perturbed real NYU frames, each JPEG different, about 100 KB at q95."""
-    nyu = samples_dir / "nyu"
-    if not (nyu / "rgb_00000.jpg").exists():
-        pytest.skip(f"the samples folder has no real NYU frames ({nyu / 'rgb_00000.jpg'} missing)")
+    nyu = nyu_photos
     from vortex_data.bench.photos import build_photo_set
     from vortex_data.shard_reader import ShardReader
 

@@ -190,13 +190,11 @@ def test_evaluation_batches_in_device_mode_equal_the_cpu_mode_exactly(sets):
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("rgb", "depth", "seg", "intrinsics", "is_pad"))
 
 
-def test_modes_agree_on_real_photos(samples_dir, tmp_path):
+def test_modes_agree_on_real_photos(nyu_photos, tmp_path):
     """The equivalence on real NYU frames (perturbed copies at photo entropy), when present."""
     from vortex_data.bench.photos import build_photo_set
 
-    nyu = samples_dir / "nyu"
-    if not (nyu / "rgb_00000.jpg").exists():
-        pytest.skip(f"the samples folder has no real NYU frames ({nyu / 'rgb_00000.jpg'} missing)")
+    nyu = nyu_photos
     manifest = build_photo_set(nyu, tmp_path, 4)
     kw = dict(manifest=str(manifest), split="train", training=True, batch_size=2, size=(240, 320), seed=3)
     assert_same_batches(list(make_loader(**kw)), finished(make_loader(**kw, photometric="device")))
