@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from vortex_data.integrity import check_members, member_checksums
-from vortex_data.manifest import load_manifest
+from vortex_data.manifest import ManifestError, load_manifest
 from vortex_data.tar_index import iter_samples
 from vortex_data.schema import Intrinsics, Sample, decode_sample, encode_sample
 
@@ -31,9 +31,16 @@ def from_manifest(path: Path, n: int) -> list[tuple[str, dict[str, bytes]]]:
     return out
 
 
+def _read(path: Path, flags: int) -> np.ndarray:
+    im = cv2.imread(str(path), flags)
+    if im is None:
+        raise SystemExit(f"{path}: not a readable image (missing, or not a format OpenCV decodes)")
+    return im
+
+
 def from_files(rgb: Path, depth: Path) -> list[tuple[str, dict[str, bytes]]]:
-    im = cv2.cvtColor(cv2.imread(str(rgb), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    d = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED).astype(np.uint16)
+    im = cv2.cvtColor(_read(rgb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    d = _read(depth, cv2.IMREAD_UNCHANGED).astype(np.uint16)
     h, w = d.shape
     s = Sample("bench/train/frame", im, d, Intrinsics(500.0, 500.0, w / 2, h / 2))
     return [(s.key, dict(encode_sample(s)))]
@@ -62,7 +69,12 @@ def main() -> None:
     ap.add_argument("--depth", type=Path)
     ap.add_argument("--reps", type=int, default=20)
     a = ap.parse_args()
-    samples = from_files(a.rgb, a.depth) if a.rgb else from_manifest(a.manifest, a.samples)
+    if (a.rgb is None) != (a.depth is None) or (a.rgb is None and a.manifest is None):
+        ap.error("give a MANIFEST, or --rgb and --depth together")
+    try:
+        samples = from_files(a.rgb, a.depth) if a.rgb else from_manifest(a.manifest, a.samples)
+    except (ManifestError, OSError) as e:  # the message names the file and the problem
+        raise SystemExit(str(e)) from None
     size = np.mean([sum(len(v) for v in m.values()) for _, m in samples])
     t_check, t_decode = bench(samples, a.reps)
     print(f"{len(samples)} samples, {size / 1024:.0f} KiB encoded each: checksum check {t_check * 1e6:.1f} us, "
