@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError) as e:
         # As `vortex-data`: the message names the file or setting and the problem; STATUS has it too.
-        # Other errors (torch runtime, a lost peer) keep their traceback.
+        # Other errors (torch runtime, a lost peer, a bare KeyError from a bug) keep their traceback.
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
