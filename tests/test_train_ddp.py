@@ -39,12 +39,17 @@ trainer.close()
 """
 
 
+def torchrun(script: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "tests"), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    res = torchrun(script, 2, str(tmp_path))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["code"] == 0 and r["world"] == 2 for r in ranks)
@@ -100,13 +105,6 @@ cfg = TrainConfig(run_dir=out, mixture=mixture, steps=steps, steps_per_epoch=100
                   image_size=(32, 32), num_workers=0, warmup_steps=4, log_every=1, profile_steps=0, seed=3)
 sys.exit(run_stage(cfg, lambda req: Recorded(stream_loader(req)), StopAfter(stop_after)))
 """
-
-
-def torchrun(script: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "tests"), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(script), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def seen(run: Path, rank: int) -> list[tuple[str, str]]:

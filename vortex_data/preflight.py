@@ -223,10 +223,10 @@ def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
 
 
 def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int]:
-    from .stats.compute import _index_rows, labelled_flags
+    from .stats.compute import index_rows, labelled_flags
 
     mix, units = _train_units(cfg)
-    labelled = [labelled_flags(_index_rows(u)) for u in units]
+    labelled = [labelled_flags(index_rows(u)) for u in units]
     return [u.weight for u in units], labelled, mix.epoch_size
 
 

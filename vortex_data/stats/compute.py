@@ -66,7 +66,7 @@ def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
     return units
 
 
-def _index_rows(unit: Unit) -> dict[str, np.ndarray]:
+def index_rows(unit: Unit) -> dict[str, np.ndarray]:
     m = load_manifest(unit.manifest)
     try:
         table = m.read_index()
@@ -169,7 +169,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     units = plan_units(manifests, mixture)
-    rows = {u.name: _index_rows(u) for u in units}
+    rows = {u.name: index_rows(u) for u in units}
     by_shard: dict[Path, list[tuple[str, str | None]]] = {}
     for u in units:
         for shard in load_manifest(u.manifest).shard_paths():
