@@ -337,7 +337,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "Exit code 0 = GO (no check failed), 1 = NO-GO, 2 = the recipe or its options are unusable.",
         epilog="The rates are per rank (one training process). Example, first line of an sbatch script: "
                "vortex-data preflight --recipe v6 --stage 1 --needed-rate 120 || exit 1")
-    p.add_argument("--recipe", default="v6", help="shipped training recipe or TOML path (default v6)")
+    p.add_argument("--recipe", default="v6", help="shipped training recipe or TOML path (default v6; 'none' for the command-line settings alone)")
     p.add_argument("--stage", type=int, default=1, help="recipe stage (default 1)")
     p.add_argument("--manifests", dest="manifests_dir", metavar="DIR",
                    help="folder with the datasets' manifests (default manifests/)")
@@ -367,7 +367,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def config_from_args(args: argparse.Namespace) -> Any:
     from .train.config import build_config, load_recipe
 
-    recipe = None if args.recipe == "none" else load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
     overrides = {"mixture": args.mixture, "manifests_dir": args.manifests_dir, "num_workers": args.num_workers,
                  "batch_size": args.batch_size, "steps": args.steps}
     return build_config(recipe, args.stage, overrides, recipe_name=args.recipe)

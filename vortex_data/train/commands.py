@@ -64,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     from vortex_data.train.data import resolve_factory
     from vortex_data.train.loop import run_stage
 
-    recipe = None if args.recipe == "none" else load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
     overrides = {name: getattr(args, name, None) for name in _OVERRIDES}
     overrides["manifests_dir"] = args.manifests_dir
     if args.image_size:

@@ -65,9 +65,13 @@ class TrainConfig:
 FIELDS = {f.name for f in fields(TrainConfig)}
 
 
-def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """A shipped recipe by name ('v6') or a TOML file path, parsed."""
+def load_recipe(name_or_path: str) -> dict[str, Any] | None:
+    """A shipped recipe by name ('v6') or a TOML file path, parsed; ``"none"``: no recipe (None),
+    the command-line settings alone."""
     from vortex_data._toml import tomllib
+
+    if name_or_path == "none":
+        return None
 
     path = Path(name_or_path)
     if path.is_file():
