@@ -53,10 +53,10 @@ class CountingReader(ShardReader):
         super().__init__()
         self.calls: list[tuple[str, list[str]]] = []
 
-    def read_group(self, url, keys):
+    def read_group(self, url, keys, spans=None):
         keys = list(keys)
         self.calls.append((url, keys))
-        return super().read_group(url, keys)
+        return super().read_group(url, keys, spans)
 
 
 def test_read_window_reads_each_shard_once_and_returns_every_sample(sets):

@@ -20,6 +20,10 @@ import xxhash
 from .tar_index import ShardReadError, member_name
 
 CHECKSUM_COLUMN = "member_xxh3_64"
+OFFSET_COLUMN = "member_offset"
+SIZE_COLUMN = "member_size"
+"""Where each member's bytes lie in its shard (extension -> data offset, size): the loader reads
+them with one pread each instead of scanning tar headers. Absent in indexes built before them."""
 ON_ERROR = ("raise", "skip")
 
 
@@ -45,6 +49,13 @@ def member_checksums(members: Iterable[tuple[str, bytes]]) -> dict[str, int]:
     Sorted by extension, the order a build record (JSON with sorted keys) gives back, so a
     resumed build writes the same index bytes as an uninterrupted one."""
     return dict(sorted((ext, member_hash(data)) for ext, data in members))
+
+
+def member_spans(offsets: Mapping[str, int], members: Iterable[tuple[str, bytes]]) -> dict[str, dict[str, int]]:
+    """The index's ``member_offset`` and ``member_size`` values of one sample, sorted by extension
+    like :func:`member_checksums` (the loader relies on the three listing members alike)."""
+    sizes = {ext: len(data) for ext, data in members}
+    return {OFFSET_COLUMN: dict(sorted(offsets.items())), SIZE_COLUMN: dict(sorted(sizes.items()))}
 
 
 def check_members(shard: str, key: str, members: Mapping[str, bytes],

@@ -48,6 +48,10 @@ INDEX_SCHEMA = pa.schema([
     ("scene", pa.string()),
     # extension -> XXH3-64 of the tar member's bytes (vortex_data.integrity); absent in older indexes.
     ("member_xxh3_64", pa.map_(pa.string(), pa.uint64())),
+    # extension -> data offset and size of the member in its shard (read by offset, no header
+    # scan); absent in older indexes, whose shards the loader scans once instead.
+    ("member_offset", pa.map_(pa.string(), pa.uint64())),
+    ("member_size", pa.map_(pa.string(), pa.uint64())),
 ])
 
 

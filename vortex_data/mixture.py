@@ -12,19 +12,17 @@ sample appears either floor(q / n) or ceil(q / n) times and no sample repeats in
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ._toml import tomllib
-from .integrity import CHECKSUM_COLUMN
-from .tar_index import sample_keys
+from .sample_index import SampleIndexError, SourceIndex, load_source_index, read_bytes
+
 
 
 class MixtureError(ValueError):
@@ -196,105 +194,26 @@ def plan_sequential(sizes: Sequence[int]) -> EpochPlan:
 
 # ---------------------------------------------------------------- manifests -> sample lists
 
-@dataclass
-class SourceIndex:
-    """The samples of one source: shard URLs and, per sample, its key and shard number."""
-
-    name: str
-    shards: list[str]
-    keys: list[str]
-    shard_of: np.ndarray
-    manifest: str = ""
-    extra: dict = field(default_factory=dict)
-    checksums: list | None = None
-    """Per sample, the index's (extension, XXH3-64) pairs of its members; None for an index
-    written before checksums existed (or no index), and None inside for a row without them."""
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def _join(base: str, rel: str) -> str:
-    if "://" in rel or rel.startswith("pipe:") or Path(rel).is_absolute():
-        return rel
-    if "://" in base:
-        return base.rsplit("/", 1)[0] + "/" + rel
-    return str(Path(base).parent / rel)
-
-
-def _read_bytes(url: str) -> bytes:
-    if "://" in url or url.startswith("pipe:"):
-        from webdataset.gopen import gopen
-
-        with gopen(url, "rb") as f:
-            return f.read()
-    return Path(url).read_bytes()
-
-
-def read_source_index(manifest: str, name: str | None = None, key_pattern: str | None = None) -> SourceIndex:
-    """Manifest (+ its Parquet per-sample index) -> :class:`SourceIndex`.
+def read_source_index(manifest: str, name: str | None = None, key_pattern: str | None = None,
+                      cache_dir: str | None = None) -> SourceIndex:
+    """Manifest (+ its Parquet per-sample index) -> :class:`SourceIndex`, its per-sample arrays
+    memory-mapped from the node's cache (``cache_dir`` or the default of
+    :func:`vortex_data.shard_cache.node_cache_dir`), built there once per node.
 
     Without a Parquet index the shards' tar headers are listed instead (slower, same result).
     """
-    try:
-        m = json.loads(_read_bytes(manifest))
-        shards_meta = m["shards"]
-        shards = [_join(manifest, s["path"]) for s in shards_meta]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MixtureError(f"{manifest}: not a readable shard manifest ({e!r})") from None
-    keys: list[str] = []
-    shard_of: list[int] = []
-    checksums: list | None = None
-    index_rel = m.get("index")
-    if index_rel:
-        import pyarrow.parquet as pq
+    from .shard_cache import node_cache_dir
 
-        try:
-            pf = pq.ParquetFile(io.BytesIO(_read_bytes(_join(manifest, index_rel))))
-            columns = ["key", "shard"] + [c for c in (CHECKSUM_COLUMN,) if c in pf.schema_arrow.names]
-            table = pf.read(columns=columns)
-        except (OSError, ValueError, KeyError) as e:
-            raise MixtureError(f"{manifest}: per-sample index {index_rel!r} unreadable ({e!r})") from None
-        keys = [str(k) for k in table.column("key").to_pylist()]
-        if CHECKSUM_COLUMN in columns:
-            # pyarrow gives a map as (key, value) pairs: one dict per sample now, not one per read.
-            checksums = [None if c is None else dict(c) for c in table.column(CHECKSUM_COLUMN).to_pylist()]
-        col = table.column("shard").to_pylist()
-        by_name = {Path(s["path"]).name: i for i, s in enumerate(shards_meta)}
-        by_path = {s["path"]: i for i, s in enumerate(shards_meta)}
-        for k, s in zip(keys, col):
-            if isinstance(s, int):
-                shard_of.append(s)
-            elif s in by_path or Path(str(s)).name in by_name:
-                shard_of.append(by_path.get(s, by_name.get(Path(str(s)).name)))
-            else:
-                raise MixtureError(f"{manifest}: index row {k!r} names unknown shard {s!r}")
-    else:
-        for i, url in enumerate(shards):
-            ks = sample_keys(io.BytesIO(_read_bytes(url)))  # no index: list the tar headers
-            keys.extend(ks)
-            shard_of.extend([i] * len(ks))
-    expected = sum(int(s.get("samples", 0)) for s in shards_meta)
-    if expected and expected != len(keys):
-        raise MixtureError(f"{manifest}: shards list {expected} samples but the index has {len(keys)}")
-    arr = np.asarray(shard_of, dtype=np.int64)
-    if key_pattern:
-        pat = re.compile(key_pattern)
-        keep = [i for i, k in enumerate(keys) if pat.search(k)]
-        keys, arr = [keys[i] for i in keep], arr[keep]
-        checksums = None if checksums is None else [checksums[i] for i in keep]
-    if checksums is not None and all(c is None for c in checksums):
-        checksums = None
-    if not keys:
-        raise MixtureError(f"{manifest}: no samples" + (f" match key_pattern {key_pattern!r}" if key_pattern else ""))
-    return SourceIndex(name or str(m.get("dataset", Path(manifest).stem)), shards, keys, arr, manifest,
-                       checksums=checksums)
+    try:
+        return load_source_index(manifest, node_cache_dir(cache_dir), name, key_pattern)
+    except SampleIndexError as e:
+        raise MixtureError(str(e)) from None
 
 
 def manifest_mixture(manifest: str, name: str | None = None) -> Mixture:
     """A one-source mixture whose epoch is the manifest's samples (e.g. for evaluation)."""
     try:
-        m = json.loads(_read_bytes(manifest))
+        m = json.loads(read_bytes(manifest))
         total = sum(int(s["samples"]) for s in m["shards"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MixtureError(f"{manifest}: not a readable shard manifest ({e!r})") from None

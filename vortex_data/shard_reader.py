@@ -1,9 +1,10 @@
 """Random-access reads of samples from WebDataset tar shards, grouped by shard.
 
-A shard is opened once per worker and kept open (LRU of ``max_open`` handles); its member
-table (name -> offset, size) comes from the tar headers on first use
-(:func:`vortex_data.tar_index.member_table`). Reading a group of
-samples sorts them by offset, so each shard is read front to back. Remote shards (``pipe:``,
+Each member is read with one ``pread`` at the data offset and size the index records
+(:class:`vortex_data.sample_index.SourceIndex`): no tar header is parsed. Open descriptors are
+bounded per worker (an LRU of ``max_open``) and counted (``opens``). A shard whose index predates
+offsets is scanned once per worker instead (:func:`vortex_data.tar_index.member_table`) and the
+loader says so. Reading a group of samples sorts them by offset, so each shard is read front to back. Remote shards (``pipe:``,
 ``http(s)://``, anything webdataset's ``gopen`` understands) are fetched whole into the node's
 shard cache (:mod:`vortex_data.shard_cache`: one download per shard for all ranks and workers of
 a node, size-limited) and then read the same way.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable, Mapping, Sequence
 
 from .shard_cache import ShardCache, node_cache_dir
 from .tar_index import TAR_ERRORS, ShardReadError, member_name, member_table
@@ -29,14 +30,14 @@ def is_remote(url: str) -> bool:
 class ShardReader:
     """Reads samples from shards; counts file opens so the benchmark can report them."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 32,
+    def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 64,
                  cache_bytes: int | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_bytes = cache_bytes
         self.max_open = max_open
         self.opens = 0
         self._cache: ShardCache | None = None
-        self._files: OrderedDict[str, BinaryIO] = OrderedDict()
+        self._files: OrderedDict[str, int] = OrderedDict()
         self._tables: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
 
     # -- locating
@@ -56,48 +57,58 @@ class ShardReader:
         except Exception as e:  # noqa: BLE001 -- any fetch failure is this shard's problem
             raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
 
-    def _handle(self, url: str) -> BinaryIO:
-        f = self._files.get(url)
-        if f is not None:
+    def _handle(self, url: str) -> int:
+        fd = self._files.get(url)
+        if fd is not None:
             self._files.move_to_end(url)
-            return f
+            return fd
         path = self.local_path(url)
         try:
-            f = open(path, "rb")
+            fd = os.open(path, os.O_RDONLY)
         except OSError as e:
             raise ShardReadError(f"{url}: cannot open shard ({e.strerror})") from None
         self.opens += 1
-        self._files[url] = f
+        self._files[url] = fd
         if len(self._files) > self.max_open:
-            self._files.popitem(last=False)[1].close()
-        return f
+            os.close(self._files.popitem(last=False)[1])
+        return fd
 
     def table(self, url: str) -> dict[str, list[tuple[str, int, int]]]:
-        """key -> [(extension, data offset, size)] for one shard, from its tar headers."""
+        """key -> [(extension, data offset, size)] for one shard, from its tar headers (a scan:
+        only for shards whose index has no offsets, and for listing a shard's samples)."""
         t = self._tables.get(url)
         if t is None:
-            f = self._handle(url)
-            f.seek(0)
-            try:
-                t = member_table(f)
-            except TAR_ERRORS as e:
-                raise ShardReadError(f"{url}: not a readable tar shard ({e})") from None
+            with os.fdopen(os.dup(self._handle(url)), "rb") as f:
+                f.seek(0)  # the duplicate shares the descriptor's position
+                try:
+                    t = member_table(f)
+                except TAR_ERRORS as e:
+                    raise ShardReadError(f"{url}: not a readable tar shard ({e})") from None
             self._tables[url] = t
         return t
 
-    def read_group(self, url: str, keys: Iterable[str]) -> dict[str, dict[str, bytes]]:
-        """Members (extension -> bytes) of several samples of one shard, read in file order."""
-        table = self.table(url)
-        wanted = sorted(set(keys), key=lambda k: table[k][0][1] if k in table else -1)
-        f = self._handle(url)
+    def read_group(self, url: str, keys: Iterable[str],
+                   spans: Mapping[str, Sequence[tuple[str, int, int]] | None] | None = None
+                   ) -> dict[str, dict[str, bytes]]:
+        """Members (extension -> bytes) of several samples of one shard, read in file order.
+
+        ``spans``: key -> [(extension, data offset, size)] from the index; a key without them
+        (an older index) is looked up in the shard's scanned header table."""
+        keys = set(keys)
+        where = {k: (spans or {}).get(k) for k in keys}
+        if any(v is None for v in where.values()):
+            table = self.table(url)
+            for k, v in where.items():
+                if v is None:
+                    if k not in table:
+                        raise ShardReadError(f"{url}: sample {k!r} listed in the index is not in the shard")
+                    where[k] = table[k]
+        fd = self._handle(url)
         out: dict[str, dict[str, bytes]] = {}
-        for key in wanted:
-            if key not in table:
-                raise ShardReadError(f"{url}: sample {key!r} listed in the index is not in the shard")
+        for key in sorted(keys, key=lambda k: where[k][0][1] if where[k] else -1):
             members = {}
-            for ext, off, size in table[key]:
-                f.seek(off)
-                data = f.read(size)
+            for ext, off, size in where[key]:
+                data = os.pread(fd, size, off)
                 if len(data) != size:
                     raise ShardReadError(f"{url}: member {member_name(key, ext)} truncated ({len(data)} of {size} bytes)")
                 members[ext] = data
@@ -105,9 +116,15 @@ class ShardReader:
         return out
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+        for fd in self._files.values():
+            os.close(fd)
         self._files.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 -- interpreter shutdown
+            pass
 
     def __getstate__(self) -> dict:
         # Open files do not cross process boundaries; each DataLoader worker reopens its own.

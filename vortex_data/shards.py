@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .integrity import CHECKSUM_COLUMN, member_checksums
+from .integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from .cpus import usable_cpus
 from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
 from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
@@ -128,7 +128,9 @@ def build_salt(converter: Converter, cfg: BuildConfig) -> str:
 
 # ---------------------------------------------------------------- writing one group
 
-def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append one member; returns the byte offset of its data in the tar (what the index records,
+    so readers seek straight to it instead of scanning headers)."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0
@@ -136,6 +138,9 @@ def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     tf.addfile(info, io.BytesIO(data))
+    # The data ends the member, padded to a 512-byte block; this holds whatever headers (PAX
+    # long names) came before it.
+    return tf.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 class _RollingTar:
@@ -154,18 +159,18 @@ class _RollingTar:
         k = len(self.done)
         return f"{self.stem}.tar" if k == 0 else f"{self.stem}-{k}.tar"
 
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> str:
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> tuple[str, dict[str, int]]:
+        """Append one sample; returns the shard it went to and each member's data offset there."""
         size = sum(512 + -(-len(d) // 512) * 512 for _, d in members)
         if self._tf is not None and self._count and self._bytes + size > self.max_bytes:
             self._close()
         if self._tf is None:
             self._temp = LockedTemp(self.directory / self.current_name, self.tag)
             self._tf = tarfile.open(fileobj=self._temp.file, mode="w", format=tarfile.PAX_FORMAT)
-        for ext, data in members:
-            _tar_member(self._tf, f"{key}.{ext}", data)
+        offsets = {ext: _tar_member(self._tf, f"{key}.{ext}", data) for ext, data in members}
         self._count += 1
         self._bytes += size
-        return self.current_name
+        return self.current_name, offsets
 
     def _close(self) -> None:
         name = self.current_name
@@ -257,8 +262,9 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
                 rejected.append(out.as_dict())
                 continue
             sample, members = out
-            shard = writer.add(key, members)
-            rows.append({**index_row(key, shard, sample), CHECKSUM_COLUMN: member_checksums(members)})
+            shard, offsets = writer.add(key, members)
+            rows.append({**index_row(key, shard, sample), CHECKSUM_COLUMN: member_checksums(members),
+                         **member_spans(offsets, members)})
             depth_rejected += sample.rejected_depth_pixels
         shards = writer.finish()
     except BaseException:

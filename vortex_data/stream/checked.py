@@ -27,9 +27,10 @@ MAX_REPLACEMENT_TRIES = 8
 
 def checked_sample(ix: SourceIndex, i: int, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
     """Sample ``i`` of ``ix`` with its members checked against the index's checksums (when it has them)."""
-    key, url = ix.keys[i], ix.shards[int(ix.shard_of[i])]
-    if ix.checksums is not None and ix.checksums[i] is not None:
-        check_members(url, key, members, ix.checksums[i])
+    key, url = ix.key(i), ix.shards[int(ix.shard_of[i])]
+    sums = ix.checksums[i] if ix.checksums is not None else None
+    if sums is not None:
+        check_members(url, key, members, sums)
     return RawSample(key, members, src, repeat, url)
 
 
@@ -50,7 +51,7 @@ class CheckedSamples:
         src, idx = int(plan.source[p]), int(plan.index[p])
         ix = self.spec.indices[src]
         try:
-            return checked_sample(ix, idx, raw[(src, ix.keys[idx])], int(plan.repeat[p]), src)  # type: ignore[arg-type]
+            return checked_sample(ix, idx, raw[(src, ix.key(idx))], int(plan.repeat[p]), src)  # type: ignore[arg-type]
         except SampleError as e:
             if self.spec.on_error != "skip":
                 raise
@@ -66,9 +67,9 @@ class CheckedSamples:
             alt = int(rng_for(self.spec.seed, "replace", epoch, int(p), attempt).integers(len(ix)))
             if alt == idx:
                 continue
-            key = ix.keys[alt]
+            key = ix.key(alt)
             try:
-                members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key])[key]
+                members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key], {key: ix.spans(alt)})[key]
                 smp = checked_sample(ix, alt, members, int(plan.repeat[p]), src)
             except SampleError:
                 continue

@@ -196,8 +196,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
     default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
     and listed in ``loader.skipped``.
-    cache_dir / cache_bytes: where remote (``pipe:``/http) shards are cached and how large the
-    cache may grow; default: one temporary folder per node and job, shared by all ranks and
+    cache_dir / cache_bytes: where remote (``pipe:``/http) shards and the sources' memory-mapped
+    per-sample arrays are cached and how large the shard cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
     if photometric not in PHOTOMETRIC:
@@ -218,7 +218,10 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     if out_size is not None:
         base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
     mix = resolve_mixture(mixture, manifest, manifests_dir)
-    indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern) for s in mix.sources)
+    # Per-sample arrays memory-mapped from the node's cache: the spec pickled to each worker names
+    # their folder only, and every worker and rank on the node shares one copy in the page cache.
+    indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern, cache_dir)
+                    for s in mix.sources)
     if any(is_remote(url) for ix in indices for url in ix.shards):
         cache_dir = node_cache_dir(cache_dir)  # here, in the process that outlives its workers
     spec = LoaderSpec(
@@ -239,8 +242,14 @@ _SAID_UNCHECKED: set[str] = set()
 
 
 def _say_unchecked(indices: Sequence[SourceIndex]) -> None:
-    """Say once per manifest (per process) that its index predates checksums, so reads go unchecked."""
+    """Say once per manifest (per process) that its index predates checksums, so reads go unchecked,
+    or member offsets, so each worker scans a shard's tar headers once before reading it."""
     for ix in indices:
+        if not ix.has_offsets and ix.manifest + "\0offsets" not in _SAID_UNCHECKED:
+            _SAID_UNCHECKED.add(ix.manifest + "\0offsets")
+            log.warning("%s: the index has no member offsets (built before they existed); each worker scans a "
+                        "shard's tar headers once before reading it. Rebuild the shards to read by offset.",
+                        ix.manifest)
         if ix.checksums is None and ix.manifest not in _SAID_UNCHECKED:
             _SAID_UNCHECKED.add(ix.manifest)
             log.warning("%s: the index has no member checksums (built before they existed); samples from it "

@@ -1,7 +1,7 @@
 """Stage 2, read a window: the encoded members of a window of plan positions, grouped by shard.
 
 A worker reads ``window_batches`` batches at a time: their samples are grouped by shard and read
-in file order (one open per shard per worker, kept open by the :class:`ShardReader`), so a shard
+in file order at the offsets the index records (descriptors kept open by the :class:`ShardReader`), so a shard
 is read sequentially however the plan shuffles it. Memory bound: ``window_batches * B`` encoded
 samples per worker.
 """
@@ -34,14 +34,14 @@ class RawSample:
 def read_window(reader: ShardReader, indices: Sequence[SourceIndex], plan: EpochPlan,
                 positions: np.ndarray) -> Window:
     """Encoded members of the given plan positions, read grouped by shard in file order."""
-    groups: dict[tuple[int, int], list[str]] = {}
+    groups: dict[tuple[int, int], dict[str, list | None]] = {}
     for p in positions:
         src, idx = int(plan.source[p]), int(plan.index[p])
         ix = indices[src]
-        groups.setdefault((src, int(ix.shard_of[idx])), []).append(ix.keys[idx])
+        groups.setdefault((src, int(ix.shard_of[idx])), {})[ix.key(idx)] = ix.spans(idx)
     raw: Window = {}
-    for (src, shard), keys in sorted(groups.items()):
-        got = reader.read_group(indices[src].shards[shard], keys)
+    for (src, shard), spans in sorted(groups.items()):
+        got = reader.read_group(indices[src].shards[shard], list(spans), spans)
         for key, members in got.items():
             raw[(src, key)] = members
     return raw
