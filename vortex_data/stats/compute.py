@@ -218,7 +218,8 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         label = Path(u.manifest).name
         keys, hs = hashes.get(label, ([], np.zeros((0, 1), np.uint64)))
         acc = accs.get(u.name, Accumulator())
-        new = [i for i, k in enumerate(acc.keys) if k not in set(keys)]
+        seen = set(keys)
+        new = [i for i, k in enumerate(acc.keys) if k not in seen]
         if new:
             add = acc.hash_array()[new]
             hs = add if len(keys) == 0 else np.concatenate([hs, add])

@@ -97,20 +97,24 @@ class DuplicatePair:
                 "key_b": self.key_b, "hamming_bits": self.distance}
 
 
-def find_duplicates(hashes: dict[str, tuple[list[str], np.ndarray]], threshold: int = DEFAULT_THRESHOLD
-                    ) -> list[DuplicatePair]:
+def find_duplicates(hashes: dict[str, tuple[list[str], np.ndarray]], threshold: int = DEFAULT_THRESHOLD,
+                    block_bytes: int = 1 << 24) -> list[DuplicatePair]:
     """Near-duplicate frames between *different* sources.
 
     hashes: source name -> (keys, (n, K) uint64 crop hashes). Returns pairs with distance
     <= threshold, closest first. Frames within one source are not compared with each other.
+    The distance matrix is computed a block of rows at a time and only the pairs under the
+    threshold are kept, so memory stays near ``block_bytes`` whatever the sources' sizes.
     """
     names = sorted(hashes)
     pairs: list[DuplicatePair] = []
     for i, na in enumerate(names):
         for nb in names[i + 1:]:
             (ka, ha), (kb, hb) = hashes[na], hashes[nb]
-            dist = min_hamming(ha, hb)
-            for r, c in zip(*np.nonzero(dist <= threshold)):
-                pairs.append(DuplicatePair(na, ka[r], nb, kb[c], int(dist[r, c])))
+            rows = max(1, block_bytes // max(1, 8 * len(hb)))
+            for s in range(0, len(ha), rows):
+                dist = min_hamming(ha[s:s + rows], hb, chunk_bytes=block_bytes)
+                for r, c in zip(*np.nonzero(dist <= threshold)):
+                    pairs.append(DuplicatePair(na, ka[s + r], nb, kb[c], int(dist[r, c])))
     pairs.sort(key=lambda p: (p.distance, p.source_a, p.key_a, p.source_b, p.key_b))
     return pairs
