@@ -14,9 +14,10 @@ import json
 import os
 import re
 from collections import Counter
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -160,15 +161,18 @@ def compute_totals(shards: list[dict], rejected: list[dict], depth_counters: dic
     }
 
 
-def write_manifest(m: Manifest, directory: Path, index_rows: list[dict[str, Any]]) -> Path:
-    """Write the JSON and its Parquet index atomically; returns the JSON path."""
+def write_manifest(m: Manifest, directory: Path, index_rows: Iterable[dict[str, Any]],
+                   batch_rows: int = 8192) -> Path:
+    """Write the JSON and its Parquet index atomically; returns the JSON path. The rows are
+    written ``batch_rows`` at a time, so an iterator of them keeps memory flat."""
     directory.mkdir(parents=True, exist_ok=True)
     name = m.index_name[: -len(".parquet")]
     json_path = directory / f"{name}.json"
     m.path = json_path
-    table = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
-    with locked_temp(m.index_path()) as f:
-        pq.write_table(table, f)
+    with locked_temp(m.index_path()) as f, pq.ParquetWriter(f, INDEX_SCHEMA) as writer:
+        rows = iter(index_rows)
+        while batch := list(islice(rows, batch_rows)):
+            writer.write_table(pa.Table.from_pylist(batch, schema=INDEX_SCHEMA))
     atomic_write_bytes(json_path, (json.dumps(m.to_json(), indent=1, sort_keys=False) + "\n").encode())
     return json_path
 
@@ -282,14 +286,10 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
     m = load_manifest(path)
     rep = VerifyReport(manifest=path)
     try:
-        index = m.read_index().to_pylist()
+        index = _IndexByShard(m)
     except Exception as e:  # noqa: BLE001 -- any unreadable index is one reported problem
         rep.problems.append(f"{m.index_path()}: cannot read the Parquet index ({e})")
-        index = []
-    expected: dict[str, list[str]] = {}
-    sums = {row["key"]: row[CHECKSUM_COLUMN] for row in index if row.get(CHECKSUM_COLUMN) is not None}
-    for row in index:
-        expected.setdefault(row["shard"], []).append(row["key"])
+        index = None
     shards = list(zip(m.shards, m.shard_paths()))
     if progress:
         from tqdm import tqdm
@@ -307,6 +307,7 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
             rep.problems.append(f"{shard}: sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)")
         rep.shards_checked += 1
         keys = []
+        want_keys, sums = index.shard(rel) if index is not None else ([], {})
         try:
             for key, members in iter_samples(shard):
                 keys.append(key)
@@ -330,12 +331,42 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
             rep.problems.append(f"{shard}: unreadable tar ({e})")
         if len(keys) != entry["samples"]:
             rep.problems.append(f"{shard}: {len(keys)} samples, manifest says {entry['samples']}")
-        if index and keys != expected.get(rel, []):
+        if index is not None and keys != want_keys:
             rep.problems.append(f"{shard}: sample keys differ from the index {m.index_path().name}")
     written = sum(s["samples"] for s in m.shards)
     if m.totals.get("written") != written or m.totals.get("input_frames") != written + len(m.rejected):
         rep.problems.append(f"{path}: totals do not reconcile (written {m.totals.get('written')}, "
                             f"rejected {len(m.rejected)}, input {m.totals.get('input_frames')})")
-    if index and len(index) != written:
-        rep.problems.append(f"{m.index_path()}: {len(index)} rows, shards hold {written} samples")
+    if index is not None and index.rows != written:
+        rep.problems.append(f"{m.index_path()}: {index.rows} rows, shards hold {written} samples")
     return rep
+
+
+class _IndexByShard:
+    """The index's keys and member checksums, handed out one shard at a time: only the three
+    columns verify needs are held (as Arrow arrays), and Python objects for one shard at a time."""
+
+    def __init__(self, m: Manifest):
+        import numpy as np
+
+        pf = pq.ParquetFile(m.index_path())
+        cols = ["key", "shard"] + [c for c in (CHECKSUM_COLUMN,) if c in pf.schema_arrow.names]
+        self.table = pf.read(columns=cols)
+        self.rows = self.table.num_rows
+        shard = self.table.column("shard").combine_chunks().dictionary_encode()
+        codes = np.asarray(shard.indices)
+        order = np.argsort(codes, kind="stable")  # rows of one shard together, in index order
+        bounds = np.searchsorted(codes[order], np.arange(len(shard.dictionary) + 1))
+        self._rows = {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(shard.dictionary.to_pylist())}
+
+    def shard(self, rel: str) -> tuple[list[str], dict[str, dict[str, int]]]:
+        """(keys in index order, key -> {extension: XXH3-64}) of one shard's rows."""
+        rows = self._rows.get(rel)
+        if rows is None or not len(rows):
+            return [], {}
+        part = self.table.take(rows)
+        keys = part.column("key").to_pylist()
+        if CHECKSUM_COLUMN not in part.column_names:
+            return keys, {}
+        sums = part.column(CHECKSUM_COLUMN).to_pylist()
+        return keys, {k: dict(c) for k, c in zip(keys, sums) if c is not None}

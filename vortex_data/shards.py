@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -338,13 +338,13 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
         if rec is None:
             todo.append(g)
         else:
-            records[(g.split, g.index)] = rec
+            records[(g.split, g.index)] = _slim(rec)
     reused = len(records)
     total_frames = sum(len(g.frames) for g in todo)
     bar = tqdm(total=total_frames, unit="frame", desc=f"{converter.name}", disable=not cfg.progress)
     if cfg.workers <= 1 or len(todo) <= 1:
         for g in todo:
-            records[(g.split, g.index)] = write_group(converter, g, cfg)
+            records[(g.split, g.index)] = _slim(write_group(converter, g, cfg))
             bar.update(len(g.frames))
     else:
         ctx = multiprocessing.get_context("spawn")
@@ -354,7 +354,7 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
             try:
                 for fut in as_completed(futures):
                     g = futures[fut]
-                    records[(g.split, g.index)] = fut.result()
+                    records[(g.split, g.index)] = _slim(fut.result())
                     bar.update(len(g.frames))
             except BrokenProcessPool:
                 left = [g for g in todo if (g.split, g.index) not in records]
@@ -388,12 +388,11 @@ def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, group
     shard_dir = split_dir(cfg, converter.name, split).resolve()
     cfg.manifest_dir.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(shard_dir, cfg.manifest_dir.resolve())
-    shards, rows, rejected, depth_rejected = [], [], [r.as_dict() for r in enum_rejected], 0
+    shards, rejected, depth_rejected = [], [r.as_dict() for r in enum_rejected], 0
     for g in groups:
         rec = records[(split, g.index)]
         shards += [{"path": f"{rel}/{s['name']}", "samples": s["samples"], "bytes": s["bytes"], "sha256": s["sha256"]}
                    for s in rec["shards"]]
-        rows += [{**r, "shard": f"{rel}/{r['shard']}"} for r in rec["index"]]
         rejected += rec["rejected"]
         depth_rejected += rec["depth_rejected_pixels"]
     rejected.sort(key=lambda r: r["frame"])
@@ -407,4 +406,17 @@ def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, group
         report=report,
         part=None if part is None else {"index": part[0], "count": part[1]},
     )
-    return write_manifest(m, cfg.manifest_dir, rows)
+    return write_manifest(m, cfg.manifest_dir, _index_rows(cfg, groups, rel))
+
+
+def _slim(record: dict[str, Any]) -> dict[str, Any]:
+    """A group's record without its index rows: those stay in its file until the manifest is
+    written (:func:`_index_rows`), so the build's memory does not grow with the dataset."""
+    return {k: v for k, v in record.items() if k != "index"}
+
+
+def _index_rows(cfg: BuildConfig, groups: list[Group], rel: str) -> Iterator[dict[str, Any]]:
+    """The index rows of the groups, in order, read back from their records one group at a time."""
+    for g in groups:
+        for r in json.loads(_record_path(cfg, g).read_bytes())["index"]:
+            yield {**r, "shard": f"{rel}/{r['shard']}"}
