@@ -87,3 +87,38 @@ def test_open_descriptors_are_bounded_and_counted(built):
         assert len(reader._files) <= 2
     assert reader.opens == 4  # the first shard was closed (least recently used) and opened again
     reader.close()
+
+
+def test_block_shuffle_keeps_quotas_and_reads_few_shards_at_a_time():
+    from vortex_data.block_shuffle import plan_epoch_blocks
+    from vortex_data.mixture import plan_epoch
+
+    shard_of = [np.repeat(np.arange(40), 25), np.repeat(np.arange(6), 10)]  # 1000 and 60 samples
+    a = plan_epoch_blocks(shard_of, [0.7, 0.3], 1500, seed=3, epoch=2, block_size=100)
+    g = plan_epoch([1000, 60], [0.7, 0.3], 1500, seed=3, epoch=2)
+    assert np.bincount(a.source).tolist() == np.bincount(g.source).tolist() == [1050, 450]
+    for s, n in ((0, 1000), (1, 60)):  # the global plan's cycling rule: each sample floor/ceil(q/n) times
+        counts = np.bincount(a.index[a.source == s], minlength=n)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == (1050, 450)[s]
+    b = plan_epoch_blocks(shard_of, [0.7, 0.3], 1500, seed=3, epoch=2, block_size=100)
+    assert all(np.array_equal(x, y) for x, y in ((a.source, b.source), (a.index, b.index), (a.repeat, b.repeat)))
+    big = a.source == 0
+    shards = shard_of[0][a.index[big]]
+    per_block = [len(set(shards[i:i + 100].tolist())) for i in range(0, 1000, 100)]
+    assert max(per_block) <= 100 // 25 + 2  # a block's samples come from a handful of shards
+    assert len(set(shard_of[0][g.index[g.source == 0][:100]].tolist())) > 20  # the global plan: nearly all
+
+
+def test_the_loader_resumes_exactly_with_block_shuffle(built, tmp_path):
+    kw = dict(batch_size=2, size=(16, 16), cache_dir=str(tmp_path), shuffle="blocks", shuffle_block=4)
+    full = [k for b in make_loader(one_source(built, 10), **kw) for k in b["key"]]
+    first = make_loader(one_source(built, 10), **kw)
+    it = iter(first)
+    head = [k for _ in range(2) for k in next(it)["key"]]
+    state = first.state_dict()
+    second = make_loader(one_source(built, 10), **{**kw, "batch_size": 3})
+    second.load_state_dict(state)
+    rest = [k for b in second for k in b["key"]]
+    assert head + rest == full[:len(head) + len(rest)] and len(head) + len(rest) >= 9
+    with pytest.raises(ValueError, match="fingerprint"):
+        make_loader(one_source(built, 10), batch_size=2, size=(16, 16), cache_dir=str(tmp_path)).load_state_dict(state)

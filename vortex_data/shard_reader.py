@@ -30,7 +30,7 @@ def is_remote(url: str) -> bool:
 class ShardReader:
     """Reads samples from shards; counts file opens so the benchmark can report them."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 64,
+    def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 128,
                  cache_bytes: int | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_bytes = cache_bytes

@@ -31,7 +31,8 @@ from ..shard_reader import is_remote
 from .batch import IMAGENET_MEAN, IMAGENET_STD
 from .collate import widen_labels
 from .dataset import EpochDataset
-from .plan import DECODE, PHOTOMETRIC, LoaderSpec
+from ..block_shuffle import DEFAULT_BLOCK
+from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
 from .workers import ignore_stop_signals
 
 log = logging.getLogger(__package__)  # "vortex_data.stream", the name the docs give
@@ -166,7 +167,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
-                decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None) -> StreamLoader:
+                decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None,
+                shuffle: str = "global", shuffle_block: int = DEFAULT_BLOCK) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -196,6 +198,10 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
     default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
     and listed in ``loader.skipped``.
+    shuffle: the training order, ``"global"`` (one uniform permutation of the epoch) or ``"blocks"``
+    (shards in random order cut into blocks of ``shuffle_block`` samples, each shuffled inside:
+    a bounded set of shards at a time, for remote shards behind a node cache smaller than the
+    dataset; see :mod:`vortex_data.block_shuffle`). Quotas, batch counts and resume are the same.
     cache_dir / cache_bytes: where remote (``pipe:``/http) shards and the sources' memory-mapped
     per-sample arrays are cached and how large the shard cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
@@ -206,6 +212,10 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         raise ValueError(f"decode must be one of {DECODE}, got {decode!r}")
     if decode == "device" and photometric != "device":
         raise ValueError("decode='device' ships undecoded RGB, so it needs photometric='device'")
+    if shuffle not in SHUFFLE:
+        raise ValueError(f"shuffle must be one of {SHUFFLE}, got {shuffle!r}")
+    if shuffle_block < 1:
+        raise ValueError(f"shuffle_block must be positive, got {shuffle_block}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
@@ -230,11 +240,13 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
         cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
-        cache_bytes=cache_bytes,
+        cache_bytes=cache_bytes, shuffle=shuffle, shuffle_block=shuffle_block,
     )
     _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
+    if shuffle == "blocks":  # another order: a state saved under the other mode must not resume here
+        fingerprint += f":blocks={shuffle_block}"
     return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)
 
 

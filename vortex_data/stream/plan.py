@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..augment import AugmentConfig
+from ..block_shuffle import DEFAULT_BLOCK, plan_epoch_blocks
 from ..mixture import EpochPlan, SourceIndex, plan_epoch, plan_sequential, quotas
 
 PHOTOMETRIC = ("cpu", "device")
+SHUFFLE = ("global", "blocks")
 DECODE = ("cpu", "device")
 
 
@@ -85,10 +87,16 @@ class LoaderSpec:
     """Size limit of the remote-shard cache (None: $VORTEX_SHARD_CACHE_BYTES or half the free space)."""
     photometric: str = "cpu"
     decode: str = "cpu"
+    shuffle: str = "global"
+    """Training order: 'global' (one uniform permutation) or 'blocks' (:mod:`vortex_data.block_shuffle`)."""
+    shuffle_block: int = DEFAULT_BLOCK
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan: the mixture plan when training, one ordered pass otherwise."""
         sizes = [len(ix) for ix in self.indices]
+        if self.train and self.shuffle == "blocks":
+            return plan_epoch_blocks([ix.shard_of for ix in self.indices], self.weights, self.epoch_size,
+                                     self.seed, epoch, self.shuffle_block)
         if self.train:
             return plan_epoch(sizes, self.weights, self.epoch_size, self.seed, epoch)
         return plan_sequential(sizes)
