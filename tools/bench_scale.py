@@ -8,7 +8,7 @@ process so its peak RSS is its own:
 
 * build-shards: time and peak RSS (the writer's pool processes included);
 * make_loader: time, RSS added, and the size of the spec pickled to each DataLoader worker;
-* the mixture loader (batch 16, global shuffle, an epoch of 4,096 samples drawn from the N):
+* the mixture loader (batch 16, ``--shuffle`` global or blocks, an epoch of 4,096 samples drawn from the N):
   per-batch time in epochs 0 and 1, in-process and with ``--workers`` persistent workers; worker
   RSS (total and private) after epoch 1; file opens per 1,000 samples;
 * ``vortex-data verify`` and ``vortex-data stats`` (1 worker, up to ``--stats-max``): time and peak RSS;
@@ -121,21 +121,22 @@ def _epoch_times(loader, epochs: int = 2) -> tuple[list[float], int]:
     return out, sum(opens.values())
 
 
-def phase_loader(d: Path, n: int, workers: int) -> dict:
+def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict:
     from vortex_data.mixture import Mixture, Source
     from vortex_data.stream import make_loader
 
     manifest = str(d / "manifests" / "tiny-train.json")
     mix = Mixture((Source("tiny", manifest, 1.0),), EPOCH, "scale")
     res: dict[str, Any] = {}
+    kw = {} if shuffle == "global" else {"shuffle": shuffle}
     rss0 = _rss_mb(os.getpid())[0]
     t = time.perf_counter()
-    loader = make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=0, profile=True)
+    loader = make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=0, profile=True, **kw)
     res["make_loader_s"] = time.perf_counter() - t
     res["make_loader_mb"] = _rss_mb(os.getpid())[0] - rss0
     res["spec_kb"] = len(pickle.dumps(loader.spec)) / 1024
     (res["batch0_ms"], res["batch1_ms"]), _ = _epoch_times(loader)
-    loader = make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=workers, profile=True)
+    loader = make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=workers, profile=True, **kw)
     (res["wbatch0_ms"], res["wbatch1_ms"]), opens = _epoch_times(loader)
     for k in ("batch0_ms", "batch1_ms", "wbatch0_ms", "wbatch1_ms"):
         res[k] *= 1000
@@ -178,8 +179,9 @@ def phase_stats(d: Path, n: int) -> dict:
 PHASES = {"build": phase_build, "loader": phase_loader, "verify": phase_verify, "stats": phase_stats}
 
 
-def run_phase(name: str, d: Path, n: int, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--phase", name, "--dir", str(d), "--sizes", str(n), "--workers", str(workers)]
+def run_phase(name: str, d: Path, n: int, workers: int, shuffle: str) -> dict:
+    cmd = [sys.executable, __file__, "--phase", name, "--dir", str(d), "--sizes", str(n), "--workers", str(workers),
+           "--shuffle", shuffle]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -216,12 +218,14 @@ def main() -> None:
     ap.add_argument("--stats-max", type=int, default=50_000,
                     help="run the stats phase only up to this size (it costs ~3 ms of CPU a frame)")
     ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    ap.add_argument("--shuffle", choices=("global", "blocks"), default="global",
+                    help="the loader's training order (make_loader(shuffle=...))")
     ap.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.dir, args.sizes[0], *(
-            (args.workers,) if args.phase == "loader" else ()))))
+            (args.workers, args.shuffle) if args.phase == "loader" else ()))))
         return
     tmp = None
     if args.work is None:
@@ -235,7 +239,7 @@ def main() -> None:
         for ph in phases:
             if ph == "stats" and n > args.stats_max:
                 continue
-            rows[n].update(run_phase(ph, d, n, args.workers))
+            rows[n].update(run_phase(ph, d, n, args.workers, args.shuffle))
             print(f"{n:>9,} {ph}: " + ", ".join(f"{k}={v:.3g}" for k, v in rows[n].items() if k != "samples"),
                   flush=True)
     print()
