@@ -105,7 +105,8 @@ def _rss_mb(pid: int) -> tuple[float, float]:
 
 
 def _epoch_times(loader, epochs: int = 2) -> tuple[list[float], int]:
-    """Median seconds per batch of each epoch, and the file opens the loader reported."""
+    """Mean seconds per batch of each epoch (the first two left out: worker start-up), and the
+    file opens the loader reported. A mean, not a median: a shard's first read may cost more."""
     out, opens = [], {}
     for _ in range(epochs):
         times, t = [], time.perf_counter()
@@ -117,7 +118,7 @@ def _epoch_times(loader, epochs: int = 2) -> tuple[list[float], int]:
             if "opens" in tm:  # cumulative per worker within the epoch
                 w = (loader.epoch, tm.get("worker", 0))
                 opens[w] = max(opens.get(w, 0), tm["opens"])
-        out.append(float(np.median(times[2:] or times)))
+        out.append(float(np.mean(times[2:] or times)))
     return out, sum(opens.values())
 
 
