@@ -219,6 +219,59 @@ def run_ceiling(plan: Plan, device: torch.device, tmp: Path, budget: Budget) -> 
     return rows
 
 
+def run_breakdown(plan: Plan, device: torch.device, tmp: Path) -> dict[str, Any]:
+    """(g) where one training step's time goes, on a resident batch at the last ceiling size: the
+    forward pass (with the loss), backward and optimiser step each timed with a synchronise
+    around it; then the profiler's sum of device kernel time against the step's wall time (how
+    busy the GPU is) and its count of kernel launches and host-device synchronisations."""
+    from torch.profiler import ProfilerActivity, profile
+
+    size, b = plan.sizes[-1], plan.batches[-1]
+    data = resident_batch(size, b, device)
+    trainer = Trainer(config(tmp / "breakdown", None, size, b, 0, 10**6, device), lambda req: ResidentBatches(data))
+    trainer.module.train()
+    autocast = (torch.autocast("cuda", dtype=trainer.amp_dtype) if trainer.amp_dtype
+                else torch.autocast("cpu", enabled=False))
+    phases: dict[str, list[float]] = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+    for i in range(max(4, plan.ceiling_steps // 3)):
+        rgb, depth, seg = trainer.to_device(data)
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            total, _ = trainer.model(rgb, depth, seg)
+        sync(device)
+        t1 = time.perf_counter()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        trainer.optimizer.step()
+        sync(device)
+        t3 = time.perf_counter()
+        if i >= 2:
+            for k, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                phases[k].append(1000 * seconds)
+    out: dict[str, Any] = {"size": list(size), "batch": b, **{k: round(statistics.median(v), 2) for k, v in phases.items()}}
+    steps = 5
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(data)
+        sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") if device.type == "cuda" else 0
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"))
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync"))
+    out.update(step_ms=round(1000 * wall / steps, 2), device_kernel_ms_per_step=round(kernel_us / 1000 / steps, 2),
+               gpu_busy_fraction=round(kernel_us / 1e6 / wall, 3) if device.type == "cuda" else None,
+               kernel_launches_per_step=round(launches / steps), sync_or_copy_calls_per_step=round(syncs / steps))
+    print(f"[gpu_bench] breakdown {out}", flush=True)
+    return out
+
+
 def mode_factory(decode: str) -> Callable[[LoaderRequest], Any]:
     return lambda req: stream_loader(dataclasses.replace(req, decode=decode))
 
@@ -363,6 +416,8 @@ def table(result: dict[str, Any]) -> str:
                              f"{r['images_per_s']:>8} {100 * r['data_wait_fraction']:>6.1f} {str(r['peak_gib']):>8}"))
     if "device_phase" in result:
         lines += ["", f"(c) device phase: {json.dumps(result['device_phase'])}"]
+    if "breakdown" in result:
+        lines += ["", f"(g) one step: {json.dumps(result['breakdown'])}"]
     if "training" in result:
         t = {k: v for k, v in result["training"].items() if k != "losses"}
         lines += ["", f"(e) training run: {json.dumps(t)}"]
@@ -382,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which remaining measurements are skipped")
     p.add_argument("--workers", type=int, nargs="+", help="loader worker counts for (b) (default 2 4 8 16)")
     p.add_argument("--set-dir", type=Path, help="build the photo set here (default: a temporary folder)")
-    p.add_argument("--sections", default="abcef", help="which of a, b, c, e to run (d is part of each; f needs b and e)")
+    p.add_argument("--sections", default="agceb", help="which of a, b, c, e, g (one step's time by phase) to run (d is part of each; f needs b and e)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -403,13 +458,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="vortex-gpu-bench-") as tmpname:
         tmp = Path(tmpname)
-        t0 = time.perf_counter()
-        manifest = build_photo_set(args.photos, args.set_dir or tmp / "photos", plan.photos, workers=usable_cpus())
-        result["photo_set"] = {"samples": plan.photos, "build_s": round(time.perf_counter() - t0, 1)}
-        print(f"[gpu_bench] photo set: {plan.photos} frames in {result['photo_set']['build_s']} s", flush=True)
-        save()
+        manifest = Path()
+        if set(args.sections) & set("bce"):
+            t0 = time.perf_counter()
+            manifest = build_photo_set(args.photos, args.set_dir or tmp / "photos", plan.photos, workers=usable_cpus())
+            result["photo_set"] = {"samples": plan.photos, "build_s": round(time.perf_counter() - t0, 1)}
+            print(f"[gpu_bench] photo set: {plan.photos} frames in {result['photo_set']['build_s']} s", flush=True)
+            save()
         if "a" in args.sections:
             result["ceiling"] = run_ceiling(plan, device, tmp, budget)
+            save()
+        if "g" in args.sections:
+            result["breakdown"] = run_breakdown(plan, device, tmp)
             save()
         if "c" in args.sections:
             result["device_phase"] = run_device_phase(plan, manifest, device)
