@@ -7,7 +7,8 @@ package's own writer (default shard size, 256 samples a shard) and prints, each 
 process so its peak RSS is its own:
 
 * build-shards: time and peak RSS (the writer's pool processes included);
-* make_loader: time, RSS added, and the size of the spec pickled to each DataLoader worker;
+* make_loader: time, RSS added, the size of the spec pickled to each DataLoader worker, and the
+  time of a second make_loader in the same process (what another rank on the node pays);
 * the mixture loader (batch 16, ``--shuffle`` global or blocks, an epoch of 4,096 samples drawn from the N):
   per-batch time in epochs 0 and 1, in-process and with ``--workers`` persistent workers; worker
   RSS (total and private) after epoch 1; file opens per 1,000 samples;
@@ -136,6 +137,9 @@ def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict
     res["make_loader_s"] = time.perf_counter() - t
     res["make_loader_mb"] = _rss_mb(os.getpid())[0] - rss0
     res["spec_kb"] = len(pickle.dumps(loader.spec)) / 1024
+    t = time.perf_counter()  # a second loader on the node (another rank) finds what the first prepared
+    make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=0, **kw)
+    res["make_loader_again_s"] = time.perf_counter() - t
     (res["batch0_ms"], res["batch1_ms"]), _ = _epoch_times(loader)
     loader = make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=workers, profile=True, **kw)
     (res["wbatch0_ms"], res["wbatch1_ms"]), opens = _epoch_times(loader)
@@ -189,6 +193,7 @@ def run_phase(name: str, d: Path, n: int, workers: int, shuffle: str) -> dict:
 
 COLUMNS = [("build_s", "build s", "{:.1f}"), ("build_peak_mb", "build MB", "{:.0f}"),
            ("make_loader_s", "make_loader s", "{:.2f}"), ("make_loader_mb", "+MB", "{:.0f}"),
+           ("make_loader_again_s", "again s", "{:.2f}"),
            ("spec_kb", "spec KB", "{:.1f}"), ("batch0_ms", "ms/batch e0", "{:.1f}"),
            ("batch1_ms", "e1", "{:.1f}"), ("wbatch0_ms", "workers e0", "{:.1f}"), ("wbatch1_ms", "e1", "{:.1f}"),
            ("worker_rss_mb", "worker MB", "{:.0f}"), ("worker_anon_mb", "private", "{:.0f}"),
