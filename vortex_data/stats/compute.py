@@ -68,13 +68,16 @@ def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
 
 def index_rows(unit: Unit) -> dict[str, np.ndarray]:
     m = load_manifest(unit.manifest)
-    try:
-        table = m.read_index()
+    names = ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy")
+    try:  # only the columns used (not the member maps), and the class counts without Python lists
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(m.index_path(), columns=[*names, "class_pixels"])
     except OSError as e:
         raise ValueError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
-    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in
-            ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy")}
-    cols["class_pixels"] = np.array(table.column("class_pixels").to_pylist(), np.int64).reshape(-1, NUM_CLASSES)
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
+    cls = table.column("class_pixels").combine_chunks()
+    cols["class_pixels"] = np.asarray(cls.flatten(), np.int64).reshape(-1, NUM_CLASSES)
     if unit.key_pattern:
         keep = np.array([bool(re.search(unit.key_pattern, k)) for k in cols["key"]], bool)
         cols = {k: v[keep] for k, v in cols.items()}
