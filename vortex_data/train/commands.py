@@ -14,7 +14,7 @@ _OVERRIDES = {
     "steps_per_epoch": int, "batch_size": int, "num_workers": int, "seed": int, "encoder_weights": str,
     "lr_encoder": float, "lr_heads": float, "warmup_steps": int, "amp": str, "ckpt_every": int,
     "time_limit_s": float, "stop_margin_s": float, "stop_file": str, "profile_steps": int, "log_every": int,
-    "init_from": str, "on_error": str,
+    "init_from": str, "on_error": str, "decode": str,
 }
 assert set(_OVERRIDES) <= FIELDS
 
@@ -35,11 +35,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")
     for name, typ in _OVERRIDES.items():
         flag = "--" + name.replace("_", "-")
-        if name not in ("time_limit_s", "on_error"):
+        if name not in ("time_limit_s", "on_error", "decode"):
             p.add_argument(flag, dest=name, type=typ, help=f"override the recipe's {name}")
     p.add_argument("--on-error", dest="on_error", choices=("raise", "skip"),
                    help="a sample failing its checksum or decode: raise (default: stop naming shard, key, member) "
                         "or skip (replace it from the same source deterministically, log it, count it per epoch)")
+    p.add_argument("--decode", dest="decode", choices=("cpu", "device"),
+                   help="where RGB JPEGs are decoded: cpu (the loader workers; default) or device (torchvision on the GPU)")
     p.set_defaults(func=run_train)
     return p
 

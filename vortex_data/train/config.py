@@ -23,6 +23,8 @@ class TrainConfig:
     batch_size: int = 8
     image_size: tuple[int, int] = (384, 512)
     num_workers: int = 4
+    decode: str = "cpu"
+    """Where the training loader decodes RGB JPEGs: 'cpu' (its workers) or 'device' (``finish`` on the GPU)."""
     on_error: str = "raise"
     """A sample failing its read-time integrity check: 'raise' or 'skip' (replace, count, log)."""
     seed: int = 0

@@ -30,7 +30,7 @@ import torch.nn as nn
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.train import checkpoint, distributed
 from vortex_data.train.config import TrainConfig
-from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
+from vortex_data.train.data import LoaderFactory, StatefulLoader, train_request
 from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import SampleSchedule, build_optimizer
@@ -98,11 +98,7 @@ class Trainer:
                                         reference_batch=self.global_batch)
         self.amp_dtype = AMP_DTYPES[cfg.amp] if self.cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        self.loader: StatefulLoader = factory(LoaderRequest(
-            mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
-            image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True,
-            manifests_dir=cfg.manifests_dir, on_error=cfg.on_error, photometric="device"))
+        self.loader: StatefulLoader = factory(train_request(cfg, self.dist.rank, self.dist.world_size))
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint last written or restored
         self.model: nn.Module = self.module
