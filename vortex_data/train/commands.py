@@ -27,7 +27,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                                           "(STATUS 'failed <reason>': do not requeue).")
     p.add_argument("--recipe", default="v6", help="shipped recipe name or TOML path ('none' for defaults only)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
-                   help="run one stage; default: stage 1 then stage 2 (which starts from stage 1's weights)")
+                   help="run one stage; default: stage 1 then stage 2 (which starts from the final weights of a finished "
+                        "stage 1, or from --init-from CKPT)")
     p.add_argument("--manifests", "--shards", dest="manifests_dir", metavar="DIR",
                    help="folder with the converted datasets' manifests (<dataset>-<split>.json); default manifests/")
     p.add_argument("--time-limit", dest="time_limit_s", type=float,

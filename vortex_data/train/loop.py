@@ -153,16 +153,27 @@ class Trainer:
         self.info("initialised", path=str(path))
 
     def init_source(self) -> Path | None:
+        """Where a fresh stage takes its network from: ``init_from`` as given (verified when it is a
+        checkpoint directory with checksums), or the final checkpoint of stage ``init_from_stage``,
+        which must have finished (STATUS ``done``) and verify (rank 0 checks, every rank uses it)."""
         if self.cfg.init_from:
-            return Path(self.cfg.init_from)
-        if self.cfg.init_from_stage:
-            src = Path(self.cfg.run_dir) / f"stage{self.cfg.init_from_stage}" / "checkpoints"
-            found = checkpoint.latest(src)  # verified; damaged newer ones are passed over
-            if found is None:
-                raise FileNotFoundError(f"stage {self.cfg.stage} starts from stage {self.cfg.init_from_stage}, "
-                                        f"but {src} holds no checkpoint; run that stage first")
-            return found
-        return None
+            path = Path(self.cfg.init_from)
+            if path.is_dir() and (path / checkpoint.CHECKSUMS).is_file() and (why := checkpoint.problem(path)):
+                raise checkpoint.CheckpointError(f"--init-from {path} does not verify: {why}")
+            return path
+        if not self.cfg.init_from_stage:
+            return None
+        choice: tuple[str, str] = ("ok", "")
+        if self.dist.is_main:
+            try:
+                src = Path(self.cfg.run_dir) / f"stage{self.cfg.init_from_stage}"
+                choice = ("ok", str(checkpoint.finished_stage(src, self.cfg.init_from_stage, self.cfg.stage)))
+            except checkpoint.StageHandOffError as e:
+                choice = ("error", str(e))
+        kind, value = distributed.broadcast_object(choice)  # type: ignore[misc]
+        if kind == "error":
+            raise checkpoint.StageHandOffError(value)
+        return Path(value)
 
     def find_checkpoint(self) -> Path | None:
         """Rank 0 picks the newest complete checkpoint and every rank resumes from that one.
