@@ -348,8 +348,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--stage", type=int, default=1, help="recipe stage (default 1)")
     p.add_argument("--manifests", dest="manifests_dir", metavar="DIR",
                    help="folder with the datasets' manifests (default manifests/)")
-    p.add_argument("--mixture", help="override the recipe's mixture (file or recipe name)")
-    p.add_argument("--manifest", help="one manifest instead of the recipe's mixture (as train --manifest)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--mixture", help="override the recipe's mixture (file or recipe name)")
+    data.add_argument("--manifest", help="one manifest instead of the recipe's mixture (as train --manifest)")
     p.add_argument("--num-workers", type=int, help="override the recipe's loader workers per rank")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size per rank")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")

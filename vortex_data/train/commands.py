@@ -34,9 +34,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--time-limit", dest="time_limit_s", type=float,
                    help="seconds of training before a clean stop; must exceed the stop margin (stop_margin_s)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--mixture", help="train on this mixture (file or shipped name) instead of the recipe's data")
+    data.add_argument("--manifest", help="train on this one manifest instead of the recipe's mixture (the recipe's "
+                                         "other settings still apply)")
     for name, typ in _OVERRIDES.items():
         flag = "--" + name.replace("_", "-")
-        if name not in ("time_limit_s", "on_error", "decode"):
+        if name not in ("time_limit_s", "on_error", "decode", "mixture", "manifest"):
             p.add_argument(flag, dest=name, type=typ, help=f"override the recipe's {name}")
     p.add_argument("--on-error", dest="on_error", choices=("raise", "skip"),
                    help="a sample failing its checksum or decode: raise (default: stop naming shard, key, member) "
