@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from vortex_data.train.config import FIELDS, build_config, load_recipe
+from vortex_data.train.protocol import PROTOCOLS
 
 # CLI flag -> TrainConfig field, for the settings worth overriding without editing a recipe.
 _OVERRIDES = {
@@ -57,11 +58,18 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
     p.add_argument("--manifest", help="dataset manifest handed to the loader")
     p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")
-    p.add_argument("--split", default="val", help="split the loader reads (default val)")
+    p.add_argument("--split", help="replaces {split} in --manifest (default: test where the NYU protocol finds "
+                                   "that manifest, else val)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
+                   help="nyu: the published NYU protocol (official 654-frame test split, predictions upsampled "
+                        "to 480x640 and scored against full-resolution ground truth, Eigen crop, 1e-3..10 m); "
+                        "plain: scored at the evaluation size; auto (default): nyu for an NYU manifest, else plain")
     p.add_argument("--batch-size", type=int, default=8, help="default 8")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="evaluation size (default: the checkpoint's training image_size)")
-    p.add_argument("--eigen-crop", action="store_true", help="evaluate inside the Eigen crop (NYU protocol)")
+                   help="network input size (nyu) or evaluation size (plain); default: the checkpoint's training "
+                        "image_size")
+    p.add_argument("--eigen-crop", action="store_true", help="plain protocol: score inside the Eigen crop too "
+                                                             "(the nyu protocol always does)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.set_defaults(func=run_eval)
     return p
@@ -104,11 +112,17 @@ def run_eval(args: argparse.Namespace) -> int:
         if ckpt is None:
             print(f"no checkpoint under {args.checkpoint}", file=sys.stderr)
             return 2
-    results = run_evaluation(ckpt, args.manifest, resolve_factory(args.loader), args.batch_size, args.split,
-                             tuple(args.image_size) if args.image_size else None, args.eigen_crop)
+    from dataclasses import asdict
+
+    from vortex_data.train.protocol import resolve_split
+
+    split = resolve_split(args.manifest, args.split, args.protocol)
+    proto, results = run_evaluation(ckpt, args.manifest, resolve_factory(args.loader), args.batch_size, split,
+                                    tuple(args.image_size) if args.image_size else None, args.eigen_crop,
+                                    args.protocol, announce=lambda line: print(line, flush=True))
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"protocol": asdict(proto), "results": results}, indent=2))
     return 0
 
 
