@@ -7,8 +7,9 @@ names, on the node the job got, it reports:
             :mod:`vortex_data.cpus`) against the processes the job starts: ranks per node x
             (loader workers + 1 main process).
 * loader    the rate of the loader the trainer builds (the same function makes both), measured
-            here (a short timed run, warm-up and worker-buffered batches excluded) against the rate training consumes (``--needed-rate``, or timed from a few training
-            steps on the device present with ``--measure-steps``).
+            here (a short timed run, warm-up and worker-buffered batches excluded) against the
+            rate training consumes (``--needed-rate``, or timed from a few training steps on the
+            device present with ``--measure-steps``).
 * labels    P(a training batch holds no labelled sample), from the indexes (the formulas of
             ``vortex-data stats``).
 * leakage   NYU frames in val/test whose scene also appears in train, when the indexes record

@@ -56,7 +56,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """Register ``eval``: per-dataset depth metrics and mIoU of a checkpoint."""
     p = subparsers.add_parser("eval", help="evaluate a training checkpoint per dataset")
     p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
-    p.add_argument("--manifest", help="dataset manifest handed to the loader")
+    p.add_argument("--manifest", help="dataset manifest handed to the loader; a {split} in it is replaced by --split")
     p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")
     p.add_argument("--split", help="replaces {split} in --manifest (default: test where the NYU protocol finds "
                                    "that manifest, else val)")
