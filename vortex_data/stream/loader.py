@@ -67,6 +67,7 @@ class StreamLoader:
         return self.spec.batches(self.epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        """The next pass is the whole of ``epoch``, whatever was read before (a part-read pass included)."""
         self.epoch, self.position = int(epoch), 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -79,7 +80,10 @@ class StreamLoader:
             # Pinned host memory makes the trainer's .to(device, non_blocking=True) truly asynchronous.
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                   pin_memory=torch.cuda.is_available(), **kw)
-        self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
+        # Where the dataset copies (in-process, or in the persistent workers) stand once this pass
+        # has run to its end; unknown while it runs, and after a pass left part-read they are
+        # still inside it, so whatever comes next (set_epoch, load_state_dict) rebuilds them.
+        self._next = None
         n = self.spec.plan_len(self.epoch)
         step = self.spec.step
         skipped0 = len(self.skipped)
@@ -95,6 +99,7 @@ class StreamLoader:
             log.warning("epoch %d: %d bad samples replaced (on_error='skip'); %d in total",
                         self.epoch, len(self.skipped) - skipped0, len(self.skipped))
         self.epoch, self.position = self.epoch + 1, 0
+        self._next = (self.epoch, 0)
 
     def finish(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The device phase: a batch (moved with :func:`vortex_data.stream.photometric.to_device` or

@@ -44,6 +44,11 @@ class CheckpointError(ValueError):
     """Checkpoints exist but none is complete: resuming would silently start over."""
 
 
+class StageHandOffError(ValueError):
+    """A stage that starts from an earlier one, but the earlier one did not finish or its final
+    checkpoint does not verify: starting from an older checkpoint would silently train on less."""
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -169,6 +174,29 @@ def latest(ckpt_dir: Path) -> Path | None:
     if found is None and skipped:
         raise CheckpointError(no_complete_message(ckpt_dir, skipped))
     return found
+
+
+def finished_stage(stage_dir: Path, stage: int, next_stage: int) -> Path:
+    """The final checkpoint of a stage that finished: its ``STATUS`` says ``done`` and its newest
+    checkpoint verifies. Otherwise StageHandOffError naming what is missing and what to do."""
+    status_file = stage_dir / "STATUS"
+    what = (f"stage {next_stage} starts from stage {stage}'s final checkpoint, but ")
+    todo = (f"; run stage {stage} to the end first (rerunning it resumes), or give --init-from CKPT to start "
+            f"from a checkpoint of your choice")
+    try:
+        status = status_file.read_text().strip()
+    except FileNotFoundError:
+        raise StageHandOffError(what + f"{status_file} does not exist (stage {stage} never ran in this run "
+                                f"directory)" + todo) from None
+    if status != "done":
+        raise StageHandOffError(what + f"stage {stage} did not finish: {status_file} says {status!r}" + todo)
+    ckpts = published(stage_dir / "checkpoints")
+    if not ckpts:
+        raise StageHandOffError(what + f"{stage_dir / 'checkpoints'} holds no checkpoint" + todo)
+    why = problem(ckpts[0])
+    if why is not None:
+        raise StageHandOffError(what + f"{ckpts[0]} does not verify: {why}" + todo)
+    return ckpts[0]
 
 
 def no_complete_message(ckpt_dir: Path, skipped: list[tuple[Path, str]]) -> str:

@@ -23,6 +23,8 @@ class TrainConfig:
     batch_size: int = 8
     image_size: tuple[int, int] = (384, 512)
     num_workers: int = 4
+    decode: str = "cpu"
+    """Where the training loader decodes RGB JPEGs: 'cpu' (its workers) or 'device' (``finish`` on the GPU)."""
     on_error: str = "raise"
     """A sample failing its read-time integrity check: 'raise' or 'skip' (replace, count, log)."""
     seed: int = 0
@@ -85,18 +87,25 @@ def load_recipe(name_or_path: str) -> dict[str, Any] | None:
 def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str, Any],
                  recipe_name: str = "recipe") -> TrainConfig:
     """[common] then [stageN] then non-None overrides; unknown keys are an error, not silently dropped.
-    ``recipe_name`` (the recipe's name or path) is what error messages call the recipe."""
+    ``recipe_name`` (the recipe's name or path) is what error messages call the recipe.
+
+    ``mixture`` and ``manifest`` name the training data two ways: a layer that sets one clears the
+    other from the layers below (``--manifest X`` trains on X whatever mixture the recipe names);
+    one layer setting both is an error."""
     values: dict[str, Any] = {"stage": stage}
-    if recipe:
-        for section in ("common", f"stage{stage}"):
-            unknown = set(recipe.get(section, {})) - FIELDS
-            if unknown:
-                raise ValueError(f"{recipe_name}: unknown training settings in [{section}]: {sorted(unknown)}")
-            values.update(recipe.get(section, {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - FIELDS
-    if unknown:
-        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    layers = [(f"{recipe_name}: ", f" in [{s}]", recipe.get(s, {})) for s in ("common", f"stage{stage}")] if recipe else []
+    layers.append(("", " given as overrides", {k: v for k, v in overrides.items() if v is not None}))
+    for where, section, layer in layers:
+        unknown = set(layer) - FIELDS
+        if unknown:
+            raise ValueError(f"{where}unknown training settings{section}: {sorted(unknown)}")
+        if layer.get("mixture") is not None and layer.get("manifest") is not None:
+            raise ValueError(f"{where}both mixture ({layer['mixture']}) and manifest ({layer['manifest']}) "
+                             f"set{section}; name the training data one way (--mixture or --manifest)")
+        for name, other in (("mixture", "manifest"), ("manifest", "mixture")):
+            if layer.get(name) is not None:
+                values[other] = None
+        values.update(layer)
     if "image_size" in values:
         values["image_size"] = tuple(int(v) for v in values["image_size"])
     return TrainConfig(**values)

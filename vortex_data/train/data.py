@@ -49,6 +49,18 @@ class LoaderRequest:
     decode: str = "cpu"
 
 
+def train_request(cfg: Any, rank: int = 0, world_size: int = 1) -> LoaderRequest:
+    """The training loader of a :class:`~vortex_data.train.config.TrainConfig` (recipe + overrides)
+    for one rank: the trainer builds its loader from this, and ``vortex-data preflight`` times the
+    loader built from this, so the two cannot drift apart (workers, photometric on the device,
+    decode, size, batch, augmentation, error policy)."""
+    return LoaderRequest(
+        mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
+        image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=rank, world_size=world_size,
+        num_workers=cfg.num_workers, training=True, manifests_dir=cfg.manifests_dir, on_error=cfg.on_error,
+        photometric="device", decode=cfg.decode)
+
+
 class StatefulLoader(Protocol):
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
     def state_dict(self) -> dict[str, Any]: ...
