@@ -13,10 +13,8 @@ import pyarrow.compute as pc
 from .manifest import load_manifest
 from .schema import CLASS_NAMES, IGNORE_INDEX, decode_sample
 from .tar_index import read_samples
+from .views import PALETTE
 
-# One colour per class (RGB) for label dumps; ignore is black.
-PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [250, 170, 30], [0, 130, 180], [220, 20, 60]],
-                   np.uint8)
 
 
 def manifest_summary(path: Path) -> dict[str, Any]:
