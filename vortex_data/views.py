@@ -9,17 +9,13 @@ depth map never uses, and one colour per class.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import cv2
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # headless: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from .schema import CLASS_NAMES, IGNORE_INDEX  # noqa: E402
+from .schema import CLASS_NAMES, IGNORE_INDEX
 
 DEPTH_RANGE_M = (0.25, 40.0)
 """The one depth scale (metres, logarithmic): indoor rooms (0.5-10 m) get most of the colours,
@@ -35,7 +31,23 @@ PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [250, 170, 30],
 """One RGB colour per class (CLASS_NAMES order); 255 = ignore is left transparent in overlays."""
 LABEL_ALPHA = 0.55
 
-_LUT = (plt.get_cmap(DEPTH_CMAP)(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+@functools.cache
+def _pyplot():
+    # Imported on first use: `inspect` (used by build-shards) needs the palette, not matplotlib.
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@functools.cache
+def depth_lut() -> np.ndarray:
+    """(256, 3) uint8: the colour map sampled at 256 steps of the log depth scale."""
+    return (_pyplot().get_cmap(DEPTH_CMAP)(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
 def depth_colours(depth_m: np.ndarray) -> np.ndarray:
@@ -44,7 +56,7 @@ def depth_colours(depth_m: np.ndarray) -> np.ndarray:
     valid = d > 0
     lo, hi = np.log(DEPTH_RANGE_M[0]), np.log(DEPTH_RANGE_M[1])
     t = (np.log(np.where(valid, d, 1.0)) - lo) / (hi - lo)
-    out = _LUT[np.clip(np.rint(t * 255), 0, 255).astype(np.uint8)]
+    out = depth_lut()[np.clip(np.rint(t * 255), 0, 255).astype(np.uint8)]
     out[~valid] = INVALID_RGB
     return out
 
@@ -113,6 +125,9 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
 
 def colour_bar_png(width_in: float = 6.0) -> bytes:
     """The depth scale as a horizontal colour bar with metre ticks, invalid swatch included."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(width_in, 0.75))
     sm = plt.cm.ScalarMappable(norm=LogNorm(*DEPTH_RANGE_M), cmap=DEPTH_CMAP)
     bar = fig.colorbar(sm, cax=ax, orientation="horizontal")
@@ -145,7 +160,7 @@ def colour_bar_rgb(width: int, height: int = 22) -> np.ndarray:
     bar_w = width - 150
     t = np.linspace(0, 1, bar_w)
     out = np.full((height + 14, width, 3), 255, np.uint8)
-    out[:height - 8, :bar_w] = _LUT[np.rint(t * 255).astype(np.uint8)][None]
+    out[:height - 8, :bar_w] = depth_lut()[np.rint(t * 255).astype(np.uint8)][None]
     lo, hi = np.log(DEPTH_RANGE_M[0]), np.log(DEPTH_RANGE_M[1])
     for m in (0.25, 0.5, 1, 2, 5, 10, 20, DEPTH_RANGE_M[1]):
         x = int(round((np.log(m) - lo) / (hi - lo) * (bar_w - 1)))
