@@ -94,7 +94,8 @@ def demo_look(manifests_dir: Path, out: Path) -> None:
     from .show import show
 
     print("== show: a contact sheet of two stage1 training batches (after loader.finish)")
-    print(f"contact sheet: {show('stage1', out / 'show' / 'stage1-train.png', batches=2, batch_size=4, manifests_dir=str(manifests_dir))}")
+    sheet = show("stage1", out / "show" / "stage1-train.png", batches=2, batch_size=4, manifests_dir=str(manifests_dir))
+    print(f"contact sheet: {sheet}")
     if find_spec("rerun") is None:
         print("== export rerun: skipped (install the [viz] extra for rerun-sdk: pip install -e '.[viz]')")
         return

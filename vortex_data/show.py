@@ -102,7 +102,7 @@ def show(target: str, out: Path, split: str = "train", batches: int = 2, batch_s
     if not tiles:
         raise ValueError(f"{target}: the {split} split gave no batch of {batch_size}")
     title = (f"vortex-data show {target}  split={split}  augment={augment}  seed={seed}  "
-             f"{len(tiles)} samples  RGB (red: depth edges) | depth | labels")
+             f"{len(tiles)} sample{'s' if len(tiles) != 1 else ''}  RGB (red: depth edges) | depth | labels")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), cv2.cvtColor(contact_sheet(tiles, title), cv2.COLOR_RGB2BGR)):
         raise OSError(f"{out}: could not write the image (is the suffix .png or .jpg?)")

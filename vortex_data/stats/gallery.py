@@ -95,7 +95,8 @@ def select(units: list[Any], rows: dict[str, dict[str, np.ndarray]], workers: in
         picks += [(int(i), "random") for i in sorted(rng.choice(rest, min(RANDOM_FRAMES, len(rest)), replace=False))]
         out.append({"name": u.name, "frames": [
             {"key": keys[i], "shard": shard_of[u.name][keys[i]], "why": why,
-             "valid_fraction": float(vf[i]), "far_share": float(fs[i])} for i, why in picks]})
+             "valid_fraction": float(vf[i]), "far_share": float(fs[i]), "has_seg": bool(r["has_seg"][i])}
+            for i, why in picks]})
     return out
 
 
@@ -139,19 +140,19 @@ def _scaled(img: np.ndarray, scale: float) -> np.ndarray:
 
 def _caption(f: dict[str, Any]) -> str:
     return (f"{f['key']} — {f['why']}: valid depth {f['valid_fraction']:.0%}, "
-            f"beyond {FAR_M:g} m {f['far_share']:.0%}")
+            f"beyond {FAR_M:g} m {f['far_share']:.0%}" + ("" if f.get("has_seg", True) else "; no labels"))
 
 
 def render(gallery: list[dict[str, Any]]) -> str:
     """The gallery section of report.html (images embedded)."""
-    legend = "".join(f'<span class="sw" style="background:rgb({c[0]},{c[1]},{c[2]})"></span>{html.escape(n)} '
-                     for n, c in zip(CLASS_NAMES, PALETTE.tolist()))
+    legend = " ".join(f'<span class="sw" style="background:rgb({c[0]},{c[1]},{c[2]})"></span>{html.escape(n)}'
+                      for n, c in zip(CLASS_NAMES, PALETTE.tolist()))
     parts = ["<h2>Gallery</h2>",
              "<p>Per source: the frame with the least valid depth, the one with the most depth beyond "
              f"{FAR_M:g} m, and {RANDOM_FRAMES} frames drawn at random (seeded). Each row: RGB | depth | labels "
              "over RGB. Depth uses one scale for every source:</p>",
              f'<img class="gallery" alt="depth colour scale" src="{data_uri(colour_bar_png(), "image/png")}">',
-             f'<p class="legend">Labels: {legend}(ignore: no colour)</p>']
+             f'<p class="legend">Labels: {legend}; ignore (255): not coloured</p>']
     for src in gallery:
         parts.append(f"<h3>{html.escape(src['name'])}</h3>")
         if not src["frames"]:
