@@ -23,6 +23,10 @@ PLUGINS = {
     "train": ("vortex_data.train.commands", "add_train_parser",
               "train EfficientViT-B1 depth + segmentation (resumes automatically; [train] extra)"),
     "eval": ("vortex_data.train.commands", "add_eval_parser", "evaluate a training checkpoint per dataset"),
+    "show": ("vortex_data.show", "add_parser",
+             "contact sheet of training batches as the trainer receives them (PNG)"),
+    "export": ("vortex_data.export_rerun", "add_parser",
+               "write samples in another tool's format (rerun: a .rrd recording; [viz] extra)"),
     "preflight": ("vortex_data.preflight", "add_parser",
                   "before a training job: CPUs, loader rate, label-less batches, NYU leakage, walltime -> GO/NO-GO"),
 }

@@ -22,6 +22,7 @@ from ..cpus import usable_cpus
 from ..manifest import load_manifest
 from ..mixture import Mixture
 from ..schema import CLASS_NAMES, NUM_CLASSES
+from . import gallery
 from .phash import DEFAULT_THRESHOLD, find_duplicates
 from .mixture_risk import (normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
                             read_mixture, simulate_labelless_iid, simulate_labelless_quota)
@@ -229,6 +230,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "class_names": list(CLASS_NAMES), "sources": sources, "mixture": mix,
         "duplicates": {"threshold_bits": dup_threshold, "compared": {k: len(v[0]) for k, v in hashes.items()},
                        "pairs": [d.as_dict() for d in dups]},
+        "gallery": gallery.select(units, rows, workers, seed),
     }
 
 
