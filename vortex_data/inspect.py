@@ -50,8 +50,6 @@ def format_summary(s: dict[str, Any]) -> str:
     rows += [("options", json.dumps(s["converter_options"], sort_keys=True)),
              ("input frames", f"{t['input_frames']} = {t['written']} written + {t['rejected']} rejected"),
              ("shards", f"{t['shards']} ({t['bytes'] / 2**20:.1f} MiB)")]
-    if "labelled" in t:  # manifests written before label coverage was counted lack it
-        rows.append(("labelled frames", f"{t['labelled']} of {t['written']}"))
     if t.get("rejected_by_code"):
         rows.append(("rejected by reason", ", ".join(f"{k}: {v}" for k, v in t["rejected_by_code"].items())))
     if t.get("depth_rejected_pixels"):
