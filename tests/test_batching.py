@@ -229,3 +229,21 @@ def test_same_batches_whatever_the_worker_count(sets):
     assert runs[0] == runs[1] == runs[2]
     imgs = [torch.cat([b["rgb"] for b in make_loader(m, batch_size=4, size=SIZE, num_workers=w)]) for w in (0, 2)]
     assert torch.equal(imgs[0], imgs[1])
+
+
+def test_shipped_stage1_recipe_is_stratified_and_every_batch_of_16_carries_labels():
+    """The recipe's weights over the converters' train sizes (SUN RGB-D 4,490 without NYUdata,
+    DIODE indoor 8,574, NYU 1,159): every batch of 16 in several epochs holds 6-7 SUN RGB-D,
+    6-7 DIODE and 3-4 NYU draws, i.e. 9-10 labelled samples."""
+    from vortex_data.mixture import recipe_path
+
+    recipe = load_mixture(recipe_path("stage1"))
+    assert recipe.batching == "stratified" and [s.name for s in recipe.sources] == ["sunrgbd", "diode_indoor", "nyu"]
+    weights = [s.weight for s in recipe.sources]
+    order = (0, 2, 1)  # what labelled_first gives: SUN RGB-D and NYU labelled, DIODE not
+    for epoch in range(4):
+        plan = plan_batched([4490, 8574, 1159], weights, recipe.epoch_size, 0, epoch, "stratified", 16, order)
+        counts = np.stack([np.bincount(row, minlength=3) for row in blocks(plan, 16)])
+        assert len(counts) == recipe.epoch_size // 16
+        assert set(counts[:, 0]) == {6, 7} and set(counts[:, 1]) == {6, 7} and set(counts[:, 2]) == {3, 4}
+        assert set(counts[:, 0] + counts[:, 2]) == {9, 10}
