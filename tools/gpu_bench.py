@@ -83,9 +83,9 @@ class Plan:
 FULL = Plan(photos=2048, sizes=[(480, 640), (384, 512)], batches=[16, 32], loader_sizes=[(384, 512), (480, 640)],
             loader_batches=[16, 32], workers=[2, 4, 8, 16], ceiling_steps=50, loader_timed_steps=40,
             finish_batches=20, train_steps=200, train_batch=16, train_size=(384, 512), train_workers=2)
-QUICK = Plan(photos=24, sizes=[(96, 128)], batches=[2], loader_sizes=[(96, 128)], loader_batches=[2], workers=[2],
-             ceiling_steps=3, loader_timed_steps=4, finish_batches=2, train_steps=8, train_batch=2,
-             train_size=(96, 128), train_workers=1)
+QUICK = Plan(photos=24, sizes=[(64, 96)], batches=[2], loader_sizes=[(64, 96)], loader_batches=[2], workers=[1],
+             ceiling_steps=3, loader_timed_steps=3, finish_batches=2, train_steps=8, train_batch=2,
+             train_size=(64, 96), train_workers=1)
 
 
 class Budget:
