@@ -281,3 +281,18 @@ def test_batches_buffered_during_warm_up_are_not_timed(monkeypatch):
     monkeypatch.setitem(data.FACTORIES, "stream", lambda req: _Buffered())
     rate = measure_loader(TrainConfig(), batches=4)
     assert 50 < rate < 85  # 4 samples / 50 ms = 80/s; timing the buffered batches would give about 320/s
+
+
+def test_stratified_batching_rules_out_labelless_batches_and_coverage_comes_from_the_index(sets, tmp_path, capsys):
+    """The same mixture with batching = "stratified": every batch of 4 holds 2 NYU (labelled)
+    draws, so preflight reports 0 by construction, not the random plan's 70/1820."""
+    path = recipe(sets, tmp_path)
+    mix = tmp_path / "mix.toml"
+    mix.write_text('batching = "stratified"\n' + mix.read_text())
+    code, checks, _ = run(["--recipe", path, "--needed-rate", "1", "--max-labelless", "0.01"], tmp_path, capsys)
+    lab = checks["labels"]
+    assert code == 0 and lab["status"] == "ok", lab
+    assert lab["values"]["plan_labelless"] == 0 and lab["values"]["by_construction"] is True
+    assert lab["values"]["p_labelless_quota"] == pytest.approx(70 / 1820)
+    assert lab["values"]["labelled_per_source"] == {"nyu": 1.0, "diode": 0.0}
+    assert "none by construction" in lab["detail"] and "nyu 100%, diode 0%" in lab["detail"]

@@ -309,3 +309,17 @@ def test_gallery_keeps_its_size_budget():
     data, quality = gallery._fit([noise] * 5, 200_000)
     assert sum(4 * -(-len(d) // 3) for d in data) <= 200_000 and quality < 80
     assert gallery.BUDGET_PER_SOURCE * 8 <= 4 * 2**20
+
+
+def test_label_risk_counts_the_loaders_own_stratified_plans():
+    from vortex_data.stats.mixture_risk import labelless_in_plan
+
+    flags = [np.ones(40, bool), np.zeros(300, bool)]  # a labelled source at 1/8 of the draws
+    strat = labelless_in_plan([1, 7], flags, 8, 800, "stratified")
+    rand = labelless_in_plan([1, 7], flags, 8, 800, "random")
+    assert strat["plan_labelless"] == 0 and strat["by_construction"]
+    assert rand["plan_labelless"] > 0.2 and not rand["by_construction"]  # (7/8)^8 = 0.34 in expectation
+    below = labelless_in_plan([1, 9], flags, 8, 800, "stratified")  # 1/10 < 1/8: some batch must miss
+    assert below["plan_labelless"] > 0 and not below["by_construction"]
+    partly = [np.r_[np.ones(20, bool), np.zeros(20, bool)], np.zeros(300, bool)]  # half-labelled: no guarantee
+    assert not labelless_in_plan([1, 7], partly, 8, 800, "stratified")["by_construction"]

@@ -124,6 +124,16 @@ def nyu40_to_6_lut(mapping: Mapping[int, int] | None = None) -> np.ndarray:
     return lut
 
 
+SUN37_CLASSES = 37
+"""SUN RGB-D's 37 segmentation classes (toolbox ``seg37list.mat``) are NYU-40's classes 1..37."""
+
+
+def sun37_to_6_lut(mapping: Mapping[int, int] | None = None) -> np.ndarray:
+    """(38,) uint8 lookup table SUN RGB-D 37-class id -> 6-class id (0 = void -> IGNORE_INDEX).
+    The NYU-40 table cut at 37: SUN class k is NYU-40 class k, so both datasets share one mapping."""
+    return nyu40_to_6_lut(mapping)[:SUN37_CLASSES + 1].copy()
+
+
 def nyu894_to_6_lut(mapping: Mapping[int, int] | None = None) -> np.ndarray:
     """(895,) uint8 lookup table raw NYU id -> 6-class id (0 -> IGNORE_INDEX)."""
     return nyu40_to_6_lut(mapping)[nyu40_table().map_894_to_40]

@@ -143,11 +143,19 @@ class Manifest:
         return self.path.parent
 
 
-def compute_totals(shards: list[dict], rejected: list[dict], depth_counters: dict[str, int]) -> dict[str, Any]:
+def is_labelled(row: dict[str, Any]) -> bool:
+    """An index row is labelled when it has a label map with at least one non-ignore pixel (the
+    definition `stats` and `preflight` use)."""
+    return bool(row.get("has_seg")) and sum(row.get("class_pixels") or ()) > 0
+
+
+def compute_totals(shards: list[dict], rejected: list[dict], depth_counters: dict[str, int],
+                   rows: list[dict[str, Any]]) -> dict[str, Any]:
     written = sum(s["samples"] for s in shards)
     return {
         "input_frames": written + len(rejected),
         "written": written,
+        "labelled": sum(map(is_labelled, rows)),
         "rejected": len(rejected),
         "rejected_by_code": dict(sorted(Counter(r["code"] for r in rejected).items())),
         "shards": len(shards),
@@ -240,7 +248,7 @@ def merge(paths: list[Path], out_dir: Path | None = None) -> Path:
     rejected.sort(key=lambda r: (r["split"], r["frame"]))
     merged = Manifest(
         dataset=first.dataset, split=first.split, converter=first.converter, source=first.source,
-        shards=shards, rejected=rejected, totals=compute_totals(shards, rejected, dict(counters)),
+        shards=shards, rejected=rejected, totals=compute_totals(shards, rejected, dict(counters), rows),
         report=first.report,
     )
     return write_manifest(merged, out_dir, rows)

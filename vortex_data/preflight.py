@@ -96,16 +96,30 @@ def check_rate(measured: float | None, needed: float | None, error: str | None =
 
 
 def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
-                 warn_above: float) -> Check:
-    from .stats.mixture_risk import p_labelled_draw, p_labelless_iid, p_labelless_quota
+                 warn_above: float, batching: str = "random", names: list[str] | None = None) -> Check:
+    """From each source's labelled flags (the index): the random-plan formulas, and with another
+    batching the count over the loader's own plans (0 when stratified rules it out)."""
+    from .stats.mixture_risk import labelless_in_plan, p_labelled_draw, p_labelless_iid, p_labelless_quota
 
     fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
     p_draw = p_labelled_draw(weights, fr)
     quota = p_labelless_quota(weights, fr, batch, epoch_size)
     iid = p_labelless_iid(weights, fr, batch)
-    v = {"p_labelled_draw": p_draw, "p_labelless_quota": quota, "p_labelless_iid": iid, "batch_size": batch}
+    names = names or [f"source {i}" for i in range(len(fr))]
+    v = {"p_labelled_draw": p_draw, "p_labelless_quota": quota, "p_labelless_iid": iid, "batch_size": batch,
+         "labelled_per_source": dict(zip(names, fr)), "batching": batching}
+    coverage = ", ".join(f"{n} {f:.0%}" for n, f in zip(names, fr))
     p = quota if math.isfinite(quota) else iid
     what = f"P(batch of {batch} without labels) = {p:.3g} (exact epoch quotas; {iid:.3g} for independent draws)"
+    if batching != "random":
+        plan = labelless_in_plan(weights, labelled, batch, epoch_size, batching)
+        v.update(plan)
+        if math.isfinite(plan["plan_labelless"]):
+            p = plan["plan_labelless"]
+            how = "none by construction" if plan["by_construction"] else f"over {plan['plan_epochs']} epochs of its plan"
+            what = (f"P(batch of {batch} without labels) = {p:.3g} with {batching} batching ({how}; {quota:.3g} with "
+                    f"random batching)")
+    what += f"; labelled frames per source (index): {coverage}; labelled share of draws {p_draw:.0%}"
     if p_draw == 0:
         return Check("labels", "fail", what + ": no labelled sample in the mixture, segmentation cannot learn", v)
     if p > warn_above:
@@ -230,12 +244,14 @@ def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
     return mix, [Unit(s.name, Path(mix.manifest_path(s, "train")), s.key_pattern, s.weight) for s in mix.sources]
 
 
-def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int]:
+def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int, str, list[str]]:
+    """Weights, each source's labelled flags from its index, epoch size, batching, source names."""
     from .stats.compute import index_rows, labelled_flags
 
     mix, units = _train_units(cfg)
     labelled = [labelled_flags(index_rows(u)) for u in units]
-    return [u.weight for u in units], labelled, mix.epoch_size
+    batching = getattr(cfg, "batching", None) or mix.batching
+    return [u.weight for u in units], labelled, mix.epoch_size, batching, [u.name for u in units]
 
 
 def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, str]:
@@ -319,8 +335,8 @@ def preflight(cfg: Any, *, needed_rate: float | None = None, measure_steps: int 
     checks.insert(1, check_rate(measured, needed_rate, error))
 
     try:
-        weights, labelled, epoch_size = label_inputs(cfg)
-        checks.append(check_labels(weights, labelled, cfg.batch_size, epoch_size, max_labelless))
+        weights, labelled, epoch_size, batching, names = label_inputs(cfg)
+        checks.append(check_labels(weights, labelled, cfg.batch_size, epoch_size, max_labelless, batching, names))
     except (ValueError, OSError, KeyError) as e:
         checks.append(Check("labels", "unknown", f"cannot read the indexes ({e})"))
 

@@ -397,7 +397,7 @@ def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, group
                    "output": cfg.output_options()},
         source=fingerprint,
         shards=shards, rejected=rejected,
-        totals=compute_totals(shards, rejected, {"depth_rejected_pixels": depth_rejected}),
+        totals=compute_totals(shards, rejected, {"depth_rejected_pixels": depth_rejected}, rows),
         report=report,
         part=None if part is None else {"index": part[0], "count": part[1]},
     )

@@ -24,7 +24,7 @@ from ..mixture import Mixture
 from ..schema import CLASS_NAMES, NUM_CLASSES
 from . import gallery
 from .phash import DEFAULT_THRESHOLD, find_duplicates
-from .mixture_risk import (normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
+from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
                             read_mixture, simulate_labelless_iid, simulate_labelless_quota)
 from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
                             median_frequency_weights, rgb_mean_std, summary)
@@ -143,8 +143,9 @@ def mixture_accumulator(accs: list[Accumulator], weights: np.ndarray) -> Accumul
 
 
 def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoch_size: int,
-               seed: int = 0) -> dict[str, Any]:
-    """P(batch holds no labelled sample): closed forms and simulations, iid and exact quotas."""
+               seed: int = 0, batching: str = "random") -> dict[str, Any]:
+    """P(batch holds no labelled sample): closed forms and simulations, iid and exact quotas, and
+    the count over the loader's own plans with the mixture's batching."""
     fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
     rng = np.random.default_rng(seed)
     sim_iid = simulate_labelless_iid(list(weights), labelled, batch, SIM_BATCHES, rng)
@@ -158,6 +159,7 @@ def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoc
         "simulated_iid_stderr": float(np.sqrt(max(sim_iid * (1 - sim_iid), 1e-12) / SIM_BATCHES)),
         "closed_form_quota": p_labelless_quota(list(weights), fr, batch, epoch_size),
         "simulated_quota": sim_quota, "simulated_quota_epochs": epochs,
+        **labelless_in_plan(list(weights), labelled, batch, epoch_size, batching, seed=seed),
         "curve": {"batch_sizes": list(range(1, 65)),
                   "closed_form_iid": [(1 - p) ** b for b in range(1, 65)]},
     }
@@ -210,7 +212,9 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "class_frequency": class_frequency(np.asarray(mix_class_px, np.float64)).tolist(),
         "class_weights": median_frequency_weights(per_image, image_w).tolist(),
         **pixel_stats(mix_acc),
-        "label_risk": label_risk(weights, labelled, batch_size, epoch, seed),
+        "labelled_per_source": {u.name: float(f.mean()) if len(f) else 0.0 for u, f in zip(mixed, labelled)},
+        "label_risk": label_risk(weights, labelled, batch_size, epoch, seed,
+                                 mixture.batching if mixture is not None else "random"),
     }
 
     hashes: dict[str, tuple[list[str], np.ndarray]] = {}
@@ -285,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     risk = stats["mixture"]["label_risk"]
     print(f"wrote {html} and {js}")
     print(f"P(batch of {risk['batch_size']} without labels): {risk['closed_form_iid']:.4g} (iid closed form), "
-          f"{risk['simulated_quota']:.4g} (simulated exact quotas); "
+          f"{risk['simulated_quota']:.4g} (simulated exact quotas), {risk['plan_labelless']:.4g} in the loader's "
+          f"{risk['batching']} plans" + (" (none by construction)" if risk["by_construction"] else "") + "; "
           f"{len(stats['duplicates']['pairs'])} cross-source near-duplicate pairs")
     return 0

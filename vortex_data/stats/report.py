@@ -170,9 +170,13 @@ def _tables(s: dict[str, Any]) -> str:
                  f"{r['simulated_iid']:.4g} ± {r['simulated_iid_stderr']:.2g} (1 s.e.)"],
                 [f"closed form, exact quotas (hypergeometric, epoch of {r['epoch_size']})",
                  f"{r['closed_form_quota']:.4g}"],
-                [f"simulated, exact quotas ({r['simulated_quota_epochs']} shuffled epochs)", f"{r['simulated_quota']:.4g}"]]),
+                [f"simulated, exact quotas ({r['simulated_quota_epochs']} shuffled epochs)", f"{r['simulated_quota']:.4g}"],
+                [f"the loader's own plans, batching = {r['batching']} ({r['plan_epochs']} epochs)",
+                 f"{r['plan_labelless']:.4g}" + (" (0 by construction)" if r["by_construction"] else "")]]),
             "<p>Exact per-epoch quotas draw without replacement, so labelled samples are spread a little more "
-            "evenly than independent draws and the risk is slightly lower than (1 - p)^B.</p>"]
+            "evenly than independent draws and the risk is slightly lower than (1 - p)^B. Stratified batching "
+            "gives every batch each source's share exactly: with fully labelled sources whose share is at least "
+            "1/B, no batch lacks a labelled sample.</p>"]
     d = s["duplicates"]
     pairs = d["pairs"]
     out += ["<h2>Near-duplicate frames across sources</h2>",

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..augment import AugmentConfig
+from ..batching import check_batching, labelled_first
 from ..integrity import check_policy
 from ..mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
 from .photometric import finish_batch
@@ -135,6 +136,11 @@ class StreamLoader:
             if state.get(k) != mine:
                 raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
         epoch, samples = int(state["epoch"]), int(state["samples"])
+        if self.spec.batching != "random" and int(state.get("batch_size", 0)) != self.spec.batch_size and samples:
+            # The plan is composed in blocks of the batch size: another size is another plan.
+            raise ValueError(f"loader state was saved at batch size {state.get('batch_size')}, this loader has "
+                             f"{self.spec.batch_size}; {self.spec.batching} batching composes the epoch in blocks "
+                             f"of the batch size, so resume mid-epoch at the same batch size (any world size)")
         n = self.spec.plan_len(epoch)
         if epoch < 0 or not 0 <= samples <= n:
             raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
@@ -171,7 +177,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 cache_dir: str | None = None, window_batches: int = 4, drop_last: bool | None = None,
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
-                decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None) -> StreamLoader:
+                decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None,
+                batching: str | None = None) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -201,6 +208,10 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
     default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
     and listed in ``loader.skipped``.
+    batching: how training batches are composed (default: the mixture's ``batching``, else
+    'random'): 'random' (one shuffle of the epoch), 'stratified' (every batch holds each source's
+    share exactly) or 'per_source' (every batch from one source, interleaved by weight); see
+    :mod:`vortex_data.batching`. Quotas, equal batch counts, resume and determinism hold in all.
     cache_dir / cache_bytes: where remote (``pipe:``/http) shards are cached and how large the
     cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
@@ -223,6 +234,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     if out_size is not None:
         base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
     mix = resolve_mixture(mixture, manifest, manifests_dir)
+    batching = check_batching(mix.batching if batching is None else batching) if train else "random"
     indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern) for s in mix.sources)
     if any(is_remote(url) for ix in indices for url in ix.shards):
         cache_dir = node_cache_dir(cache_dir)  # here, in the process that outlives its workers
@@ -232,11 +244,14 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
         cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
-        cache_bytes=cache_bytes,
+        cache_bytes=cache_bytes, batching=batching,
+        strata_order=labelled_first([ix.manifest for ix in indices]) if batching == "stratified" else None,
     )
     _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
+    if batching != "random":  # another composition is another plan (random keeps older checkpoints valid)
+        fingerprint += f":{batching}"
     return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..augment import AugmentConfig
-from ..mixture import EpochPlan, SourceIndex, plan_epoch, plan_sequential, quotas
+from ..batching import plan_batched, source_quotas
+from ..mixture import EpochPlan, SourceIndex, plan_sequential
 
 PHOTOMETRIC = ("cpu", "device")
 DECODE = ("cpu", "device")
@@ -85,18 +86,23 @@ class LoaderSpec:
     """Size limit of the remote-shard cache (None: $VORTEX_SHARD_CACHE_BYTES or half the free space)."""
     photometric: str = "cpu"
     decode: str = "cpu"
+    batching: str = "random"
+    """Batch composition of the training plan (:mod:`vortex_data.batching`), in blocks of batch_size."""
+    strata_order: tuple[int, ...] | None = None
+    """Sources in the order stratified batching deals extra seats (labelled sources first)."""
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan: the mixture plan when training, one ordered pass otherwise."""
         sizes = [len(ix) for ix in self.indices]
         if self.train:
-            return plan_epoch(sizes, self.weights, self.epoch_size, self.seed, epoch)
+            return plan_batched(sizes, self.weights, self.epoch_size, self.seed, epoch, self.batching,
+                                self.batch_size, self.strata_order)
         return plan_sequential(sizes)
 
     def plan_len(self, epoch: int) -> int:
         """``len(self.plan(epoch))`` without drawing the plan (state_dict and batch counts need only this)."""
         if self.train:
-            return int(sum(quotas(self.weights, self.epoch_size)))
+            return int(sum(source_quotas(self.weights, self.epoch_size, self.batching, self.batch_size)))
         return sum(len(ix) for ix in self.indices)
 
     @property

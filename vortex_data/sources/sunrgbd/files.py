@@ -54,6 +54,8 @@ class FrameFiles(NamedTuple):
     intrinsics: str
     extrinsics: str | None
     scene: str | None
+    label_entry: int | None = None
+    """0-based entry of the toolbox's SUNRGBD2Dseg / SUNRGBDMeta for this folder, if any."""
 
 
 # ---------------------------------------------------------------- pure decoding helpers
