@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .cpus import usable_cpus
+from .errors import VortexError
 from .sources import CONVERTERS, get_converter
 
 # Subcommands defined beside the code they run: name -> (module, function registering its parser,
@@ -210,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
-        # Library errors carry the file and the problem; a traceback would hide them.
+    except (VortexError, OSError) as e:
+        # The package's own errors and the system's (a missing file, a full disk) name the file and
+        # the problem; a traceback would hide them. Anything else is a bug and keeps its traceback.
         print(f"vortex-data {args.command}: error: {e}", file=sys.stderr)
         return 2
 

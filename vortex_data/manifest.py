@@ -25,6 +25,7 @@ from .integrity import CHECKSUM_COLUMN, SampleError, check_members
 from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample
 from .tar_index import TAR_ERRORS, KeyGrammarError, check_key, iter_samples
 from .temporaries import locked_temp
+from .errors import InputError
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -52,7 +53,7 @@ INDEX_SCHEMA = pa.schema([
 
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be read, merged or trusted; the message names the file."""
 
 

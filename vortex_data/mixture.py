@@ -25,9 +25,10 @@ import numpy as np
 from ._toml import tomllib
 from .integrity import CHECKSUM_COLUMN
 from .tar_index import sample_keys
+from .errors import InputError
 
 
-class MixtureError(ValueError):
+class MixtureError(InputError):
     """A mixture config or manifest that cannot be used (names the file and the problem)."""
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .errors import InputError
+
 ENV_DIR = "VORTEX_SHARD_CACHE"
 ENV_BYTES = "VORTEX_SHARD_CACHE_BYTES"
 DEFAULT_FREE_FRACTION = 0.5
@@ -45,7 +47,7 @@ def parse_bytes(text: str) -> int:
     try:
         return int(float(t[:-1]) * _UNITS[t[-1]]) if t and t[-1] in _UNITS else int(t)
     except (ValueError, IndexError):
-        raise ValueError(f"not a size: {text!r} (use e.g. 512M, 200G or a byte count)") from None
+        raise InputError(f"not a size: {text!r} (use e.g. 512M, 200G or a byte count)") from None
 
 
 def cache_name(url: str) -> str:

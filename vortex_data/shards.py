@@ -46,12 +46,13 @@ from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_n
 from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
 from .pool import die_with_parent, exit_if_orphaned
 from .temporaries import LockedTemp, writer_tag
+from .errors import VortexError
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20
 
 
-class BuildError(RuntimeError):
+class BuildError(VortexError, RuntimeError):
     """A build that cannot proceed (duplicate keys, bad options); the message says what to fix."""
 
 

@@ -25,17 +25,19 @@ from itertools import groupby
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
+from .errors import InputError, VortexError
+
 TAR_ERRORS = (tarfile.TarError, EOFError)
 """What a damaged or non-tar file raises while it is being read (besides OSError)."""
 
 _KEY_PART = re.compile(r"[^A-Za-z0-9_\-]")
 
 
-class ShardReadError(IOError):
+class ShardReadError(VortexError, IOError):
     """A shard that is missing, unreadable, or lacks a sample the index promises."""
 
 
-class KeyGrammarError(ValueError):
+class KeyGrammarError(InputError):
     """A sample key outside ``<dataset>/<split>/<frame id>`` of ``[A-Za-z0-9_-]`` parts."""
 
 

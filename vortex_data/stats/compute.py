@@ -28,6 +28,7 @@ from .mixture_risk import (normalised, p_labelled_draw, p_labelless_iid, p_label
 from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
                             median_frequency_weights, rgb_mean_std, summary)
 from .scan import Accumulator, ShardTask, scan_shards
+from ..errors import InputError
 
 VALID_FRACTION_EDGES = np.linspace(0.0, 1.0, 21)
 SIM_BATCHES = 20000
@@ -62,7 +63,7 @@ def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
         seen.add((path.resolve(), None))
         units.append(Unit(name, path))
     if not units:
-        raise ValueError("no manifests: give MANIFEST paths or --mixture FILE")
+        raise InputError("no manifests: give MANIFEST paths or --mixture FILE")
     return units
 
 
@@ -71,7 +72,7 @@ def index_rows(unit: Unit) -> dict[str, np.ndarray]:
     try:
         table = m.read_index()
     except OSError as e:
-        raise ValueError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
+        raise InputError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
     cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in
             ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy")}
     cols["class_pixels"] = np.array(table.column("class_pixels").to_pylist(), np.int64).reshape(-1, NUM_CLASSES)
@@ -167,7 +168,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
                   seed: int = 0) -> dict[str, Any]:
     """All report numbers as one JSON-able dict (the content of stats.json)."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     units = plan_units(manifests, mixture)
     rows = {u.name: index_rows(u) for u in units}
     by_shard: dict[Path, list[tuple[str, str | None]]] = {}
@@ -180,7 +181,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
     for u in units:
         acc = accs.get(u.name, Accumulator())
         if acc.samples != len(rows[u.name]["key"]):
-            raise ValueError(f"{u.manifest}: shards hold {acc.samples} samples for {u.name}, "
+            raise InputError(f"{u.manifest}: shards hold {acc.samples} samples for {u.name}, "
                              f"the index lists {len(rows[u.name]['key'])}; run `vortex-data verify` on it")
         sources.append({**index_stats(u, rows[u.name]), **pixel_stats(acc)})
 

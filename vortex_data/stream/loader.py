@@ -33,6 +33,7 @@ from .collate import widen_labels
 from .dataset import EpochDataset
 from .plan import DECODE, PHOTOMETRIC, LoaderSpec
 from .workers import ignore_stop_signals
+from ..errors import InputError
 
 log = logging.getLogger(__package__)  # "vortex_data.stream", the name the docs give
 STATE_VERSION = 2
@@ -125,14 +126,14 @@ class StreamLoader:
         if version == 1:
             state = {**state, "samples": int(state["batch"]) * int(state["world_size"]) * int(state["batch_size"])}
         elif version != STATE_VERSION:
-            raise ValueError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
+            raise InputError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
         for k, mine in (("seed", self.spec.seed), ("fingerprint", self.fingerprint)):
             if state.get(k) != mine:
-                raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
+                raise InputError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
         epoch, samples = int(state["epoch"]), int(state["samples"])
         n = self.spec.plan_len(epoch)
         if epoch < 0 or not 0 <= samples <= n:
-            raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
+            raise InputError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
                              f"of {n} samples")
         self.epoch, self.position = epoch, samples
 
@@ -154,7 +155,7 @@ def augment_choice(augment: bool | str | AugmentConfig | None, training: bool) -
             return AugmentConfig()
         if augment.lower() in AUGMENT_OFF:
             return None
-        raise ValueError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
+        raise InputError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
     return AugmentConfig() if augment else None
 
 
@@ -201,15 +202,15 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
     if photometric not in PHOTOMETRIC:
-        raise ValueError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
+        raise InputError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
     if decode not in DECODE:
-        raise ValueError(f"decode must be one of {DECODE}, got {decode!r}")
+        raise InputError(f"decode must be one of {DECODE}, got {decode!r}")
     if decode == "device" and photometric != "device":
-        raise ValueError("decode='device' ships undecoded RGB, so it needs photometric='device'")
+        raise InputError("decode='device' ships undecoded RGB, so it needs photometric='device'")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
+        raise InputError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     check_policy(on_error)
     train = split == "train" if training is None else bool(training)
     cfg = augment_choice(augment, train)

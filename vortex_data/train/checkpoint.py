@@ -31,6 +31,8 @@ import torch
 
 from vortex_data.train.distributed import DistInfo, barrier
 
+from ..errors import InputError
+
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
 STEP_DIR = re.compile(r"step_\d{8}")
@@ -40,7 +42,7 @@ MIN_KEEP = 2
 log = logging.getLogger("vortex_data.train")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """Checkpoints exist but none is complete: resuming would silently start over."""
 
 

@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 
 @dataclass
 class TrainConfig:
@@ -91,12 +93,12 @@ def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str,
         for section in ("common", f"stage{stage}"):
             unknown = set(recipe.get(section, {})) - FIELDS
             if unknown:
-                raise ValueError(f"{recipe_name}: unknown training settings in [{section}]: {sorted(unknown)}")
+                raise InputError(f"{recipe_name}: unknown training settings in [{section}]: {sorted(unknown)}")
             values.update(recipe.get(section, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - FIELDS
     if unknown:
-        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        raise InputError(f"unknown training settings: {sorted(unknown)}")
     if "image_size" in values:
         values["image_size"] = tuple(int(v) for v in values["image_size"])
     return TrainConfig(**values)
