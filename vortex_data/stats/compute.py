@@ -151,13 +151,19 @@ def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoc
     epochs = max(1, min(50, -(-SIM_BATCHES * batch // max(epoch_size, 1))))
     sim_quota = simulate_labelless_quota(list(weights), labelled, batch, epoch_size, epochs, rng)
     p = p_labelled_draw(list(weights), fr)
+    closed_quota = p_labelless_quota(list(weights), fr, batch, epoch_size)
+    # An epoch smaller than one batch has no full batch: there is nothing to compute for exact quotas.
+    quota_note = (None if epoch_size >= batch else
+                  f"not computed: the epoch of {epoch_size} samples is smaller than one batch of {batch}, so exact "
+                  f"quotas give no full batch")
     return {
         "batch_size": batch, "epoch_size": epoch_size, "p_labelled_draw": p,
         "closed_form_iid": p_labelless_iid(list(weights), fr, batch),
         "simulated_iid": sim_iid, "simulated_iid_batches": SIM_BATCHES,
         "simulated_iid_stderr": float(np.sqrt(max(sim_iid * (1 - sim_iid), 1e-12) / SIM_BATCHES)),
-        "closed_form_quota": p_labelless_quota(list(weights), fr, batch, epoch_size),
-        "simulated_quota": sim_quota, "simulated_quota_epochs": epochs,
+        "closed_form_quota": None if quota_note else closed_quota,
+        "simulated_quota": None if quota_note else sim_quota, "simulated_quota_epochs": epochs,
+        "quota_note": quota_note,
         "curve": {"batch_sizes": list(range(1, 65)),
                   "closed_form_iid": [(1 - p) ** b for b in range(1, 65)]},
     }
@@ -171,6 +177,9 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     units = plan_units(manifests, mixture)
     rows = {u.name: index_rows(u) for u in units}
+    if not any(len(r["key"]) for r in rows.values()):
+        raise InputError(f"{', '.join(str(u.manifest) for u in units)}: no written samples, so no statistics can "
+                         "be computed (`vortex-data inspect manifest` lists the rejected frames and why)")
     by_shard: dict[Path, list[tuple[str, str | None]]] = {}
     for u in units:
         for shard in load_manifest(u.manifest).shard_paths():
@@ -283,7 +292,9 @@ def run(args: argparse.Namespace) -> int:
     js, html = write_outputs(stats, args.out)
     risk = stats["mixture"]["label_risk"]
     print(f"wrote {html} and {js}")
+    quota = f"exact quotas {risk['quota_note']}" if risk["quota_note"] else \
+        f"{risk['simulated_quota']:.4g} (simulated exact quotas)"
     print(f"P(batch of {risk['batch_size']} without labels): {risk['closed_form_iid']:.4g} (iid closed form), "
-          f"{risk['simulated_quota']:.4g} (simulated exact quotas); "
+          f"{quota}; "
           f"{len(stats['duplicates']['pairs'])} cross-source near-duplicate pairs")
     return 0

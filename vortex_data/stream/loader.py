@@ -32,7 +32,7 @@ from .batch import IMAGENET_MEAN, IMAGENET_STD
 from .collate import widen_labels
 from .dataset import EpochDataset
 from .plan import DECODE, PHOTOMETRIC, LoaderSpec
-from .workers import ignore_stop_signals
+from .workers import ignore_stop_signals, reraise_worker_errors
 from ..errors import InputError
 
 log = logging.getLogger(__package__)  # "vortex_data.stream", the name the docs give
@@ -84,7 +84,7 @@ class StreamLoader:
         n = self.spec.plan_len(self.epoch)
         step = self.spec.step
         skipped0 = len(self.skipped)
-        for b in self._dl:
+        for b in reraise_worker_errors(self._dl):
             if self.spec.photometric == "cpu":
                 widen_labels(b)  # uint8 across the worker boundary; finish() widens on the device
             for msg in b.pop("skipped", ()):
@@ -123,6 +123,11 @@ class StreamLoader:
         state from a different seed or mixture, where 'the same samples' would have no meaning.
         A version-1 state (epoch, batches per rank) is converted: batches x world size x batch size."""
         version = state.get("version")
+        needed = ("epoch", "batch", "world_size", "batch_size") if version == 1 else ("epoch", "samples")
+        missing = [k for k in needed if k not in state]
+        if version in (1, STATE_VERSION) and missing:
+            raise InputError(f"loader state (version {version}) lacks {', '.join(map(repr, missing))}: it is not "
+                             f"a StreamLoader.state_dict(); it has {sorted(state)}")
         if version == 1:
             state = {**state, "samples": int(state["batch"]) * int(state["world_size"]) * int(state["batch_size"])}
         elif version != STATE_VERSION:

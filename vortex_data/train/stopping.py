@@ -17,7 +17,8 @@ from ..errors import InputError
 EXIT_REQUEUE = 75
 """sysexits EX_TEMPFAIL: 'try again later' - the run stopped early with a checkpoint and wants requeueing."""
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
+"""Slurm sends SIGTERM (or SIGUSR1 with --signal); torchrun forwards SIGTERM, SIGINT and SIGHUP to its workers."""
 
 
 def slurm_deadline(env: dict[str, str] | None = None) -> float | None:
@@ -50,7 +51,7 @@ class StopController:
         self.deadline = min(deadlines) - margin_s if deadlines else None
 
     def install(self) -> None:
-        """Handle SIGTERM/SIGUSR1/SIGINT by requesting a stop (main thread only: Python's rule)."""
+        """Handle the STOP_SIGNALS by requesting a stop (main thread only: Python's rule)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for name in STOP_SIGNALS:
