@@ -32,6 +32,7 @@ import torch
 from vortex_data.train.distributed import DistInfo, barrier
 
 from ..errors import InputError
+from ..temporaries import reraise_naming
 
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
@@ -63,10 +64,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        reraise_naming(e, tmp)
     os.replace(tmp, path)
 
 
