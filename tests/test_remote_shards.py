@@ -62,7 +62,7 @@ def data(tmp_path_factory):
 @pytest.fixture
 def served(data, tmp_path, monkeypatch):
     """(server, local manifest listing the shards by http:// URL) over a private copy of the set."""
-    monkeypatch.setattr(shard_cache, "HTTP_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(shard_cache, "HTTP_TIMEOUT_S", 10.0, raising=False)
     root = tmp_path / "www"
     shutil.copytree(data, root)
     srv = Server(root)
