@@ -74,11 +74,11 @@ def unwrapped(e: BaseException) -> BaseException | None:
     (what STATUS and a one-line error show) would lose the cause. The message becomes the worker's
     own, plus which worker; raise the result ``from e`` to keep the worker's traceback.
     """
+    cls = type(e)
     text = str(e.args[0]) if len(e.args) == 1 else ""
     m = _WRAPPED.match(text)
-    if m is None:
+    if m is None or cls is KeyError:  # (torch already shows a KeyError's text; its str() would quote ours)
         return None
-    cls = type(e)
     name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
     head = "\n" + name + ": "
     at = text.rfind(head)
