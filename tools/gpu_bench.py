@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""The GPU side, measured: what the trainer's data path and EfficientViT-B1 do on an accelerator.
+
+Builds the real-photo set (``vortex-data bench-loader --photos`` builds the same one: real NYU
+frames, perturbed per sample, JPEG q95), then reports
+
+  (a) compute ceiling: training images/s with batches already on the device (bf16 autocast,
+      channels-last, the trainer's own ``train_step``), per image size and batch size;
+  (b) the streaming loader feeding that step: images/s and the data-wait fraction for 2, 4, 8
+      and 16 workers, with the device phase (``photometric="device"``) and with JPEG decode on
+      the device too (``decode="device"``);
+  (c) ``loader.finish`` per batch in both modes, and the device JPEG decode rate (nvJPEG on CUDA)
+      next to OpenCV's on one CPU core;
+  (d) peak device memory of every configuration;
+  (e) a real training run (the trainer's loop, checkpoints and all): loss falls, no NaN;
+  (f) the workers the trainer's start-of-run profile says are needed (run with 2 workers) next
+      to the fewest workers with which (b) kept the data wait under the profile's threshold.
+
+Every figure comes from one process on one machine; the JSON (``--out``) holds them all, and a
+table is printed. Sections stop early when ``--budget`` seconds are spent, and the JSON is
+rewritten after each section, so a run cut short still leaves what it measured.
+
+    python tools/gpu_bench.py --photos ../shared/samples/nyu --out gpu_bench.json
+    python tools/gpu_bench.py --photos ../shared/samples/nyu --device cpu --quick   # end to end, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run from a checkout without installing (the package needs no build step)
+    sys.path.insert(0, str(REPO))
+
+from vortex_data.bench.photos import build_photo_set  # noqa: E402
+from vortex_data.cpus import usable_cpus  # noqa: E402
+from vortex_data.schema import IGNORE_INDEX  # noqa: E402
+from vortex_data.stream import photometric  # noqa: E402
+from vortex_data.train.config import TrainConfig  # noqa: E402
+from vortex_data.train.data import LoaderRequest, stream_loader  # noqa: E402
+from vortex_data.train.loop import Trainer, run_stage  # noqa: E402
+from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose  # noqa: E402
+
+MODES = {"device-photometric": "cpu", "device-decode": "device"}
+"""Loader mode name -> make_loader's ``decode`` (both with ``photometric="device"``, as the trainer)."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one run measures; ``--quick`` shrinks every part so a CPU finishes in under a minute."""
+
+    photos: int
+    sizes: list[tuple[int, int]]
+    batches: list[int]
+    loader_sizes: list[tuple[int, int]]
+    loader_batches: list[int]
+    workers: list[int]
+    ceiling_steps: int
+    loader_timed_steps: int
+    finish_batches: int
+    train_steps: int
+    train_batch: int
+    train_size: tuple[int, int]
+    train_workers: int
+
+
+FULL = Plan(photos=2048, sizes=[(480, 640), (384, 512)], batches=[16, 32], loader_sizes=[(384, 512), (480, 640)],
+            loader_batches=[16, 32], workers=[2, 4, 8, 16], ceiling_steps=50, loader_timed_steps=40,
+            finish_batches=20, train_steps=200, train_batch=16, train_size=(384, 512), train_workers=2)
+QUICK = Plan(photos=24, sizes=[(64, 96)], batches=[2], loader_sizes=[(64, 96)], loader_batches=[2], workers=[1],
+             ceiling_steps=3, loader_timed_steps=3, finish_batches=2, train_steps=8, train_batch=2,
+             train_size=(64, 96), train_workers=1)
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.t0, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Free what the previous configuration left (its trainer is garbage by now), then start a
+    new peak: otherwise leftovers would count in the next configuration's figure."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import torchvision
+
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "torchvision": torchvision.__version__, "cpus": usable_cpus(), "device": str(device),
+                           "machine": platform.machine()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   multiprocessors=props.multi_processor_count, cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+    return env
+
+
+def config(run_dir: Path, manifest: Path | None, size: tuple[int, int], batch: int, workers: int,
+           steps: int, device: torch.device, **kw: Any) -> TrainConfig:
+    """The trainer's configuration for one measurement: the v6 recipe's optimiser and precision
+    (bf16 autocast, channels-last), one manifest instead of a mixture."""
+    return TrainConfig(run_dir=str(run_dir), mixture=None, manifest=None if manifest is None else str(manifest),
+                       image_size=size, batch_size=batch, num_workers=workers, steps=steps,
+                       steps_per_epoch=max(steps, 1), ckpt_every=10**9, amp="bf16", channels_last=True,
+                       warmup_steps=min(20, max(1, steps // 10)), profile_steps=0, **kw)
+
+
+class ResidentBatches:
+    """One finished batch, already on the device, handed out forever: the compute ceiling's loader."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def resident_batch(size: tuple[int, int], batch: int, device: torch.device) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    h, w = size
+    depth = torch.rand(batch, 1, h, w, generator=g) * 8 + 0.5
+    seg = torch.randint(0, 6, (batch, h, w), generator=g)
+    seg[:, : h // 8] = IGNORE_INDEX
+    return {"rgb": torch.randn(batch, 3, h, w, generator=g).to(device),
+            "depth": depth.to(device), "seg": seg.to(device), "has_seg": torch.ones(batch, dtype=torch.bool)}
+
+
+def timed_steps(trainer: Trainer, warm: int, timed: int, budget: Budget) -> dict[str, Any]:
+    """``warm`` then ``timed`` steps of the trainer's own step: wall images/s, data-wait fraction
+    (wait in ``next()`` vs compute by CUDA events, as the trainer's profile counts them)."""
+    device, b = trainer.device, trainer.cfg.batch_size
+    it = iter(trainer.loader)
+    clock, timer = ComputeClock(trainer.cuda), StepTimer()
+    trainer.module.train()
+    n = 0
+    t_start = 0.0
+    for i in range(warm + timed):
+        if i == warm:
+            sync(device)
+            t_start = time.perf_counter()
+        t0 = time.perf_counter()
+        it, batch = trainer.next_batch(it)
+        t1 = time.perf_counter()
+        clock.start()
+        trainer.train_step(batch)
+        compute = clock.stop()
+        if i >= warm:
+            timer.add(t1 - t0, compute)
+            n += 1
+            if budget.left() < 0 and n >= 5:
+                break
+    sync(device)
+    wall = time.perf_counter() - t_start
+    return {"steps": n, "images_per_s": round(n * b / wall, 1), "wall_s": round(wall, 3),
+            "data_wait_fraction": round(timer.wait_fraction, 4), "timer": timer}
+
+
+def run_ceiling(plan: Plan, device: torch.device, tmp: Path, budget: Budget) -> list[dict[str, Any]]:
+    rows = []
+    for size in plan.sizes:
+        for b in plan.batches:
+            if budget.left() < 0:
+                rows.append({"size": list(size), "batch": b, "skipped": "time budget spent"})
+                continue
+            data = resident_batch(size, b, device)
+            reset_peak(device)
+            trainer = Trainer(config(tmp / "ceiling", None, size, b, 0, 10**6, device),
+                              lambda req, d=data: ResidentBatches(d))
+            r = timed_steps(trainer, warm=max(3, plan.ceiling_steps // 5), timed=plan.ceiling_steps, budget=budget)
+            r.pop("timer")
+            rows.append({"size": list(size), "batch": b, **r, "peak_gib": _round(peak_gib(device), 2)})
+            print(f"[gpu_bench] ceiling {size[0]}x{size[1]} b{b}: {r['images_per_s']} img/s", flush=True)
+            del trainer
+    return rows
+
+
+def run_breakdown(plan: Plan, device: torch.device, tmp: Path) -> dict[str, Any]:
+    """(g) where one training step's time goes, on a resident batch at the last ceiling size: the
+    forward pass (with the loss), backward and optimiser step each timed with a synchronise
+    around it; then the profiler's sum of device kernel time against the step's wall time (how
+    busy the GPU is) and its count of kernel launches and host-device synchronisations."""
+    from torch.profiler import ProfilerActivity, profile
+
+    size, b = plan.sizes[-1], plan.batches[-1]
+    data = resident_batch(size, b, device)
+    trainer = Trainer(config(tmp / "breakdown", None, size, b, 0, 10**6, device), lambda req: ResidentBatches(data))
+    trainer.module.train()
+    autocast = (torch.autocast("cuda", dtype=trainer.amp_dtype) if trainer.amp_dtype
+                else torch.autocast("cpu", enabled=False))
+    phases: dict[str, list[float]] = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+    for i in range(max(4, plan.ceiling_steps // 3)):
+        rgb, depth, seg = trainer.to_device(data)
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            total, _ = trainer.model(rgb, depth, seg)
+        sync(device)
+        t1 = time.perf_counter()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        trainer.optimizer.step()
+        sync(device)
+        t3 = time.perf_counter()
+        if i >= 2:
+            for k, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                phases[k].append(1000 * seconds)
+    out: dict[str, Any] = {"size": list(size), "batch": b, **{k: round(statistics.median(v), 2) for k, v in phases.items()}}
+    steps = 5
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(data)
+        sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") if device.type == "cuda" else 0
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"))
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync"))
+    out.update(step_ms=round(1000 * wall / steps, 2), device_kernel_ms_per_step=round(kernel_us / 1000 / steps, 2),
+               gpu_busy_fraction=round(kernel_us / 1e6 / wall, 3) if device.type == "cuda" else None,
+               kernel_launches_per_step=round(launches / steps), sync_or_copy_calls_per_step=round(syncs / steps))
+    print(f"[gpu_bench] breakdown {out}", flush=True)
+    return out
+
+
+def mode_factory(decode: str) -> Callable[[LoaderRequest], Any]:
+    return lambda req: stream_loader(dataclasses.replace(req, decode=decode))
+
+
+def run_loader(plan: Plan, manifest: Path, device: torch.device, tmp: Path, budget: Budget,
+               threshold: float) -> list[dict[str, Any]]:
+    rows = []
+    for size in plan.loader_sizes:
+        for b in plan.loader_batches:
+            for mode, decode in MODES.items():
+                for w in plan.workers:
+                    row: dict[str, Any] = {"size": list(size), "batch": b, "mode": mode, "workers": w}
+                    if budget.left() < 0:
+                        rows.append({**row, "skipped": "time budget spent"})
+                        continue
+                    reset_peak(device)
+                    trainer = Trainer(config(tmp / "loader", manifest, size, b, w, 10**6, device),
+                                      mode_factory(decode))
+                    # Warm-up drains what the workers buffer before timing (prefetch 2 per worker),
+                    # so the timed rate is the sustained one.
+                    r = timed_steps(trainer, warm=max(plan.loader_timed_steps // 4, 2 * w),
+                                    timed=max(plan.loader_timed_steps, 4 * w), budget=budget)
+                    rep = diagnose(r.pop("timer"), b, w, threshold)
+                    trainer.loader.close()
+                    rows.append({**row, **r, "profile_workers_needed": rep.workers_needed,
+                                 "peak_gib": _round(peak_gib(device), 2)})
+                    print(f"[gpu_bench] loader {size[0]}x{size[1]} b{b} {mode} w{w}: {r['images_per_s']} img/s, "
+                          f"wait {100 * r['data_wait_fraction']:.0f}%", flush=True)
+                    del trainer
+    return rows
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def run_device_phase(plan: Plan, manifest: Path, device: torch.device) -> dict[str, Any]:
+    """``finish`` per batch in both modes (batches read in-process, pinned, moved once; the cost
+    timed is the device phase alone), then the device JPEG decoder against OpenCV."""
+    import cv2
+    from torchvision.io import decode_jpeg
+
+    out: dict[str, Any] = {}
+    size, b = plan.train_size, plan.train_batch
+    jpegs: list[torch.Tensor] = []
+    for mode, decode in MODES.items():
+        loader = stream_loader(LoaderRequest(mixture=None, manifest=str(manifest), split="train", batch_size=b,
+                                             image_size=size, augment="default", seed=0, photometric="device",
+                                             decode=decode))
+        it = iter(loader)
+        raws = [photometric.to_device(next(it), device) for _ in range(plan.finish_batches)]
+        if decode == "device":
+            jpegs = [j for r in raws for j in r["jpeg"]]
+        for r in raws[:2]:
+            loader.finish(r)  # warm-up (kernels, nvJPEG handles)
+        times = []
+        for r in raws:
+            times.append(median_ms(lambda r=r: loader.finish(r), device, 3))
+        ms = statistics.median(times)
+        out[f"finish_ms_{mode}"] = round(ms, 3)
+        out[f"finish_images_per_s_{mode}"] = round(b / (ms / 1000), 1)
+    n = len(jpegs)
+    target = "cuda" if device.type == "cuda" else "cpu"
+    decode_jpeg(jpegs[:b], device=target)
+    ms = median_ms(lambda: decode_jpeg(jpegs, device=target), device, 5)
+    out["device_decode_images_per_s"] = round(n / (ms / 1000), 1)
+    out["device_decode_batch"] = n
+    arrays = [j.numpy() for j in jpegs]
+    t0 = time.process_time()
+    for a in arrays:
+        cv2.imdecode(a, cv2.IMREAD_COLOR)
+    cpu = time.process_time() - t0
+    out["opencv_decode_images_per_cpu_s"] = round(n / cpu, 1) if cpu > 0 else None
+    out["jpeg_kb_mean"] = round(float(np.mean([a.size for a in arrays])) / 1024, 1)
+    print(f"[gpu_bench] finish {out}", flush=True)
+    return out
+
+
+def run_training(plan: Plan, manifest: Path, device: torch.device, tmp: Path, threshold: float) -> dict[str, Any]:
+    """The trainer's own loop (run_stage: checkpoints, STATUS, log) for ``train_steps`` steps with
+    ``train_workers`` workers, so its start-of-run profile has something to say."""
+    reset_peak(device)
+    cfg = config(tmp / "train", manifest, plan.train_size, plan.train_batch, plan.train_workers,
+                 plan.train_steps, device)
+    cfg = dataclasses.replace(cfg, profile_steps=min(20, max(2, plan.train_steps // 4)), log_every=max(1, plan.train_steps // 20),
+                              starve_threshold=threshold, ckpt_every=plan.train_steps)
+    t0 = time.perf_counter()
+    code = run_stage(cfg, stream_loader)
+    wall = time.perf_counter() - t0
+    events = [json.loads(line) for line in (cfg.stage_dir / "log.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    profile = next((e for e in events if e["event"] == "profile"), None)
+    k = max(1, len(losses) // 4)
+    first, last = statistics.mean(losses[:k]), statistics.mean(losses[-k:])
+    finite = all(math.isfinite(v) for v in losses)
+    return {"exit_code": code, "status": (cfg.stage_dir / "STATUS").read_text().strip(), "steps": plan.train_steps,
+            "batch": plan.train_batch, "size": list(plan.train_size), "workers": plan.train_workers,
+            "wall_s": round(wall, 1), "loss_first_quarter": round(first, 4), "loss_last_quarter": round(last, 4),
+            "loss_falls": last < first, "all_finite": finite, "losses": [round(v, 4) for v in losses],
+            "profile": profile, "peak_gib": _round(peak_gib(device), 2)}
+
+
+def workers_verdict(loader_rows: list[dict[str, Any]], train: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """(f): the profile's recommendation against the fewest workers that (b) shows keeping up."""
+    size, b = train["size"], train["batch"]
+    rows = [r for r in loader_rows if "skipped" not in r and r["size"] == size and r["batch"] == b
+            and r["mode"] == "device-photometric"]
+    ok = sorted(r["workers"] for r in rows if r["data_wait_fraction"] <= threshold)
+    prof = train.get("profile") or {}
+    return {"size": size, "batch": b, "mode": "device-photometric", "threshold": threshold,
+            "profile_workers_now": prof.get("workers_now"), "profile_workers_needed": prof.get("workers_needed"),
+            "profile_wait_fraction": prof.get("wait_fraction"),
+            "measured_fewest_workers_keeping_up": ok[0] if ok else None,
+            "measured_workers": sorted(r["workers"] for r in rows)}
+
+
+def _round(v: float | None, nd: int) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"environment: {json.dumps(result['environment'])}", "",
+             "(a) compute ceiling, batches resident on the device (bf16, channels-last)",
+             f"{'size':>9} {'batch':>5} {'img/s':>8} {'peak GiB':>8}"]
+    for r in result.get("ceiling", []):
+        s = f"{r['size'][0]}x{r['size'][1]}"
+        lines.append(f"{s:>9} {r['batch']:>5} " + ("skipped" if "skipped" in r else
+                                                   f"{r['images_per_s']:>8} {str(r['peak_gib']):>8}"))
+    lines += ["", "(b) streaming loader -> trainer step (photometric='device')",
+              f"{'size':>9} {'batch':>5} {'mode':>19} {'workers':>7} {'img/s':>8} {'wait %':>6} {'peak GiB':>8}"]
+    for r in result.get("loader", []):
+        s = f"{r['size'][0]}x{r['size'][1]}"
+        head = f"{s:>9} {r['batch']:>5} {r['mode']:>19} {r['workers']:>7} "
+        lines.append(head + ("skipped" if "skipped" in r else
+                             f"{r['images_per_s']:>8} {100 * r['data_wait_fraction']:>6.1f} {str(r['peak_gib']):>8}"))
+    if "device_phase" in result:
+        lines += ["", f"(c) device phase: {json.dumps(result['device_phase'])}"]
+    if "breakdown" in result:
+        lines += ["", f"(g) one step: {json.dumps(result['breakdown'])}"]
+    if "training" in result:
+        t = {k: v for k, v in result["training"].items() if k != "losses"}
+        lines += ["", f"(e) training run: {json.dumps(t)}"]
+    if "workers" in result:
+        lines += ["", f"(f) workers: {json.dumps(result['workers'])}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sections: (a) compute ceiling, (b) loader-fed steps, (c) device phase, "
+                                       "(d) peak memory (in each), (e) a 200-step training run, (f) workers needed.")
+    p.add_argument("--photos", type=Path, required=True, help="folder with real NYU frames (rgb_N.jpg + sync_depth_N.png)")
+    p.add_argument("--out", type=Path, default=Path("gpu_bench.json"), help="JSON results (rewritten after each section)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda (default when present) or cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and counts: the whole path in under a minute on a CPU")
+    p.add_argument("--budget", type=float, default=420.0, help="seconds after which remaining measurements are skipped")
+    p.add_argument("--workers", type=int, nargs="+", help="loader worker counts for (b) (default 2 4 8 16)")
+    p.add_argument("--set-dir", type=Path, help="build the photo set here (default: a temporary folder)")
+    p.add_argument("--sections", default="agceb", help="which of a, b, c, e, g (one step's time by phase) to run (d is part of each; f needs b and e)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device (use --device cpu)")
+    plan = dataclasses.replace(QUICK if args.quick else FULL)
+    if args.workers:
+        plan.workers = args.workers
+    threshold = TrainConfig.starve_threshold
+    budget = Budget(args.budget)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels once
+    result: dict[str, Any] = {"environment": environment(device), "plan": dataclasses.asdict(plan),
+                              "command": " ".join(["python", "tools/gpu_bench.py", *(argv or sys.argv[1:])])}
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+
+    with tempfile.TemporaryDirectory(prefix="vortex-gpu-bench-") as tmpname:
+        tmp = Path(tmpname)
+        manifest = Path()
+        if set(args.sections) & set("bce"):
+            t0 = time.perf_counter()
+            manifest = build_photo_set(args.photos, args.set_dir or tmp / "photos", plan.photos, workers=usable_cpus())
+            result["photo_set"] = {"samples": plan.photos, "build_s": round(time.perf_counter() - t0, 1)}
+            print(f"[gpu_bench] photo set: {plan.photos} frames in {result['photo_set']['build_s']} s", flush=True)
+            save()
+        if "a" in args.sections:
+            result["ceiling"] = run_ceiling(plan, device, tmp, budget)
+            save()
+        if "g" in args.sections:
+            result["breakdown"] = run_breakdown(plan, device, tmp)
+            save()
+        if "c" in args.sections:
+            result["device_phase"] = run_device_phase(plan, manifest, device)
+            save()
+        if "e" in args.sections:
+            result["training"] = run_training(plan, manifest, device, tmp, threshold)
+            save()
+        if "b" in args.sections:
+            result["loader"] = run_loader(plan, manifest, device, tmp, budget, threshold)
+            save()
+        if "training" in result and "loader" in result:
+            result["workers"] = workers_verdict(result["loader"], result["training"], threshold)
+        result["total_s"] = round(time.perf_counter() - budget.t0, 1)
+        save()
+    print(table(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
