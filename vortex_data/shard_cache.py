@@ -142,8 +142,8 @@ class ShardCache:
             self._write_record(dest, recorded)
             if recorded == sha:
                 return True
-        log.warning("%s: cached copy of %s (%d bytes, sha256 %s) does not match the manifest (%d bytes, %s); "
-                    "fetching it again", dest, dest.name, st.st_size, (recorded or "?")[:12], size, sha[:12])
+        log.warning("%s: cached copy (%d bytes, sha256 %s...) does not match the manifest (%d bytes, %s...); "
+                    "fetching it again", dest, st.st_size, (recorded or "?")[:12], size, sha[:12])
         dest.unlink(missing_ok=True)
         self._record(dest.name).unlink(missing_ok=True)
         return False
