@@ -260,7 +260,7 @@ def test_time_limit_not_longer_than_the_stop_margin_is_a_clear_error(tmp_path: P
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--time-limit 30 s is not longer than the stop margin of 60 s" in res.stderr
     assert "Traceback" not in res.stderr
-    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed ValueError: --time-limit 30 s")
+    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed InputError: --time-limit 30 s")
     assert not (tmp_path / "stage1" / "checkpoints").exists()  # stopped before any training
 
 

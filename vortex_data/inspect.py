@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pyarrow.compute as pc
 
+from .errors import InputError
 from .manifest import load_manifest
 from .schema import CLASS_NAMES, decode_sample
 from .tar_index import read_samples
@@ -106,7 +107,7 @@ def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
         if k == key:
             break
     else:
-        raise KeyError(f"{shard}: no sample with key {key!r}")
+        raise InputError(f"{shard}: no sample with key {key!r}")
     s = decode_sample(members, key)
     to.mkdir(parents=True, exist_ok=True)
     stem = key.replace("/", "_")

@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from .schema import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from .errors import InputError
 
 FLOOR, WALL, CEILING, DOOR, FURNITURE, OBJECT = range(NUM_CLASSES)
 NYU_RAW_CLASSES = 894
@@ -37,7 +38,7 @@ NYU40_GROUPS: dict[int, tuple[str, ...]] = {
 }
 
 
-class LabelMappingError(ValueError):
+class LabelMappingError(InputError):
     """A label mapping (shipped table or user file) that is incomplete or out of range."""
 
 

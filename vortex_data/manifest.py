@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import InputError
 from .integrity import CHECKSUM_COLUMN, SampleError, check_members
 from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample
-from .tar_index import TAR_ERRORS, KeyGrammarError, check_key, iter_samples
+from .shard_cache import ShardCache
+from .shard_reader import is_remote
+from .tar_index import TAR_ERRORS, KeyGrammarError, ShardReadError, check_key, iter_samples
 from .temporaries import locked_temp
 
 INDEX_SCHEMA = pa.schema([
@@ -52,7 +56,7 @@ INDEX_SCHEMA = pa.schema([
 
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be read, merged or trusted; the message names the file."""
 
 
@@ -294,21 +298,32 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
     sums = {row["key"]: row[CHECKSUM_COLUMN] for row in index if row.get(CHECKSUM_COLUMN) is not None}
     for row in index:
         expected.setdefault(row["shard"], []).append(row["key"])
+    by_name = {Path(k).name: v for k, v in expected.items()}  # a shard whose path became a URL
     shards = list(zip(m.shards, m.shard_paths()))
     if progress:
         from tqdm import tqdm
         shards = tqdm(shards, desc="verify", unit="shard")
+    fetched = None  # a temporary folder for the remote shards, each deleted once checked
     for entry, shard in shards:
         rel = entry["path"]
-        if not shard.is_file():
+        where: Path | str = shard
+        if is_remote(rel):  # an http(s):// or pipe: shard: fetched whole, then checked like a local one
+            fetched = fetched or tempfile.TemporaryDirectory(prefix="vortex-verify-")
+            where = rel
+            try:
+                shard = ShardCache(fetched.name, max_bytes=0).fetch(rel)
+            except (ShardReadError, OSError) as e:
+                rep.problems.append(str(e) if isinstance(e, ShardReadError) else f"{rel}: cannot fetch ({e})")
+                continue
+        elif not shard.is_file():
             rep.problems.append(f"{shard}: shard missing")
             continue
         size = shard.stat().st_size
         if size != entry["bytes"]:
-            rep.problems.append(f"{shard}: {size} bytes, manifest says {entry['bytes']}")
+            rep.problems.append(f"{where}: {size} bytes, manifest says {entry['bytes']}")
         digest = sha256_file(shard)
         if digest != entry["sha256"]:
-            rep.problems.append(f"{shard}: sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)")
+            rep.problems.append(f"{where}: sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)")
         rep.shards_checked += 1
         keys = []
         try:
@@ -319,23 +334,27 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
                     # when members are extracted, even in a manifest whose checksums all agree.
                     check_key(key)
                     if key in sums:
-                        check_members(str(shard), key, members, sums[key])
+                        check_members(str(where), key, members, sums[key])
                 except KeyGrammarError as e:
-                    rep.problems.append(f"{shard}: {e}")
+                    rep.problems.append(f"{where}: {e}")
                 except SampleError as e:
                     rep.problems.append(str(e))
                 if decode:
                     try:
                         decode_sample(members, key)
                     except SchemaError as e:
-                        rep.problems.append(f"{shard}: {e}")
+                        rep.problems.append(f"{where}: {e}")
                 rep.samples_checked += 1
         except (*TAR_ERRORS, OSError) as e:
-            rep.problems.append(f"{shard}: unreadable tar ({e})")
+            rep.problems.append(f"{where}: unreadable tar ({e})")
         if len(keys) != entry["samples"]:
-            rep.problems.append(f"{shard}: {len(keys)} samples, manifest says {entry['samples']}")
-        if index and keys != expected.get(rel, []):
-            rep.problems.append(f"{shard}: sample keys differ from the index {m.index_path().name}")
+            rep.problems.append(f"{where}: {len(keys)} samples, manifest says {entry['samples']}")
+        if index and keys != expected.get(rel, by_name.get(Path(rel.split("?")[0]).name, [])):
+            rep.problems.append(f"{where}: sample keys differ from the index {m.index_path().name}")
+        if where is not shard:
+            shard.unlink(missing_ok=True)
+    if fetched is not None:
+        fetched.cleanup()
     written = sum(s["samples"] for s in m.shards)
     if m.totals.get("written") != written or m.totals.get("input_frames") != written + len(m.rejected):
         rep.problems.append(f"{path}: totals do not reconcile (written {m.totals.get('written')}, "

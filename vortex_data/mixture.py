@@ -24,14 +24,16 @@ import numpy as np
 
 from ._toml import tomllib
 from .integrity import CHECKSUM_COLUMN
+from .shard_reader import is_remote
 from .tar_index import sample_keys
+from .errors import InputError
 
 
 BATCHING = ("random", "stratified", "per_source")
 """Batch compositions a mixture may ask for (:mod:`vortex_data.batching`)."""
 
 
-class MixtureError(ValueError):
+class MixtureError(InputError):
     """A mixture config or manifest that cannot be used (names the file and the problem)."""
 
 
@@ -219,6 +221,13 @@ class SourceIndex:
     checksums: list | None = None
     """Per sample, the index's (extension, XXH3-64) pairs of its members; None for an index
     written before checksums existed (or no index), and None inside for a row without them."""
+    shard_digests: list = field(default_factory=list)
+    """Per shard, the manifest's (bytes, sha256), or None where it lists none: remote shards are
+    checked against it when they are fetched."""
+
+    def remote_digests(self) -> dict[str, tuple[int, str]]:
+        """URL -> (bytes, sha256) of this source's remote shards (what a ShardReader checks)."""
+        return {url: d for url, d in zip(self.shards, self.shard_digests) if d and is_remote(url)}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -234,9 +243,9 @@ def _join(base: str, rel: str) -> str:
 
 def _read_bytes(url: str) -> bytes:
     if "://" in url or url.startswith("pipe:"):
-        from webdataset.gopen import gopen
+        from .shard_cache import open_remote
 
-        with gopen(url, "rb") as f:
+        with open_remote(url) as f:
             return f.read()
     return Path(url).read_bytes()
 
@@ -297,8 +306,10 @@ def read_source_index(manifest: str, name: str | None = None, key_pattern: str |
         checksums = None
     if not keys:
         raise MixtureError(f"{manifest}: no samples" + (f" match key_pattern {key_pattern!r}" if key_pattern else ""))
+    digests = [(int(s["bytes"]), str(s["sha256"])) if s.get("bytes") is not None and s.get("sha256") else None
+               for s in shards_meta]
     return SourceIndex(name or str(m.get("dataset", Path(manifest).stem)), shards, keys, arr, manifest,
-                       checksums=checksums)
+                       checksums=checksums, shard_digests=digests)
 
 
 def manifest_mixture(manifest: str, name: str | None = None) -> Mixture:

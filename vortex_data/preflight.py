@@ -114,7 +114,7 @@ def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, e
     if batching != "random":
         plan = labelless_in_plan(weights, labelled, batch, epoch_size, batching)
         v.update(plan)
-        if math.isfinite(plan["plan_labelless"]):
+        if plan["plan_labelless"] is not None:
             p = plan["plan_labelless"]
             how = "none by construction" if plan["by_construction"] else f"over {plan['plan_epochs']} epochs of its plan"
             what = (f"P(batch of {batch} without labels) = {p:.3g} with {batching} batching ({how}; {quota:.3g} with "

@@ -45,13 +45,14 @@ from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, S
 from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
 from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
 from .pool import die_with_parent, exit_if_orphaned
-from .temporaries import LockedTemp, writer_tag
+from .temporaries import LockedTemp, reraise_naming, writer_tag
+from .errors import VortexError
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20
 
 
-class BuildError(RuntimeError):
+class BuildError(VortexError, RuntimeError):
     """A build that cannot proceed (duplicate keys, bad options); the message says what to fix."""
 
 
@@ -176,11 +177,14 @@ class _RollingTar:
                           "sha256": sha256_file(final)})
         self._tf, self._temp, self._count, self._bytes = None, None, 0, 0
 
-    def abort(self) -> None:
-        """Remove the temporary being written (an exception is ending this group)."""
-        if self._temp is not None:
-            self._temp.discard()
-            self._tf, self._temp = None, None
+    def abort(self) -> Path | None:
+        """Remove the temporary being written (an exception is ending this group); returns its path."""
+        if self._temp is None:
+            return None
+        path = self._temp.path
+        self._temp.discard()
+        self._tf, self._temp = None, None
+        return path
 
     def finish(self) -> list[dict[str, Any]]:
         if self._tf is not None:
@@ -261,9 +265,8 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
             rows.append({**index_row(key, shard, sample), CHECKSUM_COLUMN: member_checksums(members)})
             depth_rejected += sample.rejected_depth_pixels
         shards = writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+    except BaseException as e:
+        reraise_naming(e, writer.abort() or directory)
     record = {"build_id": group.build_id, "group": group.index, "sources": group.sources, "shards": shards,
               "index": rows, "rejected": rejected, "depth_rejected_pixels": depth_rejected}
     atomic_write_bytes(_record_path(cfg, group), json.dumps(record, sort_keys=True).encode(), tag)

@@ -113,7 +113,7 @@ def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: i
 
     sizes = [len(f) for f in labelled]
     if not sizes or min(sizes) == 0 or epoch_size < batch:
-        return {"batching": batching, "plan_labelless": float("nan"), "plan_epochs": 0, "by_construction": False}
+        return {"batching": batching, "plan_labelless": None, "plan_epochs": 0, "by_construction": False}
     order = labelled_order(labelled)
     empty = total = 0
     for e in range(epochs):
@@ -130,5 +130,5 @@ def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: i
     if batching == "stratified" and full:
         counts, _ = stratified_counts(source_quotas(weights, epoch_size), batch, order)
         by_construction = bool(len(counts)) and int(counts[:, full].sum(axis=1).min()) >= 1
-    return {"batching": batching, "plan_labelless": empty / total if total else float("nan"), "plan_epochs": epochs,
+    return {"batching": batching, "plan_labelless": empty / total if total else None, "plan_epochs": epochs,
             "by_construction": by_construction}

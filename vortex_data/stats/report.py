@@ -108,8 +108,9 @@ def _risk(s: dict[str, Any]) -> Callable[[plt.Axes], None]:
                     label="closed form (1 - p)^B, independent draws")
         ax.scatter([r["batch_size"]], [max(r["simulated_iid"], 1e-300)], color="tab:orange", zorder=3,
                    label=f"simulated, independent draws (B={r['batch_size']})")
-        ax.scatter([r["batch_size"]], [max(r["simulated_quota"], 1e-300)], color="tab:green", marker="x",
-                   zorder=3, label=f"simulated, exact epoch quotas (B={r['batch_size']})")
+        if r["simulated_quota"] is not None:
+            ax.scatter([r["batch_size"]], [max(r["simulated_quota"], 1e-300)], color="tab:green", marker="x",
+                       zorder=3, label=f"simulated, exact epoch quotas (B={r['batch_size']})")
         ax.set_xlabel("batch size B (samples)")
         ax.set_ylabel("P(no labelled sample in batch)")
         ax.legend(fontsize=8)
@@ -169,9 +170,11 @@ def _tables(s: dict[str, Any]) -> str:
                 [f"simulated, independent draws ({r['simulated_iid_batches']} batches)",
                  f"{r['simulated_iid']:.4g} ± {r['simulated_iid_stderr']:.2g} (1 s.e.)"],
                 [f"closed form, exact quotas (hypergeometric, epoch of {r['epoch_size']})",
-                 f"{r['closed_form_quota']:.4g}"],
-                [f"simulated, exact quotas ({r['simulated_quota_epochs']} shuffled epochs)", f"{r['simulated_quota']:.4g}"],
+                 r.get("quota_note") or f"{r['closed_form_quota']:.4g}"],
+                [f"simulated, exact quotas ({r['simulated_quota_epochs']} shuffled epochs)",
+                 r.get("quota_note") or f"{r['simulated_quota']:.4g}"],
                 [f"the loader's own plans, batching = {r['batching']} ({r['plan_epochs']} epochs)",
+                 "no full batch" if r["plan_labelless"] is None else
                  f"{r['plan_labelless']:.4g}" + (" (0 by construction)" if r["by_construction"] else "")]]),
             "<p>Exact per-epoch quotas draw without replacement, so labelled samples are spread a little more "
             "evenly than independent draws and the risk is slightly lower than (1 - p)^B. Stratified batching "

@@ -33,7 +33,8 @@ from .batch import IMAGENET_MEAN, IMAGENET_STD
 from .collate import widen_labels
 from .dataset import EpochDataset
 from .plan import DECODE, PHOTOMETRIC, LoaderSpec
-from .workers import ignore_stop_signals
+from .workers import ignore_stop_signals, reraise_worker_errors
+from ..errors import InputError
 
 log = logging.getLogger(__package__)  # "vortex_data.stream", the name the docs give
 STATE_VERSION = 2
@@ -88,7 +89,7 @@ class StreamLoader:
         n = self.spec.plan_len(self.epoch)
         step = self.spec.step
         skipped0 = len(self.skipped)
-        for b in self._dl:
+        for b in reraise_worker_errors(self._dl):
             if self.spec.photometric == "cpu":
                 widen_labels(b)  # uint8 across the worker boundary; finish() widens on the device
             for msg in b.pop("skipped", ()):
@@ -128,13 +129,18 @@ class StreamLoader:
         state from a different seed or mixture, where 'the same samples' would have no meaning.
         A version-1 state (epoch, batches per rank) is converted: batches x world size x batch size."""
         version = state.get("version")
+        needed = ("epoch", "batch", "world_size", "batch_size") if version == 1 else ("epoch", "samples")
+        missing = [k for k in needed if k not in state]
+        if version in (1, STATE_VERSION) and missing:
+            raise InputError(f"loader state (version {version}) lacks {', '.join(map(repr, missing))}: it is not "
+                             f"a StreamLoader.state_dict(); it has {sorted(state)}")
         if version == 1:
             state = {**state, "samples": int(state["batch"]) * int(state["world_size"]) * int(state["batch_size"])}
         elif version != STATE_VERSION:
-            raise ValueError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
+            raise InputError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
         for k, mine in (("seed", self.spec.seed), ("fingerprint", self.fingerprint)):
             if state.get(k) != mine:
-                raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
+                raise InputError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
         epoch, samples = int(state["epoch"]), int(state["samples"])
         if self.spec.batching != "random" and int(state.get("batch_size", 0)) != self.spec.batch_size and samples:
             # The plan is composed in blocks of the batch size: another size is another plan.
@@ -143,7 +149,7 @@ class StreamLoader:
                              f"of the batch size, so resume mid-epoch at the same batch size (any world size)")
         n = self.spec.plan_len(epoch)
         if epoch < 0 or not 0 <= samples <= n:
-            raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
+            raise InputError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
                              f"of {n} samples")
         self.epoch, self.position = epoch, samples
 
@@ -165,7 +171,7 @@ def augment_choice(augment: bool | str | AugmentConfig | None, training: bool) -
             return AugmentConfig()
         if augment.lower() in AUGMENT_OFF:
             return None
-        raise ValueError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
+        raise InputError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
     return AugmentConfig() if augment else None
 
 
@@ -217,15 +223,15 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
     if photometric not in PHOTOMETRIC:
-        raise ValueError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
+        raise InputError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
     if decode not in DECODE:
-        raise ValueError(f"decode must be one of {DECODE}, got {decode!r}")
+        raise InputError(f"decode must be one of {DECODE}, got {decode!r}")
     if decode == "device" and photometric != "device":
-        raise ValueError("decode='device' ships undecoded RGB, so it needs photometric='device'")
+        raise InputError("decode='device' ships undecoded RGB, so it needs photometric='device'")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
+        raise InputError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     check_policy(on_error)
     train = split == "train" if training is None else bool(training)
     cfg = augment_choice(augment, train)

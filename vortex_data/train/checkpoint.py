@@ -31,6 +31,9 @@ import torch
 
 from vortex_data.train.distributed import DistInfo, barrier
 
+from ..errors import InputError
+from ..temporaries import reraise_naming
+
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
 STEP_DIR = re.compile(r"step_\d{8}")
@@ -40,7 +43,7 @@ MIN_KEEP = 2
 log = logging.getLogger("vortex_data.train")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """Checkpoints exist but none is complete: resuming would silently start over."""
 
 
@@ -66,10 +69,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        reraise_naming(e, tmp)
     os.replace(tmp, path)
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vortex_data.errors import VortexError
 from vortex_data.train.config import FIELDS, build_config, load_recipe
 from vortex_data.train.protocol import PROTOCOLS
 
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:
+    except (VortexError, OSError) as e:
         # As `vortex-data`: the message names the file or setting and the problem; STATUS has it too.
-        # Other errors (torch runtime, a lost peer, a bare KeyError from a bug) keep their traceback.
+        # Other errors (torch runtime, a lost peer, a bug) keep their traceback.
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2

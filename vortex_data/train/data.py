@@ -23,6 +23,8 @@ import numpy as np
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.stream import collate, make_loader, normalise_into, widen_labels
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class LoaderRequest:
@@ -90,7 +92,7 @@ def resolve_factory(spec: str) -> LoaderFactory:
         return FACTORIES[spec]
     module, sep, attr = spec.partition(":")
     if not sep:
-        raise ValueError(f"loader factory {spec!r} is neither {sorted(FACTORIES)} nor 'module:function'")
+        raise InputError(f"loader factory {spec!r} is neither {sorted(FACTORIES)} nor 'module:function'")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -24,6 +24,7 @@ from ..base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_
 from .files import (DEPTH_MODES, MAX_DEPTH_MM, NOT_IN_SPLIT, NYU_OVERLAP_REASON, NYU_OVERLAP_SUBSET, SENSOR_SUBSETS,
                     FrameFiles, _is_dir, _read_text, cap_depth, find_frame_folders, locate_frame_files,
                     parse_intrinsics, parse_rtilt, read_depth_png, read_rgb, read_split_file, rotate_right_3)
+from ...errors import InputError
 from .toolbox import LABEL_MODES, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, find_toolbox
 
 
@@ -35,7 +36,7 @@ class SunRgbdConverter(Converter):
     def __init__(self, src: Path, depth: str = "raw", include_nyu_overlap: bool = False,
                  split_file: Path | None = None, labels: str = "auto", toolbox: Path | None = None):
         if depth not in DEPTH_MODES:
-            raise ValueError(f"depth mode must be one of {sorted(DEPTH_MODES)}, got {depth!r}")
+            raise InputError(f"depth mode must be one of {sorted(DEPTH_MODES)}, got {depth!r}")
         self.src = Path(src)
         if not self.src.is_dir():
             raise FileNotFoundError(f"{self.src}: SUN RGB-D root (the SUNRGBD/ folder) not found")
