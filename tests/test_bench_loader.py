@@ -48,3 +48,43 @@ def test_bench_loader_builds_the_real_photo_set(nyu_photos, tmp_path, capsys):
     assert len(got) == 6 and len(set(jpegs)) == 6
     assert 60_000 < sum(map(len, jpegs)) / 6 < 160_000
     assert all({"depth.zst", "seg.zst", "json"} <= set(m) for m in got.values())
+
+
+def _bench_args(manifests, tmp_path):
+    return ["bench-loader", *map(str, manifests), "--samples", "8", "--batch-size", "2", "--epochs", "1",
+            "--size", "32", "48", "--latency-ms", "0", "--rounds", "1", "--compare-samples", "6"]
+
+
+def test_bench_loader_runs_on_label_less_and_mixed_manifests(tmp_path, capsys):
+    """DIODE and most of SUN RGB-D have no labels: the torchvision peer used to assume a seg member
+    and the run ended in 'generator raised StopIteration'."""
+    from vortex_data.cli import main
+
+    diode = build(tmp_path / "d", "diode", 6, 4, with_seg=False)
+    nyu = build(tmp_path / "n", "nyu", 6, 4)
+    for manifests in ([diode], [diode, nyu]):
+        assert main(_bench_args(manifests, tmp_path)) == 0
+        out = capsys.readouterr().out
+        assert "webdataset + torchvision v2:" in out and "(d) side by side" in out
+
+
+def test_cli_keeps_the_traceback_of_a_bug_and_shortens_only_package_errors(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from vortex_data.bench import side_by_side
+    from vortex_data.cli import main
+    from vortex_data.mixture import MixtureError
+
+    manifest = build(tmp_path, "nyu", 6, 4)
+
+    def bug(*a, **k):
+        raise RuntimeError("generator raised StopIteration")
+    monkeypatch.setattr(side_by_side, "tv2_baseline", bug)
+    with pytest.raises(RuntimeError, match="StopIteration"):  # a bug: not turned into 'error: ...', exit 2
+        main(_bench_args([manifest], tmp_path))
+
+    def bad_input(*a, **k):
+        raise MixtureError(f"{manifest}: the problem")
+    monkeypatch.setattr(side_by_side, "tv2_baseline", bad_input)
+    assert main(_bench_args([manifest], tmp_path)) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"vortex-data bench-loader: error: {manifest}: the problem"]

@@ -75,7 +75,7 @@ def test_failed_run_never_requeues_even_over_a_stale_interrupted(slurm) -> None:
     (tmp / "run" / "stage1" / "STATUS").write_text("interrupted SIGUSR1\n")  # left by the previous job
     res, status, calls = run("train_srun.sbatch", *TINY, "--recipe", "none", "--time-limit", "1")
     assert res.returncode != 0 and calls == []
-    assert status.startswith("failed ValueError: --time-limit 1 s is not longer than the stop margin")
+    assert status.startswith("failed InputError: --time-limit 1 s is not longer than the stop margin")
 
 
 def test_trainer_dying_without_a_status_is_recorded_as_failed(slurm) -> None:

@@ -21,7 +21,9 @@ from vortex_data.sources.base import Converter, Enumeration, FrameRef
 from vortex_data.stats import compute_stats, write_outputs
 from vortex_data.stats.phash import frame_hashes, min_hamming
 from vortex_data.stats.mixture_risk import p_labelless_iid, read_mixture, simulate_labelless_iid
+from vortex_data.stats import gallery
 from vortex_data.stats.report import PLOT_TITLES
+from vortex_data.views import INVALID_RGB
 
 W, H = 256, 192
 
@@ -211,8 +213,13 @@ def test_report_is_well_formed_and_self_contained(built):
     p.feed(html.read_text())
     p.close()
     assert p.stack == []
-    assert len(p.imgs) == len(PLOT_TITLES)
-    assert all(i["src"].startswith("data:image/png;base64,") for i in p.imgs)
+    plots = [i for i in p.imgs if i.get("class") != "gallery"]
+    assert len(plots) == len(PLOT_TITLES)
+    assert all(i["src"].startswith("data:image/png;base64,") for i in plots)
+    gallery_imgs = [i for i in p.imgs if i.get("class") == "gallery"]
+    # the depth colour bar, then one strip per chosen frame
+    assert len(gallery_imgs) == 1 + sum(len(g["frames"]) for g in stats["gallery"])
+    assert all(i["src"].startswith("data:image/") for i in gallery_imgs)
     assert p.captions == list(PLOT_TITLES)
     assert "http" not in html.read_text()
     assert json.loads(js.read_text())["sources"][0]["frames"] == 6
@@ -237,3 +244,82 @@ def test_bad_mixture_file_names_the_file(tmp_path):
     bad.write_text("[[source]]\nmanifest = 'x.json'\nweight = -1\n")
     with pytest.raises(ValueError, match="bad.toml"):
         read_mixture(bad)
+
+
+def _jpeg(src: str) -> np.ndarray:
+    import base64
+    assert src.startswith("data:image/jpeg;base64,")
+    return cv2.imdecode(np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def test_gallery_choice_is_seeded_and_names_the_worst_frames(built):
+    _, a, b, stats = built
+    g = {x["name"]: x["frames"] for x in stats["gallery"]}
+    assert set(g) == {"alpha-train", "beta-train"}
+    for name, manifest in (("alpha-train", a), ("beta-train", b)):
+        vf = load_manifest(manifest).read_index().column("valid_fraction").to_numpy()
+        frames = g[name]
+        assert frames[0]["why"] == "least valid depth" and frames[0]["valid_fraction"] == pytest.approx(vf.min())
+        randoms = [f["key"] for f in frames if f["why"] == "random"]
+        assert len(randoms) == gallery.RANDOM_FRAMES and len({f["key"] for f in frames}) == len(frames)
+    # no depth beyond 10 m in these rooms (clipped at 6 m): no 'most far depth' frame is shown
+    assert not any(f["why"].startswith("most depth") for fs in g.values() for f in fs)
+    again = compute_stats([a, b], batch_size=4, workers=1, progress=False)
+    assert again["gallery"] == stats["gallery"]
+
+
+def test_far_share_matches_numpy(built, monkeypatch):
+    _, a, _, _ = built
+    monkeypatch.setattr(gallery, "FAR_M", 3.0)
+    wanted, want = {}, {}
+    for shard in load_manifest(a).shard_paths():
+        for key, members in iter_samples(shard):
+            d = decode_sample(members, key)["depth_mm"]
+            want[key] = (d > 3000).sum() / (d > 0).sum()
+            wanted.setdefault(str(shard), set()).add(key)
+    got = gallery.far_shares(wanted, workers=1)
+    assert got == pytest.approx(want) and 0 < max(got.values()) < 1
+
+
+def test_gallery_strips_show_rgb_depth_labels(built):
+    tmp, _, _, stats = built
+    p = _Collect()
+    p.feed(write_outputs(stats, tmp / "report-g")[1].read_text())
+    strips = [_jpeg(i["src"]) for i in p.imgs if i.get("class") == "gallery" and "jpeg" in i["src"]]
+    frames = [f for g in stats["gallery"] for f in g["frames"]]
+    assert len(strips) == len(frames)
+    panel_w = round(W * gallery.STRIP_HEIGHT / H)
+    # 3 panels at the strip height (beta's first frame is a cropped copy of another size)
+    assert all(s.shape[0] == gallery.STRIP_HEIGHT and (s.shape[1] - 8) % 3 == 0 for s in strips)
+    assert all(s.shape[1] == 3 * panel_w + 8 for s, f in zip(strips, frames) if f["key"] != "beta/train/f000")
+    assert any(f["valid_fraction"] < 0.99 for f in frames)
+    for s, f in zip(strips, frames):
+        pw = (s.shape[1] - 8) // 3
+        rgb, depth = s[:, :pw], s[:, pw + 4:2 * pw + 4]
+        assert rgb.std() > 10 and depth.std() > 5  # not blank
+        # invalid depth (beyond 6 m in these rooms) is magenta, a colour the depth scale never uses
+        magenta = (np.abs(depth.astype(int) - INVALID_RGB).sum(axis=2) < 60).mean()
+        assert magenta == pytest.approx(1 - f["valid_fraction"], abs=0.03)
+    labelled = [s for s, f in zip(strips, frames) if f["key"].startswith("alpha") and int(f["key"][-3:]) < 4]
+    assert labelled and all(np.abs(s[:, :panel_w].astype(int) - s[:, 2 * panel_w + 8:]).mean() > 5 for s in labelled)
+
+
+def test_gallery_keeps_its_size_budget():
+    noise = np.random.default_rng(0).integers(0, 256, (gallery.STRIP_HEIGHT, 900, 3), dtype=np.uint8)
+    data, quality = gallery._fit([noise] * 5, 200_000)
+    assert sum(4 * -(-len(d) // 3) for d in data) <= 200_000 and quality < 80
+    assert gallery.BUDGET_PER_SOURCE * 8 <= 4 * 2**20
+
+
+def test_label_risk_counts_the_loaders_own_stratified_plans():
+    from vortex_data.stats.mixture_risk import labelless_in_plan
+
+    flags = [np.ones(40, bool), np.zeros(300, bool)]  # a labelled source at 1/8 of the draws
+    strat = labelless_in_plan([1, 7], flags, 8, 800, "stratified")
+    rand = labelless_in_plan([1, 7], flags, 8, 800, "random")
+    assert strat["plan_labelless"] == 0 and strat["by_construction"]
+    assert rand["plan_labelless"] > 0.2 and not rand["by_construction"]  # (7/8)^8 = 0.34 in expectation
+    below = labelless_in_plan([1, 9], flags, 8, 800, "stratified")  # 1/10 < 1/8: some batch must miss
+    assert below["plan_labelless"] > 0 and not below["by_construction"]
+    partly = [np.r_[np.ones(20, bool), np.zeros(20, bool)], np.zeros(300, bool)]  # half-labelled: no guarantee
+    assert not labelless_in_plan([1, 7], partly, 8, 800, "stratified")["by_construction"]

@@ -226,6 +226,28 @@ def test_persistent_workers_open_each_shard_once_across_epochs_and_jumps_stay_ex
     loader.close()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_set_epoch_after_a_part_read_epoch_starts_that_epoch_from_its_start(sets, workers):
+    """set_epoch(e + 1) after 3 of 10 batches of epoch e used to hand back the rest of epoch e
+    (7 batches in-process; 4 with 2 workers, and the state then claimed epoch e + 1 complete)."""
+    m = mix(sets, ("nyu",), (1.0,), 20)
+    ref = make_loader(m, batch_size=2, size=SIZE, seed=5)
+    want = [[b["key"] for b in ref] for _ in range(2)]
+    assert len(want[1]) == 10 and want[0] != want[1]
+    loader = make_loader(m, batch_size=2, size=SIZE, seed=5, num_workers=workers)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    loader.set_epoch(1)
+    assert [b["key"] for b in loader] == want[1]
+    assert (loader.state_dict()["epoch"], loader.state_dict()["samples"]) == (2, 0)
+    it = iter(loader)  # the same within one epoch: set_epoch(e) restarts e
+    next(it)
+    loader.set_epoch(0)
+    assert [b["key"] for b in loader] == want[0]
+    loader.close()
+
+
 def test_workers_ignore_sigterm_from_others_and_still_end_with_their_process(tmp_path):
     """Slurm's SIGTERM to every process must not kill loader workers; the interpreter's own exit
     (multiprocessing terminating its daemon children) still ends them, even for a loader nobody

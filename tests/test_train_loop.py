@@ -145,7 +145,9 @@ def test_eval_reports_per_dataset_rows(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     assert Trainer(tiny_config(tmp_path, steps=1), synthetic_loader).run() == 0
     ckpt = checkpoint.latest(tmp_path / "stage1" / "checkpoints")
-    res = run_evaluation(ckpt, None, synthetic_loader, batch_size=2, split="val", image_size=(64, 64), eigen_crop=False)
+    proto, res = run_evaluation(ckpt, None, synthetic_loader, batch_size=2, split="val", image_size=(64, 64),
+                                eigen_crop=False)
+    assert proto.name == "plain" and proto.loader_size == (64, 64)
     assert list(res) == ["synth_a", "synth_b", "all"]
     assert res["all"]["images"] == res["synth_a"]["images"] + res["synth_b"]["images"] == 8
     assert 0 <= res["synth_a"]["miou"] <= 1 and res["synth_b"]["miou"] != res["synth_b"]["miou"]  # no labels: NaN
@@ -258,7 +260,7 @@ def test_time_limit_not_longer_than_the_stop_margin_is_a_clear_error(tmp_path: P
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--time-limit 30 s is not longer than the stop margin of 60 s" in res.stderr
     assert "Traceback" not in res.stderr
-    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed ValueError: --time-limit 30 s")
+    assert (tmp_path / "stage1" / "STATUS").read_text().startswith("failed InputError: --time-limit 30 s")
     assert not (tmp_path / "stage1" / "checkpoints").exists()  # stopped before any training
 
 

@@ -33,6 +33,7 @@ from .geometry import (SCALE_DEPTH_MODES, camera_zoom, resize_intrinsics, resize
                        scale_depth_mm)
 from .mixture import rng_for
 from .schema import Intrinsics
+from .errors import InputError
 
 cv2.setNumThreads(1)  # DataLoader workers supply the parallelism; extra threads only contend
 
@@ -57,15 +58,15 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.scale_depth not in SCALE_DEPTH_MODES:
-            raise ValueError(f"scale_depth must be one of {SCALE_DEPTH_MODES}, got {self.scale_depth!r}")
+            raise InputError(f"scale_depth must be one of {SCALE_DEPTH_MODES}, got {self.scale_depth!r}")
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+            raise InputError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not (0 < self.ratio[0] <= self.ratio[1]):
-            raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+            raise InputError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
         if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+            raise InputError(f"hue must be in [0, 0.5], got {self.hue}")
         if min(self.brightness, self.contrast, self.saturation) < 0:
-            raise ValueError("brightness, contrast and saturation must be >= 0")
+            raise InputError("brightness, contrast and saturation must be >= 0")
 
 
 # ---------------------------------------------------------------- colour (torchvision formulas)

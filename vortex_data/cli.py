@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .cpus import usable_cpus
+from .errors import InputError, VortexError
 from .sources import CONVERTERS, get_converter
 
 # Subcommands defined beside the code they run: name -> (module, function registering its parser,
@@ -23,6 +24,10 @@ PLUGINS = {
     "train": ("vortex_data.train.commands", "add_train_parser",
               "train EfficientViT-B1 depth + segmentation (resumes automatically; [train] extra)"),
     "eval": ("vortex_data.train.commands", "add_eval_parser", "evaluate a training checkpoint per dataset"),
+    "show": ("vortex_data.show", "add_parser",
+             "contact sheet of training batches as the trainer receives them (PNG)"),
+    "export": ("vortex_data.export_rerun", "add_parser",
+               "write samples in another tool's format (rerun: a .rrd recording; [viz] extra)"),
     "preflight": ("vortex_data.preflight", "add_parser",
                   "before a training job: CPUs, loader rate, label-less batches, NYU leakage, walltime -> GO/NO-GO"),
 }
@@ -130,8 +135,14 @@ def cmd_inspect_shard(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .manifest import verify
+    from .shard_reader import is_remote
+
     bad = 0
     for path in args.manifests:
+        if is_remote(path):
+            raise InputError(f"{path}: verify reads a local manifest and its index (download them first); shards "
+                             "the manifest lists as http(s):// or pipe: URLs are fetched and checked")
+        path = Path(path)
         rep = verify(path, decode=not args.no_decode, progress=not args.no_progress)
         print(f"{path}: {'OK' if rep.ok else 'FAILED'} ({rep.shards_checked} shards, {rep.samples_checked} samples)")
         for p in rep.problems:
@@ -181,7 +192,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="check shard and member checksums and the key grammar, decode every sample; "
                                        "exit 1 naming any bad one")
-    ver.add_argument("manifests", type=Path, nargs="+")
+    ver.add_argument("manifests", nargs="+", help="local manifest files (their shards may be http(s):// URLs)")
     ver.add_argument("--no-decode", action="store_true", help="checksums and counts only")
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
@@ -210,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
-        # Library errors carry the file and the problem; a traceback would hide them.
+    except (VortexError, OSError) as e:
+        # The package's own errors and the system's (a missing file, a full disk) name the file and
+        # the problem; a traceback would hide them. Anything else is a bug and keeps its traceback.
         print(f"vortex-data {args.command}: error: {e}", file=sys.stderr)
         return 2
 

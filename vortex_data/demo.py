@@ -63,6 +63,7 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
     print("== stats: depth/label/RGB statistics, label-less batch risk, near-duplicates")
     demo_stats(manifests, out / "stats", workers=workers)
     demo_stream(out / "manifests")
+    demo_look(out / "manifests", out)
     demo_train(out / "manifests", out / "train")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
     return manifests
@@ -83,6 +84,28 @@ def demo_stream(manifests_dir: Path, batches: int = 3) -> None:
         print(f"batch {i}: rgb {tuple(batch['rgb'].shape)} depth {tuple(batch['depth'].shape)} "
               f"seg {tuple(batch['seg'].shape)} labelled {int(batch['has_seg'].sum())}/{len(batch['key'])}")
     print("samples per source:", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print()
+
+
+def demo_look(manifests_dir: Path, out: Path) -> None:
+    """A contact sheet of what the trainer receives, and Rerun recordings when rerun-sdk is there."""
+    from importlib.util import find_spec
+
+    from .show import show
+
+    print("== show: a contact sheet of two stage1 training batches (after loader.finish)")
+    sheet = show("stage1", out / "show" / "stage1-train.png", batches=2, batch_size=4, manifests_dir=str(manifests_dir))
+    print(f"contact sheet: {sheet}")
+    if find_spec("rerun") is None:
+        print("== export rerun: skipped (install the [viz] extra for rerun-sdk: pip install -e '.[viz]')")
+        return
+    from .export_rerun import export
+
+    print("== export rerun: NYU (labels, frame index) and Femto Bolt (sensor time line) as .rrd recordings")
+    for name in ("nyu-train", "femto-eval"):
+        rrd = out / "rerun" / f"{name}.rrd"
+        n = export(manifests_dir / f"{name}.json", rrd, limit=8)
+        print(f"{rrd}: {n} samples (open with: rerun {rrd})")
     print()
 
 

@@ -10,13 +10,12 @@ import cv2
 import numpy as np
 import pyarrow.compute as pc
 
+from .errors import InputError
 from .manifest import load_manifest
-from .schema import CLASS_NAMES, IGNORE_INDEX, decode_sample
+from .schema import CLASS_NAMES, decode_sample
 from .tar_index import read_samples
+from .views import label_colours
 
-# One colour per class (RGB) for label dumps; ignore is black.
-PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [250, 170, 30], [0, 130, 180], [220, 20, 60]],
-                   np.uint8)
 
 
 def manifest_summary(path: Path) -> dict[str, Any]:
@@ -108,18 +107,14 @@ def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
         if k == key:
             break
     else:
-        raise KeyError(f"{shard}: no sample with key {key!r}")
+        raise InputError(f"{shard}: no sample with key {key!r}")
     s = decode_sample(members, key)
     to.mkdir(parents=True, exist_ok=True)
     stem = key.replace("/", "_")
     files = {f"{stem}_rgb.png": cv2.cvtColor(s["rgb"], cv2.COLOR_RGB2BGR),
              f"{stem}_depth_color.png": colourise_depth(s["depth_mm"]),
              f"{stem}_depth_mm.png": s["depth_mm"]}
-    seg = s["seg"]
-    lab = np.zeros((*seg.shape, 3), np.uint8)
-    known = seg != IGNORE_INDEX
-    lab[known] = PALETTE[seg[known]]
-    files[f"{stem}_seg.png"] = cv2.cvtColor(lab, cv2.COLOR_RGB2BGR)
+    files[f"{stem}_seg.png"] = cv2.cvtColor(label_colours(s["seg"]), cv2.COLOR_RGB2BGR)
     written = []
     for name, img in files.items():
         cv2.imwrite(str(to / name), img)

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 import xxhash
 
 from .tar_index import ShardReadError, member_name
+from .errors import InputError
 
 CHECKSUM_COLUMN = "member_xxh3_64"
 OFFSET_COLUMN = "member_offset"
@@ -76,5 +77,5 @@ def check_members(shard: str, key: str, members: Mapping[str, bytes],
 
 def check_policy(on_error: str) -> str:
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise InputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     return on_error

@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from .schema import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from .errors import InputError
 
 FLOOR, WALL, CEILING, DOOR, FURNITURE, OBJECT = range(NUM_CLASSES)
 NYU_RAW_CLASSES = 894
@@ -37,7 +38,7 @@ NYU40_GROUPS: dict[int, tuple[str, ...]] = {
 }
 
 
-class LabelMappingError(ValueError):
+class LabelMappingError(InputError):
     """A label mapping (shipped table or user file) that is incomplete or out of range."""
 
 
@@ -122,6 +123,16 @@ def nyu40_to_6_lut(mapping: Mapping[int, int] | None = None) -> np.ndarray:
             raise LabelMappingError(f"NYU-40 class {k} has no 6-class assignment")
         lut[k] = _class_id(mapping[k], f"NYU-40 class {k}")
     return lut
+
+
+SUN37_CLASSES = 37
+"""SUN RGB-D's 37 segmentation classes (toolbox ``seg37list.mat``) are NYU-40's classes 1..37."""
+
+
+def sun37_to_6_lut(mapping: Mapping[int, int] | None = None) -> np.ndarray:
+    """(38,) uint8 lookup table SUN RGB-D 37-class id -> 6-class id (0 = void -> IGNORE_INDEX).
+    The NYU-40 table cut at 37: SUN class k is NYU-40 class k, so both datasets share one mapping."""
+    return nyu40_to_6_lut(mapping)[:SUN37_CLASSES + 1].copy()
 
 
 def nyu894_to_6_lut(mapping: Mapping[int, int] | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections import Counter
 from itertools import islice
 from dataclasses import dataclass, field
@@ -22,9 +23,12 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import InputError
 from .integrity import CHECKSUM_COLUMN, SampleError, check_members
 from .schema import NUM_CLASSES, SCHEMA_VERSION, SchemaError, decode_sample
-from .tar_index import TAR_ERRORS, KeyGrammarError, check_key, iter_samples
+from .shard_cache import ShardCache
+from .shard_reader import is_remote
+from .tar_index import TAR_ERRORS, KeyGrammarError, ShardReadError, check_key, iter_samples
 from .temporaries import locked_temp
 
 INDEX_SCHEMA = pa.schema([
@@ -57,7 +61,7 @@ INDEX_SCHEMA = pa.schema([
 
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be read, merged or trusted; the message names the file."""
 
 
@@ -148,11 +152,21 @@ class Manifest:
         return self.path.parent
 
 
-def compute_totals(shards: list[dict], rejected: list[dict], depth_counters: dict[str, int]) -> dict[str, Any]:
+def is_labelled(row: dict[str, Any]) -> bool:
+    """An index row is labelled when it has a label map with at least one non-ignore pixel (the
+    definition `stats` and `preflight` use)."""
+    return bool(row.get("has_seg")) and sum(row.get("class_pixels") or ()) > 0
+
+
+def compute_totals(shards: list[dict], rejected: list[dict], depth_counters: dict[str, int],
+                   rows: Iterable[dict[str, Any]] = (), labelled: int | None = None) -> dict[str, Any]:
+    """The manifest's totals; ``labelled`` counted from the index ``rows`` unless given (a build
+    that streams its rows counts them group by group)."""
     written = sum(s["samples"] for s in shards)
     return {
         "input_frames": written + len(rejected),
         "written": written,
+        "labelled": sum(map(is_labelled, rows)) if labelled is None else labelled,
         "rejected": len(rejected),
         "rejected_by_code": dict(sorted(Counter(r["code"] for r in rejected).items())),
         "shards": len(shards),
@@ -248,7 +262,7 @@ def merge(paths: list[Path], out_dir: Path | None = None) -> Path:
     rejected.sort(key=lambda r: (r["split"], r["frame"]))
     merged = Manifest(
         dataset=first.dataset, split=first.split, converter=first.converter, source=first.source,
-        shards=shards, rejected=rejected, totals=compute_totals(shards, rejected, dict(counters)),
+        shards=shards, rejected=rejected, totals=compute_totals(shards, rejected, dict(counters), rows),
         report=first.report,
     )
     return write_manifest(merged, out_dir, rows)
@@ -294,17 +308,27 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
     if progress:
         from tqdm import tqdm
         shards = tqdm(shards, desc="verify", unit="shard")
+    fetched = None  # a temporary folder for the remote shards, each deleted once checked
     for entry, shard in shards:
         rel = entry["path"]
-        if not shard.is_file():
+        where: Path | str = shard
+        if is_remote(rel):  # an http(s):// or pipe: shard: fetched whole, then checked like a local one
+            fetched = fetched or tempfile.TemporaryDirectory(prefix="vortex-verify-")
+            where = rel
+            try:
+                shard = ShardCache(fetched.name, max_bytes=0).fetch(rel)
+            except (ShardReadError, OSError) as e:
+                rep.problems.append(str(e) if isinstance(e, ShardReadError) else f"{rel}: cannot fetch ({e})")
+                continue
+        elif not shard.is_file():
             rep.problems.append(f"{shard}: shard missing")
             continue
         size = shard.stat().st_size
         if size != entry["bytes"]:
-            rep.problems.append(f"{shard}: {size} bytes, manifest says {entry['bytes']}")
+            rep.problems.append(f"{where}: {size} bytes, manifest says {entry['bytes']}")
         digest = sha256_file(shard)
         if digest != entry["sha256"]:
-            rep.problems.append(f"{shard}: sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)")
+            rep.problems.append(f"{where}: sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)")
         rep.shards_checked += 1
         keys = []
         want_keys, sums = index.shard(rel) if index is not None else ([], {})
@@ -316,28 +340,32 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
                     # when members are extracted, even in a manifest whose checksums all agree.
                     check_key(key)
                     if key in sums:
-                        check_members(str(shard), key, members, sums[key])
+                        check_members(str(where), key, members, sums[key])
                 except KeyGrammarError as e:
-                    rep.problems.append(f"{shard}: {e}")
+                    rep.problems.append(f"{where}: {e}")
                 except SampleError as e:
                     rep.problems.append(str(e))
                 if decode:
                     try:
                         decode_sample(members, key)
                     except SchemaError as e:
-                        rep.problems.append(f"{shard}: {e}")
+                        rep.problems.append(f"{where}: {e}")
                 rep.samples_checked += 1
         except (*TAR_ERRORS, OSError) as e:
-            rep.problems.append(f"{shard}: unreadable tar ({e})")
+            rep.problems.append(f"{where}: unreadable tar ({e})")
         if len(keys) != entry["samples"]:
-            rep.problems.append(f"{shard}: {len(keys)} samples, manifest says {entry['samples']}")
-        if index is not None and keys != want_keys:
-            rep.problems.append(f"{shard}: sample keys differ from the index {m.index_path().name}")
+            rep.problems.append(f"{where}: {len(keys)} samples, manifest says {entry['samples']}")
+        if index is not None and index.rows and keys != want_keys:
+            rep.problems.append(f"{where}: sample keys differ from the index {m.index_path().name}")
+        if where is not shard:
+            shard.unlink(missing_ok=True)
+    if fetched is not None:
+        fetched.cleanup()
     written = sum(s["samples"] for s in m.shards)
     if m.totals.get("written") != written or m.totals.get("input_frames") != written + len(m.rejected):
         rep.problems.append(f"{path}: totals do not reconcile (written {m.totals.get('written')}, "
                             f"rejected {len(m.rejected)}, input {m.totals.get('input_frames')})")
-    if index is not None and index.rows != written:
+    if index is not None and index.rows and index.rows != written:
         rep.problems.append(f"{m.index_path()}: {index.rows} rows, shards hold {written} samples")
     return rep
 
@@ -358,10 +386,14 @@ class _IndexByShard:
         order = np.argsort(codes, kind="stable")  # rows of one shard together, in index order
         bounds = np.searchsorted(codes[order], np.arange(len(shard.dictionary) + 1))
         self._rows = {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(shard.dictionary.to_pylist())}
+        self._by_name = {Path(k).name: v for k, v in self._rows.items()}
 
     def shard(self, rel: str) -> tuple[list[str], dict[str, dict[str, int]]]:
-        """(keys in index order, key -> {extension: XXH3-64}) of one shard's rows."""
+        """(keys in index order, key -> {extension: XXH3-64}) of one shard's rows; a shard whose
+        path became a URL is found by its file name."""
         rows = self._rows.get(rel)
+        if rows is None:
+            rows = self._by_name.get(Path(rel.split("?")[0]).name)
         if rows is None or not len(rows):
             return [], {}
         part = self.table.take(rows)

@@ -21,11 +21,17 @@ from typing import Sequence
 import numpy as np
 
 from ._toml import tomllib
+from .errors import InputError
 from .sample_index import SampleIndexError, SourceIndex, load_source_index, read_bytes
 
+_read_bytes = read_bytes  # the name batching.py imports
 
 
-class MixtureError(ValueError):
+BATCHING = ("random", "stratified", "per_source")
+"""Batch compositions a mixture may ask for (:mod:`vortex_data.batching`)."""
+
+
+class MixtureError(InputError):
     """A mixture config or manifest that cannot be used (names the file and the problem)."""
 
 
@@ -51,6 +57,8 @@ class Mixture:
     epoch_size: int
     name: str = "mixture"
     manifests_dir: Path | None = None
+    batching: str = "random"
+    """Batch composition: 'random', 'stratified' or 'per_source' (see :mod:`vortex_data.batching`)."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -60,6 +68,9 @@ class Mixture:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise MixtureError(f"mixture {self.name!r}: duplicate source names {names}")
+        if self.batching not in BATCHING:
+            raise MixtureError(f"mixture {self.name!r}: batching must be one of {', '.join(BATCHING)}, "
+                               f"got {self.batching!r}")
         for s in self.sources:
             if not (s.weight > 0 and math.isfinite(s.weight)):
                 raise MixtureError(f"mixture {self.name!r}: source {s.name!r} weight must be > 0, got {s.weight}")
@@ -75,8 +86,9 @@ class Mixture:
 def load_mixture(path: str | Path, manifests_dir: str | Path | None = None) -> Mixture:
     """Read a mixture from TOML (``.toml``) or JSON.
 
-    Format: ``name``, ``epoch_size`` and a list ``source`` of tables with ``name``, ``manifest``,
-    ``weight`` and optional ``key_pattern``. ``manifests_dir`` overrides the config's own
+    Format: ``name``, ``epoch_size``, optional ``batching`` ('random' default, 'stratified',
+    'per_source') and a list ``source`` of tables with ``name``, ``manifest``, ``weight`` and
+    optional ``key_pattern``. ``manifests_dir`` overrides the config's own
     ``manifests_dir``; a relative one in the config is relative to the config file.
     """
     path = Path(path)
@@ -98,7 +110,7 @@ def load_mixture(path: str | Path, manifests_dir: str | Path | None = None) -> M
         manifests_dir = path.parent / cfg["manifests_dir"]
     try:
         return Mixture(sources, epoch_size, str(cfg.get("name", path.stem)),
-                       Path(manifests_dir) if manifests_dir is not None else None)
+                       Path(manifests_dir) if manifests_dir is not None else None, str(cfg.get("batching", "random")))
     except MixtureError as e:
         raise MixtureError(f"{path}: {e}") from None
 

@@ -3,11 +3,13 @@
 From the training recipe (stage, mixture, batch size, workers, steps) and the manifests it
 names, on the node the job got, it reports:
 
-* cpus      the CPUs this process may use (``os.sched_getaffinity``) against the processes the
-            job starts: ranks per node x (loader workers + 1 main process).
-* loader    the streaming loader's rate measured here (a short timed run, first batches excluded)
-            against the rate training consumes (``--needed-rate``, or timed from a few training
-            steps on the device present with ``--measure-steps``).
+* cpus      the CPUs this process may use (affinity mask and cgroup CPU quota, see
+            :mod:`vortex_data.cpus`) against the processes the job starts: ranks per node x
+            (loader workers + 1 main process).
+* loader    the rate of the loader the trainer builds (the same function makes both), measured
+            here (a short timed run, warm-up and worker-buffered batches excluded) against the
+            rate training consumes (``--needed-rate``, or timed from a few training steps on the
+            device present with ``--measure-steps``).
 * labels    P(a training batch holds no labelled sample), from the indexes (the formulas of
             ``vortex-data stats``).
 * leakage   NYU frames in val/test whose scene also appears in train, when the indexes record
@@ -94,16 +96,30 @@ def check_rate(measured: float | None, needed: float | None, error: str | None =
 
 
 def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
-                 warn_above: float) -> Check:
-    from .stats.mixture_risk import p_labelled_draw, p_labelless_iid, p_labelless_quota
+                 warn_above: float, batching: str = "random", names: list[str] | None = None) -> Check:
+    """From each source's labelled flags (the index): the random-plan formulas, and with another
+    batching the count over the loader's own plans (0 when stratified rules it out)."""
+    from .stats.mixture_risk import labelless_in_plan, p_labelled_draw, p_labelless_iid, p_labelless_quota
 
     fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
     p_draw = p_labelled_draw(weights, fr)
     quota = p_labelless_quota(weights, fr, batch, epoch_size)
     iid = p_labelless_iid(weights, fr, batch)
-    v = {"p_labelled_draw": p_draw, "p_labelless_quota": quota, "p_labelless_iid": iid, "batch_size": batch}
+    names = names or [f"source {i}" for i in range(len(fr))]
+    v = {"p_labelled_draw": p_draw, "p_labelless_quota": quota, "p_labelless_iid": iid, "batch_size": batch,
+         "labelled_per_source": dict(zip(names, fr)), "batching": batching}
+    coverage = ", ".join(f"{n} {f:.0%}" for n, f in zip(names, fr))
     p = quota if math.isfinite(quota) else iid
     what = f"P(batch of {batch} without labels) = {p:.3g} (exact epoch quotas; {iid:.3g} for independent draws)"
+    if batching != "random":
+        plan = labelless_in_plan(weights, labelled, batch, epoch_size, batching)
+        v.update(plan)
+        if plan["plan_labelless"] is not None:
+            p = plan["plan_labelless"]
+            how = "none by construction" if plan["by_construction"] else f"over {plan['plan_epochs']} epochs of its plan"
+            what = (f"P(batch of {batch} without labels) = {p:.3g} with {batching} batching ({how}; {quota:.3g} with "
+                    f"random batching)")
+    what += f"; labelled frames per source (index): {coverage}; labelled share of draws {p_draw:.0%}"
     if p_draw == 0:
         return Check("labels", "fail", what + ": no labelled sample in the mixture, segmentation cannot learn", v)
     if p > warn_above:
@@ -164,29 +180,35 @@ def _dur(s: float) -> str:
 # ---------------------------------------------------------------- measurements
 
 def measure_loader(cfg: Any, batches: int, warmup: int = 2) -> float:
-    """Samples per second one rank's loader delivers here, over ``batches`` after ``warmup``."""
-    from .stream import make_loader
+    """Samples per second the trainer's own loader (:func:`vortex_data.train.data.train_request`:
+    its workers, photometric on the device, decode, size, batch) delivers to one rank here, over
+    ``batches`` batches. Not timed: ``warmup`` batches (worker start, first shard opens), then the
+    batches the workers buffered meanwhile (``prefetch_factor`` x workers), which arrive without
+    any wait and would inflate the rate. ``finish`` (the device phase) is not timed: the trainer
+    counts it as compute."""
+    from .train.data import resolve_factory, train_request
 
-    loader = make_loader(cfg.mixture, "train", cfg.batch_size, cfg.augment, cfg.num_workers, cfg.seed,
-                         manifest=cfg.manifest, image_size=tuple(cfg.image_size), manifests_dir=cfg.manifests_dir,
-                         on_error=cfg.on_error)
+    loader = resolve_factory(cfg.loader)(train_request(cfg))
+    untimed = warmup + getattr(loader, "prefetch_factor", 0) * getattr(loader, "num_workers", 0)
     try:
-        n = t0 = 0
-        got = 0
-        while got < warmup + batches:
+        got, n, t0 = 0, 0, time.perf_counter()
+        while got < untimed + batches:
+            before = got
             for b in loader:
                 got += 1
-                if got == warmup:
+                if got == untimed:
                     t0 = time.perf_counter()
-                elif got > warmup:
+                elif got > untimed:
                     n += len(b["key"])
-                if got >= warmup + batches:
+                if got >= untimed + batches:
                     break
-            if got == 0:
+            if got == before:
                 raise ValueError("the loader yields no batches (epoch smaller than one batch?)")
         return n / (time.perf_counter() - t0)
     finally:
-        loader.close()
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
 
 
 def measure_train_rate(cfg: Any, steps: int) -> float:
@@ -222,12 +244,14 @@ def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
     return mix, [Unit(s.name, Path(mix.manifest_path(s, "train")), s.key_pattern, s.weight) for s in mix.sources]
 
 
-def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int]:
+def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int, str, list[str]]:
+    """Weights, each source's labelled flags from its index, epoch size, batching, source names."""
     from .stats.compute import index_rows, labelled_flags
 
     mix, units = _train_units(cfg)
     labelled = [labelled_flags(index_rows(u)) for u in units]
-    return [u.weight for u in units], labelled, mix.epoch_size
+    batching = getattr(cfg, "batching", None) or mix.batching
+    return [u.weight for u in units], labelled, mix.epoch_size, batching, [u.name for u in units]
 
 
 def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, str]:
@@ -311,8 +335,8 @@ def preflight(cfg: Any, *, needed_rate: float | None = None, measure_steps: int 
     checks.insert(1, check_rate(measured, needed_rate, error))
 
     try:
-        weights, labelled, epoch_size = label_inputs(cfg)
-        checks.append(check_labels(weights, labelled, cfg.batch_size, epoch_size, max_labelless))
+        weights, labelled, epoch_size, batching, names = label_inputs(cfg)
+        checks.append(check_labels(weights, labelled, cfg.batch_size, epoch_size, max_labelless, batching, names))
     except (ValueError, OSError, KeyError) as e:
         checks.append(Check("labels", "unknown", f"cannot read the indexes ({e})"))
 
@@ -341,9 +365,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--stage", type=int, default=1, help="recipe stage (default 1)")
     p.add_argument("--manifests", dest="manifests_dir", metavar="DIR",
                    help="folder with the datasets' manifests (default manifests/)")
-    p.add_argument("--mixture", help="override the recipe's mixture (file or recipe name)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--mixture", help="override the recipe's mixture (file or recipe name)")
+    data.add_argument("--manifest", help="one manifest instead of the recipe's mixture (as train --manifest)")
     p.add_argument("--num-workers", type=int, help="override the recipe's loader workers per rank")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size per rank")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")
+    p.add_argument("--decode", choices=("cpu", "device"), help="override the recipe's decode (where RGB JPEGs are decoded)")
     p.add_argument("--steps", type=int, help="steps still to run (default: the recipe's steps)")
     p.add_argument("--ranks-per-node", type=int, default=int((os.environ.get("SLURM_NTASKS_PER_NODE") or "1").split("(")[0]),
                    help="training processes sharing these CPUs (default $SLURM_NTASKS_PER_NODE or 1; with torchrun "
@@ -368,8 +396,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from .train.config import build_config, load_recipe
 
     recipe = load_recipe(args.recipe)
-    overrides = {"mixture": args.mixture, "manifests_dir": args.manifests_dir, "num_workers": args.num_workers,
-                 "batch_size": args.batch_size, "steps": args.steps}
+    overrides = {"mixture": args.mixture, "manifest": args.manifest, "manifests_dir": args.manifests_dir,
+                 "num_workers": args.num_workers, "batch_size": args.batch_size, "steps": args.steps,
+                 "image_size": tuple(args.image_size) if args.image_size else None, "decode": args.decode}
     return build_config(recipe, args.stage, overrides, recipe_name=args.recipe)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .geometry import resize_nearest
 from .schema import Intrinsics
+from .errors import InputError
 
 NO_DISTORTION = (0.0,) * 8
 
@@ -47,7 +48,7 @@ class CameraModel:
 
     def __post_init__(self) -> None:
         if len(self.dist) not in (4, 5, 8):
-            raise ValueError(f"distortion needs 4, 5 or 8 coefficients, got {len(self.dist)}")
+            raise InputError(f"distortion needs 4, 5 or 8 coefficients, got {len(self.dist)}")
         object.__setattr__(self, "dist", tuple(float(c) for c in self.dist) + (0.0,) * (8 - len(self.dist)))
 
     @classmethod
@@ -184,7 +185,7 @@ def _valid_rays(depth_mm: np.ndarray, cam: CameraModel) -> tuple[RayTable, np.nd
     """The camera's ray table, and for its valid depth pixels (depth > 0, ray undistorted): flat
     pixel indices (M,), rays in the z=1 plane (M, 2) and depths in metres (M,)."""
     if depth_mm.shape != (cam.height, cam.width):
-        raise ValueError(f"depth is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the camera is {cam.width}x{cam.height}")
+        raise InputError(f"depth is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the camera is {cam.width}x{cam.height}")
     table = pixel_rays(cam)
     z = depth_mm.reshape(-1).astype(np.float64) / 1000.0
     pix = np.nonzero((z > 0) & table.ok)[0]
@@ -208,7 +209,7 @@ def nearest_rotation(R: np.ndarray, tol: float = 0.02, source: str = "calibratio
     u, _, vt = np.linalg.svd(R)
     rot = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
     if np.linalg.norm(rot - R) > tol or np.linalg.det(rot) < 0:
-        raise ValueError(f"{source}: extrinsic R is not a rotation matrix (distance {np.linalg.norm(rot - R):.3g})")
+        raise InputError(f"{source}: extrinsic R is not a rotation matrix (distance {np.linalg.norm(rot - R):.3g})")
     return rot
 
 
@@ -314,7 +315,7 @@ def register_color_to_depth(rgb: np.ndarray, depth_mm: np.ndarray, depth_cam: Ca
     out_size: (W, H) of the output; the depth is resized nearest-neighbour to it first.
     """
     if rgb.shape[:2] != (color_cam.height, color_cam.width):
-        raise ValueError(f"colour is {rgb.shape[1]}x{rgb.shape[0]} but its camera is {color_cam.width}x{color_cam.height}")
+        raise InputError(f"colour is {rgb.shape[1]}x{rgb.shape[0]} but its camera is {color_cam.width}x{color_cam.height}")
     target = depth_cam.resized(*(out_size or depth_cam.size))
     depth_mm = resize_nearest(depth_mm, (target.height, target.width))
     pts, pix = unproject(depth_mm, target)

@@ -33,7 +33,7 @@ import numpy as np
 from .integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN
 from .tar_index import sample_keys
 
-FORMAT = 1
+FORMAT = 2
 ARRAYS = ("shard", "key_end", "key_bytes", "has_seg", "member_end", "ext", "offset", "size", "xxh3", "checked")
 
 
@@ -117,6 +117,18 @@ class SourceIndex:
     @property
     def shards(self) -> list[str]:
         return self.meta["shards"]
+
+    @property
+    def shard_digests(self) -> list:
+        """Per shard, the manifest's (bytes, sha256), or None where it lists none: remote shards are
+        checked against it when they are fetched."""
+        return [None if d is None else tuple(d) for d in self.meta["digests"]]
+
+    def remote_digests(self) -> dict[str, tuple[int, str]]:
+        """URL -> (bytes, sha256) of this source's remote shards (what a ShardReader checks)."""
+        from .shard_reader import is_remote
+
+        return {url: d for url, d in zip(self.shards, self.shard_digests) if d and is_remote(url)}
 
     @property
     def exts(self) -> list[str]:
@@ -346,7 +358,10 @@ def build_arrays(manifest: str, key_pattern: str | None) -> tuple[dict[str, Any]
         n = len(keep)
     if not n:
         raise SampleIndexError(f"{manifest}: no samples" + (f" match key_pattern {key_pattern!r}" if key_pattern else ""))
-    meta = {"format": FORMAT, "n": n, "shards": shards, "exts": arrays.pop("exts"), "dataset": m.get("dataset"),
+    digests = [[int(s["bytes"]), str(s["sha256"])] if s.get("bytes") is not None and s.get("sha256") else None
+               for s in shards_meta]
+    meta = {"format": FORMAT, "n": n, "shards": shards, "digests": digests, "exts": arrays.pop("exts"),
+            "dataset": m.get("dataset"),
             "checked": bool(arrays["checked"].any()),
             "offsets": bool(len(arrays["offset"]) and (arrays["offset"] >= 0).all())}
     return arrays, meta

@@ -20,6 +20,7 @@ import zstandard
 from .geometry import resize_intrinsics, resize_nearest, resize_rgb, scale_centre
 # The key grammar and member naming live with the tar reader; make_key stays importable from here.
 from .tar_index import KeyGrammarError, check_key, make_key, split_member  # noqa: F401
+from .errors import InputError
 
 SCHEMA_VERSION = 1
 
@@ -43,7 +44,7 @@ DEFAULT_ZSTD_LEVEL = 3
 META_EXT = "json"
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A sample that does not follow the schema (bad shape, dtype, field or encoding)."""
 
 
@@ -191,11 +192,11 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if self.rgb_codec not in RGB_CODECS:
-            raise ValueError(f"rgb codec must be one of {RGB_CODECS}, got {self.rgb_codec!r}")
+            raise InputError(f"rgb codec must be one of {RGB_CODECS}, got {self.rgb_codec!r}")
         if self.array_codec not in ARRAY_CODECS:
-            raise ValueError(f"depth/label codec must be one of {ARRAY_CODECS}, got {self.array_codec!r}")
+            raise InputError(f"depth/label codec must be one of {ARRAY_CODECS}, got {self.array_codec!r}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
+            raise InputError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
 
 
 def encode_array(arr: np.ndarray, codec: str, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
@@ -244,10 +245,10 @@ def _npy_header(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     f = io.BytesIO(raw)
     version = np.lib.format.read_magic(f)
     if version not in _NPY_HEADERS:
-        raise ValueError(f"unsupported .npy version {version}")
+        raise InputError(f"unsupported .npy version {version}")
     shape, fortran, dtype = _NPY_HEADERS[version](f)
     if dtype.hasobject:
-        raise ValueError("object arrays are not allowed")
+        raise InputError("object arrays are not allowed")
     hit = (shape, fortran, dtype, f.tell())
     if f.tell() == end and len(_HEADER_CACHE) < 256:
         _HEADER_CACHE[key] = hit

@@ -31,9 +31,11 @@ class ShardReader:
     """Reads samples from shards; counts file opens so the benchmark can report them."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, max_open: int = 128,
-                 cache_bytes: int | None = None):
+                 cache_bytes: int | None = None, expected: dict[str, tuple[int, str]] | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_bytes = cache_bytes
+        self.expected = expected or {}
+        """Remote shard URL -> the manifest's (bytes, sha256): a fetched copy must match it."""
         self.max_open = max_open
         self.opens = 0
         self._cache: ShardCache | None = None
@@ -53,7 +55,9 @@ class ShardReader:
             self.cache_dir = Path(node_cache_dir(self.cache_dir))
             self._cache = ShardCache(self.cache_dir, self.cache_bytes)
         try:
-            return str(self._cache.fetch(url))
+            return str(self._cache.fetch(url, self.expected.get(url)))
+        except ShardReadError:
+            raise  # names the URL and the cause already
         except Exception as e:  # noqa: BLE001 -- any fetch failure is this shard's problem
             raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
 
@@ -129,4 +133,5 @@ class ShardReader:
     def __getstate__(self) -> dict:
         # Open files do not cross process boundaries; each DataLoader worker reopens its own.
         return {"cache_dir": self.cache_dir, "cache_bytes": self.cache_bytes, "max_open": self.max_open, "opens": 0,
+                "expected": self.expected,
                 "_files": OrderedDict(), "_tables": {}, "_cache": None}

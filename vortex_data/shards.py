@@ -39,19 +39,20 @@ from tqdm import tqdm
 from . import __version__
 from .integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from .cpus import usable_cpus
-from .manifest import Manifest, atomic_write_bytes, compute_totals, sha256_file, write_manifest
+from .manifest import Manifest, atomic_write_bytes, compute_totals, is_labelled, sha256_file, write_manifest
 from .schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                      make_key, resize_sample)
 from .sources.base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
 from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
 from .pool import die_with_parent, exit_if_orphaned
-from .temporaries import LockedTemp, writer_tag
+from .temporaries import LockedTemp, reraise_naming, writer_tag
+from .errors import VortexError
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20
 
 
-class BuildError(RuntimeError):
+class BuildError(VortexError, RuntimeError):
     """A build that cannot proceed (duplicate keys, bad options); the message says what to fix."""
 
 
@@ -181,11 +182,14 @@ class _RollingTar:
                           "sha256": sha256_file(final)})
         self._tf, self._temp, self._count, self._bytes = None, None, 0, 0
 
-    def abort(self) -> None:
-        """Remove the temporary being written (an exception is ending this group)."""
-        if self._temp is not None:
-            self._temp.discard()
-            self._tf, self._temp = None, None
+    def abort(self) -> Path | None:
+        """Remove the temporary being written (an exception is ending this group); returns its path."""
+        if self._temp is None:
+            return None
+        path = self._temp.path
+        self._temp.discard()
+        self._tf, self._temp = None, None
+        return path
 
     def finish(self) -> list[dict[str, Any]]:
         if self._tf is not None:
@@ -267,9 +271,8 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
                          **member_spans(offsets, members)})
             depth_rejected += sample.rejected_depth_pixels
         shards = writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+    except BaseException as e:
+        reraise_naming(e, writer.abort() or directory)
     record = {"build_id": group.build_id, "group": group.index, "sources": group.sources, "shards": shards,
               "index": rows, "rejected": rejected, "depth_rejected_pixels": depth_rejected}
     atomic_write_bytes(_record_path(cfg, group), json.dumps(record, sort_keys=True).encode(), tag)
@@ -402,7 +405,8 @@ def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, group
                    "output": cfg.output_options()},
         source=fingerprint,
         shards=shards, rejected=rejected,
-        totals=compute_totals(shards, rejected, {"depth_rejected_pixels": depth_rejected}),
+        totals=compute_totals(shards, rejected, {"depth_rejected_pixels": depth_rejected},
+                              labelled=sum(records[(split, g.index)]["labelled"] for g in groups)),
         report=report,
         part=None if part is None else {"index": part[0], "count": part[1]},
     )
@@ -412,7 +416,8 @@ def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, group
 def _slim(record: dict[str, Any]) -> dict[str, Any]:
     """A group's record without its index rows: those stay in its file until the manifest is
     written (:func:`_index_rows`), so the build's memory does not grow with the dataset."""
-    return {k: v for k, v in record.items() if k != "index"}
+    return {**{k: v for k, v in record.items() if k != "index"},
+            "labelled": sum(map(is_labelled, record["index"]))}
 
 
 def _index_rows(cfg: BuildConfig, groups: list[Group], rel: str) -> Iterator[dict[str, Any]]:

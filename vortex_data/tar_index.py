@@ -25,17 +25,19 @@ from itertools import groupby
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
+from .errors import InputError, VortexError
+
 TAR_ERRORS = (tarfile.TarError, EOFError)
 """What a damaged or non-tar file raises while it is being read (besides OSError)."""
 
 _KEY_PART = re.compile(r"[^A-Za-z0-9_\-]")
 
 
-class ShardReadError(IOError):
+class ShardReadError(VortexError, IOError):
     """A shard that is missing, unreadable, or lacks a sample the index promises."""
 
 
-class KeyGrammarError(ValueError):
+class KeyGrammarError(InputError):
     """A sample key outside ``<dataset>/<split>/<frame id>`` of ``[A-Za-z0-9_-]`` parts."""
 
 
@@ -88,6 +90,28 @@ def _files(tf: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
         if info.isfile():  # a shard holds only files; anything else carries no sample data
             key, ext = split_member(info.name)
             yield info, key, ext
+    _check_stop(tf)
+
+
+def _check_stop(tf: tarfile.TarFile) -> None:
+    """Raise tarfile.ReadError if the listing stopped at a damaged header rather than at the end.
+
+    tarfile ends its listing silently at a header it cannot parse (anywhere but the first), so
+    a flipped byte in a header would hide every later sample and surface only as 'not in the
+    shard'. Where it stopped, a whole archive has its zero end blocks (or nothing, if cut there:
+    :func:`has_end_marker` tells that apart)."""
+    f = tf.fileobj
+    f.seek(tf.offset)
+    block = f.read(tarfile.BLOCKSIZE)
+    if not block.strip(b"\0"):
+        return
+    try:
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+        why = "unreadable"
+    except tarfile.HeaderError as e:
+        why = str(e) or type(e).__name__
+    raise tarfile.ReadError(f"damaged tar header at byte offset {tf.offset} ({why}); the members from there on "
+                            "cannot be listed")
 
 
 def members(fileobj: BinaryIO) -> Iterator[Member]:

@@ -16,7 +16,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, NoReturn
 
 ABANDONED_AFTER_S = 3600.0
 """A live writer appends to its temporary at least once per frame; an hour of silence is death."""
@@ -61,7 +61,10 @@ class LockedTemp:
         self.file.close()
 
     def discard(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # flushing what is thrown away (a full disk fails that flush too) does not matter
         self.path.unlink(missing_ok=True)
 
 
@@ -71,10 +74,22 @@ def locked_temp(final: Path, tag: str | None = None) -> Iterator[BinaryIO]:
     temp = LockedTemp(final, tag)
     try:
         yield temp.file
-    except BaseException:
+    except BaseException as e:
         temp.discard()
-        raise
-    temp.commit()
+        reraise_naming(e, temp.path)
+    try:
+        temp.commit()
+    except OSError as e:
+        reraise_naming(e, temp.path)
+
+
+def reraise_naming(e: BaseException, path: Path | str) -> NoReturn:
+    """Raise ``e``, as an OSError naming ``path`` if it is one that names no file: a failed write
+    or fsync (a full disk: '[Errno 28] No space left on device') does not say which file it was
+    writing. Call it in the ``except`` block that caught ``e``."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    raise e
 
 
 def _try_lock(f: BinaryIO) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..augment import AugmentConfig
 from ..mixture import Mixture
-from ..schema import decode_rgb
+from ..schema import IGNORE_INDEX, decode_rgb
 from ..stream import IMAGENET_MEAN, IMAGENET_STD, RawSample, build_batch, make_loader
 from .measure import cpu_per_sample, sample_members
 
@@ -39,15 +39,18 @@ def tv2_baseline(urls: list[str], cfg: AugmentConfig, batch: int, limit: int) ->
         v2.RandomHorizontalFlip(cfg.flip_p), v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
         v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
-    def member(s: dict[str, Any], name: str) -> tuple[str, bytes]:
-        ext = next(e for e in s if e.startswith(name + "."))
-        return ext.split(".", 1)[1], s[ext]
+    def member(s: dict[str, Any], name: str) -> tuple[str, bytes] | None:
+        ext = next((e for e in s if e.startswith(name + ".")), None)
+        return None if ext is None else (ext.split(".", 1)[1], s[ext])
 
     def sample(s: dict[str, Any]) -> tuple[Any, Any, Any]:
         rgb = Image.open(io.BytesIO(member(s, "rgb")[1])).convert("RGB")
-        depth = tv_tensors.Mask(torch.from_numpy(decode_array(*member(s, "depth")[::-1]).astype(np.float32) / 1000))
-        seg = tv_tensors.Mask(torch.from_numpy(decode_array(*member(s, "seg")[::-1]).copy()))
-        return tf(rgb, depth, seg)
+        depth_mm = decode_array(*member(s, "depth")[::-1])
+        seg_member = member(s, "seg")
+        # A label-less sample (DIODE, most of SUN RGB-D) gets an all-ignore map, as in the loader.
+        seg = decode_array(*seg_member[::-1]).copy() if seg_member else np.full(depth_mm.shape, IGNORE_INDEX, np.uint8)
+        return tf(rgb, tv_tensors.Mask(torch.from_numpy(depth_mm.astype(np.float32) / 1000)),
+                  tv_tensors.Mask(torch.from_numpy(seg)))
 
     def run() -> int:
         ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(sample)

@@ -21,6 +21,7 @@ import numpy as np
 from ..schema import Intrinsics, Sample, depth_to_mm, make_key
 from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from .image_files import read_image
+from ..errors import InputError
 
 INTRINSICS = Intrinsics(fx=886.81, fy=927.06, cx=512.0, cy=384.0)
 NATIVE_SIZE = (1024, 768)
@@ -35,7 +36,7 @@ class DiodeConverter(Converter):
 
     def __init__(self, src: Path, domain: str = "indoors", meta: Path | None = None):
         if domain not in (*DOMAINS, "all"):
-            raise ValueError(f"DIODE domain must be indoors, outdoor or all, got {domain!r}")
+            raise InputError(f"DIODE domain must be indoors, outdoor or all, got {domain!r}")
         self.src = Path(src)
         self.domain = domain
         self.meta = None if meta is None else Path(meta)
@@ -62,7 +63,7 @@ class DiodeConverter(Converter):
             raise FileNotFoundError(f"{self.src}: DIODE root folder not found (expected {{train,val}}/{{indoors,outdoor}}/...)")
         unknown = (splits or set()) - set(self.splits)
         if unknown:
-            raise ValueError(f"DIODE has splits {self.splits}, not {sorted(unknown)}")
+            raise InputError(f"DIODE has splits {self.splits}, not {sorted(unknown)}")
         frames, rejected = [], []
         found_any = False
         for split in self.splits:
@@ -182,7 +183,7 @@ def _compare_meta(meta_path: Path, frames: list[FrameRef], rejected: list[Reject
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{meta_path}: cannot read DIODE meta JSON ({e})") from None
+        raise InputError(f"{meta_path}: cannot read DIODE meta JSON ({e})") from None
     listed = {}
     for split, by_domain in meta.items():
         if splits and split not in splits:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .base import RejectFrame, printable_path
+from ..errors import InputError
 
 JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +36,7 @@ def incomplete_reason(data: bytes | np.ndarray) -> str | None:
     return None
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image file that cannot be used; ``code`` is the rejection code (truncated, unreadable)."""
 
     def __init__(self, code: str, message: str):

@@ -22,6 +22,7 @@ from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_
 from ..schema import Intrinsics, Sample, depth_to_mm, make_key
 from .base import Converter, Enumeration, FrameRef, RejectFrame
 from .nyu_splits import DEFAULT_SCHEME, SCHEME_SPLITS, SCHEMES, SEEDED_SCHEMES, make_split, scene_overlap, split_scenes
+from ..errors import InputError
 
 HEIGHT, WIDTH = 480, 640
 # Kinect RGB intrinsics from the NYU Depth V2 toolbox, camera_params.m (fx_rgb, fy_rgb, cx_rgb,
@@ -34,7 +35,7 @@ STRING_KEYS = {"scenes": "scene", "sceneTypes": "scene_type",
 REQUIRED_STRINGS = ("scenes", "sceneTypes")
 
 
-class NyuFileError(ValueError):
+class NyuFileError(InputError):
     """The .mat file as a whole cannot be converted; the message names the file and the key."""
 
 
@@ -70,11 +71,11 @@ class NyuConverter(Converter):
                  split_seed: int = 0, splits_file: str | Path | None = None,
                  label_map: str | Path | None = None):
         if depth not in DEPTH_KEYS:
-            raise ValueError(f"depth must be one of {sorted(DEPTH_KEYS)}, got {depth!r}")
+            raise InputError(f"depth must be one of {sorted(DEPTH_KEYS)}, got {depth!r}")
         if split_scheme not in SCHEMES:
-            raise ValueError(f"split scheme must be one of {SCHEMES}, got {split_scheme!r}")
+            raise InputError(f"split scheme must be one of {SCHEMES}, got {split_scheme!r}")
         if splits_file is not None and split_scheme != "official":
-            raise ValueError("--splits-file only applies to --split-scheme official")
+            raise InputError("--splits-file only applies to --split-scheme official")
         self.src = Path(src)
         self.depth = depth
         self.split_scheme = split_scheme
@@ -245,7 +246,7 @@ class NyuConverter(Converter):
         scheme_splits = SCHEME_SPLITS[self.split_scheme]
         unknown = sorted(set(splits or ()) - set(scheme_splits))
         if unknown:
-            raise ValueError(f"split(s) {unknown} do not exist in NYU split scheme {self.split_scheme!r} "
+            raise InputError(f"split(s) {unknown} do not exist in NYU split scheme {self.split_scheme!r} "
                              f"(it has {list(scheme_splits)})")
         with self._open() as f:
             n = self._n_frames = self._validate(f)

@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import scipy.io
 
+from ..errors import InputError
+
 SCHEMES = ("scenes80", "random80", "official")
 DEFAULT_SCHEME = "scenes80"
 SCHEME_SPLITS = {"scenes80": ("train", "val"), "random80": ("train", "val"), "official": ("train", "test")}
@@ -30,7 +32,7 @@ SEEDED_SCHEMES = ("scenes80", "random80")
 TRAIN_FRACTION = 0.8
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """A split definition that cannot be applied to the file's frames."""
 
 

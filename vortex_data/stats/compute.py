@@ -22,12 +22,14 @@ from ..cpus import usable_cpus
 from ..manifest import load_manifest
 from ..mixture import Mixture
 from ..schema import CLASS_NAMES, NUM_CLASSES
+from . import gallery
 from .phash import DEFAULT_THRESHOLD, find_duplicates
-from .mixture_risk import (normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
+from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
                             read_mixture, simulate_labelless_iid, simulate_labelless_quota)
 from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
                             median_frequency_weights, rgb_mean_std, summary)
 from .scan import Accumulator, ShardTask, scan_shards
+from ..errors import InputError
 
 VALID_FRACTION_EDGES = np.linspace(0.0, 1.0, 21)
 SIM_BATCHES = 20000
@@ -62,7 +64,7 @@ def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
         seen.add((path.resolve(), None))
         units.append(Unit(name, path))
     if not units:
-        raise ValueError("no manifests: give MANIFEST paths or --mixture FILE")
+        raise InputError("no manifests: give MANIFEST paths or --mixture FILE")
     return units
 
 
@@ -74,7 +76,7 @@ def index_rows(unit: Unit) -> dict[str, np.ndarray]:
 
         table = pq.read_table(m.index_path(), columns=[*names, "class_pixels"])
     except OSError as e:
-        raise ValueError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
+        raise InputError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
     cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
     cls = table.column("class_pixels").combine_chunks()
     cols["class_pixels"] = np.asarray(cls.flatten(), np.int64).reshape(-1, NUM_CLASSES)
@@ -145,21 +147,29 @@ def mixture_accumulator(accs: list[Accumulator], weights: np.ndarray) -> Accumul
 
 
 def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoch_size: int,
-               seed: int = 0) -> dict[str, Any]:
-    """P(batch holds no labelled sample): closed forms and simulations, iid and exact quotas."""
+               seed: int = 0, batching: str = "random") -> dict[str, Any]:
+    """P(batch holds no labelled sample): closed forms and simulations, iid and exact quotas, and
+    the count over the loader's own plans with the mixture's batching."""
     fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
     rng = np.random.default_rng(seed)
     sim_iid = simulate_labelless_iid(list(weights), labelled, batch, SIM_BATCHES, rng)
     epochs = max(1, min(50, -(-SIM_BATCHES * batch // max(epoch_size, 1))))
     sim_quota = simulate_labelless_quota(list(weights), labelled, batch, epoch_size, epochs, rng)
     p = p_labelled_draw(list(weights), fr)
+    closed_quota = p_labelless_quota(list(weights), fr, batch, epoch_size)
+    # An epoch smaller than one batch has no full batch: there is nothing to compute for exact quotas.
+    quota_note = (None if epoch_size >= batch else
+                  f"not computed: the epoch of {epoch_size} samples is smaller than one batch of {batch}, so exact "
+                  f"quotas give no full batch")
     return {
         "batch_size": batch, "epoch_size": epoch_size, "p_labelled_draw": p,
         "closed_form_iid": p_labelless_iid(list(weights), fr, batch),
         "simulated_iid": sim_iid, "simulated_iid_batches": SIM_BATCHES,
         "simulated_iid_stderr": float(np.sqrt(max(sim_iid * (1 - sim_iid), 1e-12) / SIM_BATCHES)),
-        "closed_form_quota": p_labelless_quota(list(weights), fr, batch, epoch_size),
-        "simulated_quota": sim_quota, "simulated_quota_epochs": epochs,
+        "closed_form_quota": None if quota_note else closed_quota,
+        "simulated_quota": None if quota_note else sim_quota, "simulated_quota_epochs": epochs,
+        "quota_note": quota_note,
+        **labelless_in_plan(list(weights), labelled, batch, epoch_size, batching, seed=seed),
         "curve": {"batch_sizes": list(range(1, 65)),
                   "closed_form_iid": [(1 - p) ** b for b in range(1, 65)]},
     }
@@ -170,9 +180,12 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
                   seed: int = 0) -> dict[str, Any]:
     """All report numbers as one JSON-able dict (the content of stats.json)."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     units = plan_units(manifests, mixture)
     rows = {u.name: index_rows(u) for u in units}
+    if not any(len(r["key"]) for r in rows.values()):
+        raise InputError(f"{', '.join(str(u.manifest) for u in units)}: no written samples, so no statistics can "
+                         "be computed (`vortex-data inspect manifest` lists the rejected frames and why)")
     by_shard: dict[Path, list[tuple[str, str | None]]] = {}
     for u in units:
         for shard in load_manifest(u.manifest).shard_paths():
@@ -183,7 +196,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
     for u in units:
         acc = accs.get(u.name, Accumulator())
         if acc.samples != len(rows[u.name]["key"]):
-            raise ValueError(f"{u.manifest}: shards hold {acc.samples} samples for {u.name}, "
+            raise InputError(f"{u.manifest}: shards hold {acc.samples} samples for {u.name}, "
                              f"the index lists {len(rows[u.name]['key'])}; run `vortex-data verify` on it")
         sources.append({**index_stats(u, rows[u.name]), **pixel_stats(acc)})
 
@@ -212,7 +225,9 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "class_frequency": class_frequency(np.asarray(mix_class_px, np.float64)).tolist(),
         "class_weights": median_frequency_weights(per_image, image_w).tolist(),
         **pixel_stats(mix_acc),
-        "label_risk": label_risk(weights, labelled, batch_size, epoch, seed),
+        "labelled_per_source": {u.name: float(f.mean()) if len(f) else 0.0 for u, f in zip(mixed, labelled)},
+        "label_risk": label_risk(weights, labelled, batch_size, epoch, seed,
+                                 mixture.batching if mixture is not None else "random"),
     }
 
     hashes: dict[str, tuple[list[str], np.ndarray]] = {}
@@ -233,6 +248,7 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "class_names": list(CLASS_NAMES), "sources": sources, "mixture": mix,
         "duplicates": {"threshold_bits": dup_threshold, "compared": {k: len(v[0]) for k, v in hashes.items()},
                        "pairs": [d.as_dict() for d in dups]},
+        "gallery": gallery.select(units, rows, workers, seed),
     }
 
 
@@ -286,7 +302,12 @@ def run(args: argparse.Namespace) -> int:
     js, html = write_outputs(stats, args.out)
     risk = stats["mixture"]["label_risk"]
     print(f"wrote {html} and {js}")
+    quota = f"exact quotas {risk['quota_note']}" if risk["quota_note"] else \
+        f"{risk['simulated_quota']:.4g} (simulated exact quotas)"
+    plan = (f"{risk['plan_labelless']:.4g} in the loader's {risk['batching']} plans"
+            + (" (none by construction)" if risk["by_construction"] else "")
+            if risk["plan_labelless"] is not None else f"the loader's {risk['batching']} plans hold no full batch")
     print(f"P(batch of {risk['batch_size']} without labels): {risk['closed_form_iid']:.4g} (iid closed form), "
-          f"{risk['simulated_quota']:.4g} (simulated exact quotas); "
+          f"{quota}, {plan}; "
           f"{len(stats['duplicates']['pairs'])} cross-source near-duplicate pairs")
     return 0

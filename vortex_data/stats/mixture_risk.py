@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,3 +94,41 @@ def p_labelless_quota(weights: list[float], labelled_fraction: list[float], batc
     for i in range(batch):
         p *= max(0.0, (epoch_size - labelled - i) / (epoch_size - i))
     return p
+
+
+def labelled_order(labelled: list[np.ndarray]) -> list[int]:
+    """Sources by labelled fraction, highest first: the order the loader deals stratified seats in."""
+    fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
+    return sorted(range(len(fr)), key=lambda s: (-fr[s], s))
+
+
+def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
+                      batching: str, epochs: int = 4, seed: int = 0) -> dict[str, Any]:
+    """The loader's own epoch plans (:func:`vortex_data.batching.plan_batched`, the given batching)
+    for ``epochs`` epochs, cut into full batches: the share of batches with no labelled sample
+    (exact for those plans, not a model of them), and whether stratified batching rules such a
+    batch out by construction (the fully labelled sources, dealt as one run, have at least one
+    seat in every full batch)."""
+    from ..batching import plan_batched, source_quotas, stratified_counts
+
+    sizes = [len(f) for f in labelled]
+    if not sizes or min(sizes) == 0 or epoch_size < batch:
+        return {"batching": batching, "plan_labelless": None, "plan_epochs": 0, "by_construction": False}
+    order = labelled_order(labelled)
+    empty = total = 0
+    for e in range(epochs):
+        plan = plan_batched(sizes, weights, epoch_size, seed, e, batching, batch, order)
+        hit = np.zeros(len(plan), bool)
+        for s, flags in enumerate(labelled):
+            mine = plan.source == s
+            hit[mine] = flags[plan.index[mine]]
+        m = len(plan) // batch
+        empty += int((~hit[:m * batch].reshape(m, batch).any(axis=1)).sum())
+        total += m
+    full = [s for s in order if len(labelled[s]) and labelled[s].all()]
+    by_construction = False
+    if batching == "stratified" and full:
+        counts, _ = stratified_counts(source_quotas(weights, epoch_size), batch, order)
+        by_construction = bool(len(counts)) and int(counts[:, full].sum(axis=1).min()) >= 1
+    return {"batching": batching, "plan_labelless": empty / total if total else None, "plan_epochs": epochs,
+            "by_construction": by_construction}

@@ -40,7 +40,8 @@ class EpochDataset(IterableDataset):
 
     def __init__(self, spec: LoaderSpec, epoch: int, offset: int):
         self.spec, self.epoch, self.offset = spec, epoch, offset
-        self.reader = ShardReader(spec.cache_dir, cache_bytes=spec.cache_bytes)
+        self.reader = ShardReader(spec.cache_dir, cache_bytes=spec.cache_bytes,
+                                  expected={u: d for ix in spec.indices for u, d in ix.remote_digests().items()})
         self.checked = CheckedSamples(spec, self.reader)
         self.worker = 0
 

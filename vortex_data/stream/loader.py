@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..augment import AugmentConfig
+from ..batching import check_batching, labelled_first
 from ..integrity import check_policy
 from ..mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
 from .photometric import finish_batch
@@ -33,7 +34,8 @@ from .collate import widen_labels
 from .dataset import EpochDataset
 from ..block_shuffle import DEFAULT_BLOCK
 from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
-from .workers import ignore_stop_signals
+from .workers import ignore_stop_signals, reraise_worker_errors
+from ..errors import InputError
 
 log = logging.getLogger(__package__)  # "vortex_data.stream", the name the docs give
 STATE_VERSION = 2
@@ -68,6 +70,7 @@ class StreamLoader:
         return self.spec.batches(self.epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        """The next pass is the whole of ``epoch``, whatever was read before (a part-read pass included)."""
         self.epoch, self.position = int(epoch), 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -80,11 +83,14 @@ class StreamLoader:
             # Pinned host memory makes the trainer's .to(device, non_blocking=True) truly asynchronous.
             self._dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                   pin_memory=torch.cuda.is_available(), **kw)
-        self._next = (self.epoch + 1, 0)  # where the dataset copies stand once this iter() starts
+        # Where the dataset copies (in-process, or in the persistent workers) stand once this pass
+        # has run to its end; unknown while it runs, and after a pass left part-read they are
+        # still inside it, so whatever comes next (set_epoch, load_state_dict) rebuilds them.
+        self._next = None
         n = self.spec.plan_len(self.epoch)
         step = self.spec.step
         skipped0 = len(self.skipped)
-        for b in self._dl:
+        for b in reraise_worker_errors(self._dl):
             if self.spec.photometric == "cpu":
                 widen_labels(b)  # uint8 across the worker boundary; finish() widens on the device
             for msg in b.pop("skipped", ()):
@@ -96,6 +102,7 @@ class StreamLoader:
             log.warning("epoch %d: %d bad samples replaced (on_error='skip'); %d in total",
                         self.epoch, len(self.skipped) - skipped0, len(self.skipped))
         self.epoch, self.position = self.epoch + 1, 0
+        self._next = (self.epoch, 0)
 
     def finish(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The device phase: a batch (moved with :func:`vortex_data.stream.photometric.to_device` or
@@ -123,17 +130,27 @@ class StreamLoader:
         state from a different seed or mixture, where 'the same samples' would have no meaning.
         A version-1 state (epoch, batches per rank) is converted: batches x world size x batch size."""
         version = state.get("version")
+        needed = ("epoch", "batch", "world_size", "batch_size") if version == 1 else ("epoch", "samples")
+        missing = [k for k in needed if k not in state]
+        if version in (1, STATE_VERSION) and missing:
+            raise InputError(f"loader state (version {version}) lacks {', '.join(map(repr, missing))}: it is not "
+                             f"a StreamLoader.state_dict(); it has {sorted(state)}")
         if version == 1:
             state = {**state, "samples": int(state["batch"]) * int(state["world_size"]) * int(state["batch_size"])}
         elif version != STATE_VERSION:
-            raise ValueError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
+            raise InputError(f"loader state version {version!r} is not one this loader reads (1, {STATE_VERSION})")
         for k, mine in (("seed", self.spec.seed), ("fingerprint", self.fingerprint)):
             if state.get(k) != mine:
-                raise ValueError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
+                raise InputError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
         epoch, samples = int(state["epoch"]), int(state["samples"])
+        if self.spec.batching != "random" and int(state.get("batch_size", 0)) != self.spec.batch_size and samples:
+            # The plan is composed in blocks of the batch size: another size is another plan.
+            raise ValueError(f"loader state was saved at batch size {state.get('batch_size')}, this loader has "
+                             f"{self.spec.batch_size}; {self.spec.batching} batching composes the epoch in blocks "
+                             f"of the batch size, so resume mid-epoch at the same batch size (any world size)")
         n = self.spec.plan_len(epoch)
         if epoch < 0 or not 0 <= samples <= n:
-            raise ValueError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
+            raise InputError(f"loader state position epoch {epoch}, sample {samples} is outside the epoch plan "
                              f"of {n} samples")
         self.epoch, self.position = epoch, samples
 
@@ -155,7 +172,7 @@ def augment_choice(augment: bool | str | AugmentConfig | None, training: bool) -
             return AugmentConfig()
         if augment.lower() in AUGMENT_OFF:
             return None
-        raise ValueError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
+        raise InputError(f"augment must be one of {AUGMENT_ON + AUGMENT_OFF}, got {augment!r}")
     return AugmentConfig() if augment else None
 
 
@@ -168,7 +185,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 prefetch_factor: int = 2, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
                 decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None,
-                shuffle: str = "global", shuffle_block: int = DEFAULT_BLOCK) -> StreamLoader:
+                batching: str | None = None, shuffle: str = "global",
+                shuffle_block: int = DEFAULT_BLOCK) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -198,28 +216,33 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     mismatch or decode failure raises SampleError naming shard, key and member ('raise', the
     default) or, with 'skip', is replaced by a deterministic draw from the same source, logged
     and listed in ``loader.skipped``.
+    batching: how training batches are composed (default: the mixture's ``batching``, else
+    'random'): 'random' (one shuffle of the epoch), 'stratified' (every batch holds each source's
+    share exactly) or 'per_source' (every batch from one source, interleaved by weight); see
+    :mod:`vortex_data.batching`. Quotas, equal batch counts, resume and determinism hold in all.
     shuffle: the training order, ``"global"`` (one uniform permutation of the epoch) or ``"blocks"``
     (shards in random order cut into blocks of ``shuffle_block`` samples, each shuffled inside:
     a bounded set of shards at a time, for remote shards behind a node cache smaller than the
-    dataset; see :mod:`vortex_data.block_shuffle`). Quotas, batch counts and resume are the same.
+    dataset; see :mod:`vortex_data.block_shuffle`). Quotas, batch counts and resume are the same;
+    only with batching='random'.
     cache_dir / cache_bytes: where remote (``pipe:``/http) shards and the sources' memory-mapped
     per-sample arrays are cached and how large the shard cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
     """
     if photometric not in PHOTOMETRIC:
-        raise ValueError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
+        raise InputError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")
     if decode not in DECODE:
-        raise ValueError(f"decode must be one of {DECODE}, got {decode!r}")
+        raise InputError(f"decode must be one of {DECODE}, got {decode!r}")
     if decode == "device" and photometric != "device":
-        raise ValueError("decode='device' ships undecoded RGB, so it needs photometric='device'")
+        raise InputError("decode='device' ships undecoded RGB, so it needs photometric='device'")
     if shuffle not in SHUFFLE:
-        raise ValueError(f"shuffle must be one of {SHUFFLE}, got {shuffle!r}")
+        raise InputError(f"shuffle must be one of {SHUFFLE}, got {shuffle!r}")
     if shuffle_block < 1:
-        raise ValueError(f"shuffle_block must be positive, got {shuffle_block}")
+        raise InputError(f"shuffle_block must be positive, got {shuffle_block}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
+        raise InputError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     check_policy(on_error)
     train = split == "train" if training is None else bool(training)
     cfg = augment_choice(augment, train)
@@ -228,6 +251,9 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     if out_size is not None:
         base = AugmentConfig(**{**base.__dict__, "size": (int(out_size[0]), int(out_size[1]))})
     mix = resolve_mixture(mixture, manifest, manifests_dir)
+    batching = check_batching(mix.batching if batching is None else batching) if train else "random"
+    if shuffle == "blocks" and batching != "random":
+        raise InputError(f"shuffle='blocks' orders a random plan; batching={batching!r} composes its own")
     # Per-sample arrays memory-mapped from the node's cache: the spec pickled to each worker names
     # their folder only, and every worker and rank on the node shares one copy in the page cache.
     indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern, cache_dir)
@@ -240,11 +266,14 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         world_size=world_size, drop_last=train if drop_last is None else drop_last,
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
         cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
-        cache_bytes=cache_bytes, shuffle=shuffle, shuffle_block=shuffle_block,
+        cache_bytes=cache_bytes, batching=batching, shuffle=shuffle, shuffle_block=shuffle_block,
+        strata_order=labelled_first([ix.manifest for ix in indices]) if batching == "stratified" else None,
     )
     _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
+    if batching != "random":  # another composition is another plan (random keeps older checkpoints valid)
+        fingerprint += f":{batching}"
     if shuffle == "blocks":  # another order: a state saved under the other mode must not resume here
         fingerprint += f":blocks={shuffle_block}"
     return StreamLoader(spec, [s.name for s in mix.sources], num_workers, prefetch_factor, fingerprint)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..augment import AugmentConfig
+from ..batching import plan_batched, source_quotas
 from ..block_shuffle import DEFAULT_BLOCK, plan_epoch_blocks
-from ..mixture import EpochPlan, SourceIndex, plan_epoch, plan_sequential, quotas
+from ..mixture import EpochPlan, SourceIndex, plan_sequential
 
 PHOTOMETRIC = ("cpu", "device")
 SHUFFLE = ("global", "blocks")
@@ -87,6 +88,10 @@ class LoaderSpec:
     """Size limit of the remote-shard cache (None: $VORTEX_SHARD_CACHE_BYTES or half the free space)."""
     photometric: str = "cpu"
     decode: str = "cpu"
+    batching: str = "random"
+    """Batch composition of the training plan (:mod:`vortex_data.batching`), in blocks of batch_size."""
+    strata_order: tuple[int, ...] | None = None
+    """Sources in the order stratified batching deals extra seats (labelled sources first)."""
     shuffle: str = "global"
     """Training order: 'global' (one uniform permutation) or 'blocks' (:mod:`vortex_data.block_shuffle`)."""
     shuffle_block: int = DEFAULT_BLOCK
@@ -98,13 +103,14 @@ class LoaderSpec:
             return plan_epoch_blocks([ix.shard_of for ix in self.indices], self.weights, self.epoch_size,
                                      self.seed, epoch, self.shuffle_block)
         if self.train:
-            return plan_epoch(sizes, self.weights, self.epoch_size, self.seed, epoch)
+            return plan_batched(sizes, self.weights, self.epoch_size, self.seed, epoch, self.batching,
+                                self.batch_size, self.strata_order)
         return plan_sequential(sizes)
 
     def plan_len(self, epoch: int) -> int:
         """``len(self.plan(epoch))`` without drawing the plan (state_dict and batch counts need only this)."""
         if self.train:
-            return int(sum(quotas(self.weights, self.epoch_size)))
+            return int(sum(source_quotas(self.weights, self.epoch_size, self.batching, self.batch_size)))
         return sum(len(ix) for ix in self.indices)
 
     @property

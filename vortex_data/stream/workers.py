@@ -8,8 +8,10 @@ while the main process can still end its workers.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
+from typing import Any, Iterable, Iterator
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -37,13 +39,13 @@ def ignore_stop_signals(worker_id: int) -> None:
 
     Slurm signals every process of a step (and a terminal's Ctrl-C the whole process group);
     torch's workers would otherwise die of it, and the main process would crash with 'DataLoader
-    worker ... is killed by signal' instead of finishing the step and checkpointing. SIGUSR1 and
-    SIGINT are ignored. SIGTERM is taken by a thread that reads who sent it (``sigwaitinfo``):
+    worker ... is killed by signal' instead of finishing the step and checkpointing. SIGUSR1,
+    SIGINT and SIGHUP are ignored. SIGTERM is taken by a thread that reads who sent it (``sigwaitinfo``):
     from the main process (multiprocessing terminating a worker that did not stop on request, as
     it does at interpreter exit) the worker exits; from anyone else it is ignored. A worker whose
     parent has died exits on its own (torch's watchdog).
     """
-    for name in ("SIGUSR1", "SIGINT"):
+    for name in ("SIGUSR1", "SIGINT", "SIGHUP"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):  # no way to see the sender here: ignore SIGTERM too
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -59,3 +61,46 @@ def _sigterm_from_parent_only(parent: int) -> None:
             # Exit 0: torch's SIGCHLD check in the main process takes any other status (or death
             # by a signal) for a crashed worker and raises, even inside multiprocessing's exit hook.
             os._exit(0)
+
+
+_WRAPPED = re.compile(r"\ACaught \w+ (in DataLoader worker process \d+)\.\nOriginal Traceback")
+
+
+def unwrapped(e: BaseException) -> BaseException | None:
+    """The error a DataLoader worker raised, with its own message again, or None if ``e`` is not one.
+
+    torch re-raises a worker's exception as the same type with the message 'Caught SampleError in
+    DataLoader worker process 0.' followed by the worker's traceback as text, so the first line
+    (what STATUS and a one-line error show) would lose the cause. The message becomes the worker's
+    own, plus which worker; raise the result ``from e`` to keep the worker's traceback.
+    """
+    cls = type(e)
+    text = str(e.args[0]) if len(e.args) == 1 else ""
+    m = _WRAPPED.match(text)
+    if m is None or cls is KeyError:  # (torch already shows a KeyError's text; its str() would quote ours)
+        return None
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    head = "\n" + name + ": "
+    at = text.rfind(head)
+    if at < 0:
+        return None
+    try:
+        return cls(f"{text[at + len(head):].rstrip()} ({m.group(1)})")
+    except Exception:  # noqa: BLE001 -- a type that takes other arguments: keep torch's form
+        return None
+
+
+def reraise_worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches``, with a worker's error re-raised under its own message (:func:`unwrapped`)."""
+    it = iter(batches)
+    while True:
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            original = unwrapped(e)
+            if original is None:
+                raise
+            raise original from e
+        yield b

@@ -31,6 +31,9 @@ import torch
 
 from vortex_data.train.distributed import DistInfo, barrier
 
+from ..errors import InputError
+from ..temporaries import reraise_naming
+
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
 STEP_DIR = re.compile(r"step_\d{8}")
@@ -40,8 +43,13 @@ MIN_KEEP = 2
 log = logging.getLogger("vortex_data.train")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """Checkpoints exist but none is complete: resuming would silently start over."""
+
+
+class StageHandOffError(ValueError):
+    """A stage that starts from an earlier one, but the earlier one did not finish or its final
+    checkpoint does not verify: starting from an older checkpoint would silently train on less."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -61,10 +69,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        reraise_naming(e, tmp)
     os.replace(tmp, path)
 
 
@@ -169,6 +180,29 @@ def latest(ckpt_dir: Path) -> Path | None:
     if found is None and skipped:
         raise CheckpointError(no_complete_message(ckpt_dir, skipped))
     return found
+
+
+def finished_stage(stage_dir: Path, stage: int, next_stage: int) -> Path:
+    """The final checkpoint of a stage that finished: its ``STATUS`` says ``done`` and its newest
+    checkpoint verifies. Otherwise StageHandOffError naming what is missing and what to do."""
+    status_file = stage_dir / "STATUS"
+    what = (f"stage {next_stage} starts from stage {stage}'s final checkpoint, but ")
+    todo = (f"; run stage {stage} to the end first (rerunning it resumes), or give --init-from CKPT to start "
+            f"from a checkpoint of your choice")
+    try:
+        status = status_file.read_text().strip()
+    except FileNotFoundError:
+        raise StageHandOffError(what + f"{status_file} does not exist (stage {stage} never ran in this run "
+                                f"directory)" + todo) from None
+    if status != "done":
+        raise StageHandOffError(what + f"stage {stage} did not finish: {status_file} says {status!r}" + todo)
+    ckpts = published(stage_dir / "checkpoints")
+    if not ckpts:
+        raise StageHandOffError(what + f"{stage_dir / 'checkpoints'} holds no checkpoint" + todo)
+    why = problem(ckpts[0])
+    if why is not None:
+        raise StageHandOffError(what + f"{ckpts[0]} does not verify: {why}" + todo)
+    return ckpts[0]
 
 
 def no_complete_message(ckpt_dir: Path, skipped: list[tuple[Path, str]]) -> str:

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from vortex_data.errors import VortexError
 from vortex_data.train.config import FIELDS, build_config, load_recipe
+from vortex_data.train.protocol import PROTOCOLS
 
 # CLI flag -> TrainConfig field, for the settings worth overriding without editing a recipe.
 _OVERRIDES = {
@@ -14,7 +16,7 @@ _OVERRIDES = {
     "steps_per_epoch": int, "batch_size": int, "num_workers": int, "seed": int, "encoder_weights": str,
     "lr_encoder": float, "lr_heads": float, "warmup_steps": int, "amp": str, "ckpt_every": int,
     "time_limit_s": float, "stop_margin_s": float, "stop_file": str, "profile_steps": int, "log_every": int,
-    "init_from": str, "on_error": str,
+    "init_from": str, "on_error": str, "decode": str,
 }
 assert set(_OVERRIDES) <= FIELDS
 
@@ -27,19 +29,26 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                                           "(STATUS 'failed <reason>': do not requeue).")
     p.add_argument("--recipe", default="v6", help="shipped recipe name or TOML path ('none' for defaults only)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
-                   help="run one stage; default: stage 1 then stage 2 (which starts from stage 1's weights)")
+                   help="run one stage; default: stage 1 then stage 2 (which starts from the final weights of a finished "
+                        "stage 1, or from --init-from CKPT)")
     p.add_argument("--manifests", "--shards", dest="manifests_dir", metavar="DIR",
                    help="folder with the converted datasets' manifests (<dataset>-<split>.json); default manifests/")
     p.add_argument("--time-limit", dest="time_limit_s", type=float,
                    help="seconds of training before a clean stop; must exceed the stop margin (stop_margin_s)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the recipe's image_size")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--mixture", help="train on this mixture (file or shipped name) instead of the recipe's data")
+    data.add_argument("--manifest", help="train on this one manifest instead of the recipe's mixture (the recipe's "
+                                         "other settings still apply)")
     for name, typ in _OVERRIDES.items():
         flag = "--" + name.replace("_", "-")
-        if name not in ("time_limit_s", "on_error"):
+        if name not in ("time_limit_s", "on_error", "decode", "mixture", "manifest"):
             p.add_argument(flag, dest=name, type=typ, help=f"override the recipe's {name}")
     p.add_argument("--on-error", dest="on_error", choices=("raise", "skip"),
                    help="a sample failing its checksum or decode: raise (default: stop naming shard, key, member) "
                         "or skip (replace it from the same source deterministically, log it, count it per epoch)")
+    p.add_argument("--decode", dest="decode", choices=("cpu", "device"),
+                   help="where RGB JPEGs are decoded: cpu (the loader workers; default) or device (torchvision on the GPU)")
     p.set_defaults(func=run_train)
     return p
 
@@ -48,13 +57,20 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """Register ``eval``: per-dataset depth metrics and mIoU of a checkpoint."""
     p = subparsers.add_parser("eval", help="evaluate a training checkpoint per dataset")
     p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
-    p.add_argument("--manifest", help="dataset manifest handed to the loader")
+    p.add_argument("--manifest", help="dataset manifest handed to the loader; a {split} in it is replaced by --split")
     p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")
-    p.add_argument("--split", default="val", help="split the loader reads (default val)")
+    p.add_argument("--split", help="replaces {split} in --manifest (default: test where the NYU protocol finds "
+                                   "that manifest, else val)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
+                   help="nyu: the published NYU protocol (official 654-frame test split, predictions upsampled "
+                        "to 480x640 and scored against full-resolution ground truth, Eigen crop, 1e-3..10 m); "
+                        "plain: scored at the evaluation size; auto (default): nyu for an NYU manifest, else plain")
     p.add_argument("--batch-size", type=int, default=8, help="default 8")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="evaluation size (default: the checkpoint's training image_size)")
-    p.add_argument("--eigen-crop", action="store_true", help="evaluate inside the Eigen crop (NYU protocol)")
+                   help="network input size (nyu) or evaluation size (plain); default: the checkpoint's training "
+                        "image_size")
+    p.add_argument("--eigen-crop", action="store_true", help="plain protocol: score inside the Eigen crop too "
+                                                             "(the nyu protocol always does)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.set_defaults(func=run_eval)
     return p
@@ -97,11 +113,17 @@ def run_eval(args: argparse.Namespace) -> int:
         if ckpt is None:
             print(f"no checkpoint under {args.checkpoint}", file=sys.stderr)
             return 2
-    results = run_evaluation(ckpt, args.manifest, resolve_factory(args.loader), args.batch_size, args.split,
-                             tuple(args.image_size) if args.image_size else None, args.eigen_crop)
+    from dataclasses import asdict
+
+    from vortex_data.train.protocol import resolve_split
+
+    split = resolve_split(args.manifest, args.split, args.protocol)
+    proto, results = run_evaluation(ckpt, args.manifest, resolve_factory(args.loader), args.batch_size, split,
+                                    tuple(args.image_size) if args.image_size else None, args.eigen_crop,
+                                    args.protocol, announce=lambda line: print(line, flush=True))
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"protocol": asdict(proto), "results": results}, indent=2))
     return 0
 
 
@@ -116,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:
+    except (VortexError, OSError) as e:
         # As `vortex-data`: the message names the file or setting and the problem; STATUS has it too.
-        # Other errors (torch runtime, a lost peer, a bare KeyError from a bug) keep their traceback.
+        # Other errors (torch runtime, a lost peer, a bug) keep their traceback.
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 
 @dataclass
 class TrainConfig:
@@ -23,6 +25,8 @@ class TrainConfig:
     batch_size: int = 8
     image_size: tuple[int, int] = (384, 512)
     num_workers: int = 4
+    decode: str = "cpu"
+    """Where the training loader decodes RGB JPEGs: 'cpu' (its workers) or 'device' (``finish`` on the GPU)."""
     on_error: str = "raise"
     """A sample failing its read-time integrity check: 'raise' or 'skip' (replace, count, log)."""
     seed: int = 0
@@ -74,29 +78,67 @@ def load_recipe(name_or_path: str) -> dict[str, Any] | None:
         return None
 
     path = Path(name_or_path)
-    if path.is_file():
+    if not path.is_file():
+        res = resources.files("vortex_data").joinpath("recipes", f"{name_or_path}.toml")
+        if not res.is_file():
+            raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe of that name")
+        path = Path(str(res))
+    try:
         return tomllib.loads(path.read_text())
-    res = resources.files("vortex_data").joinpath("recipes", f"{name_or_path}.toml")
-    if not res.is_file():
-        raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe of that name")
-    return tomllib.loads(res.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a valid TOML recipe ({e})") from None
 
 
 def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str, Any],
                  recipe_name: str = "recipe") -> TrainConfig:
     """[common] then [stageN] then non-None overrides; unknown keys are an error, not silently dropped.
-    ``recipe_name`` (the recipe's name or path) is what error messages call the recipe."""
+    ``recipe_name`` (the recipe's name or path) is what error messages call the recipe.
+
+    ``mixture`` and ``manifest`` name the training data two ways: a layer that sets one clears the
+    other from the layers below (``--manifest X`` trains on X whatever mixture the recipe names);
+    one layer setting both is an error."""
     values: dict[str, Any] = {"stage": stage}
-    if recipe:
-        for section in ("common", f"stage{stage}"):
-            unknown = set(recipe.get(section, {})) - FIELDS
-            if unknown:
-                raise ValueError(f"{recipe_name}: unknown training settings in [{section}]: {sorted(unknown)}")
-            values.update(recipe.get(section, {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - FIELDS
-    if unknown:
-        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    layers = [(f"{recipe_name}: ", f" in [{s}]", recipe.get(s, {})) for s in ("common", f"stage{stage}")] if recipe else []
+    layers.append(("", " given as overrides", {k: v for k, v in overrides.items() if v is not None}))
+    for where, section, layer in layers:
+        unknown = set(layer) - FIELDS
+        if unknown:
+            raise InputError(f"{where}unknown training settings{section}: {sorted(unknown)}")
+        if layer.get("mixture") is not None and layer.get("manifest") is not None:
+            raise InputError(f"{where}both mixture ({layer['mixture']}) and manifest ({layer['manifest']}) "
+                             f"set{section}; name the training data one way (--mixture or --manifest)")
+        for name, value in layer.items():
+            check_type(name, value, f"{where}[{section.strip()[4:-1]}] " if where else "")
+        for name, other in (("mixture", "manifest"), ("manifest", "mixture")):
+            if layer.get(name) is not None:
+                values[other] = None
+        values.update(layer)
     if "image_size" in values:
         values["image_size"] = tuple(int(v) for v in values["image_size"])
     return TrainConfig(**values)
+
+
+_KINDS = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string"),
+          "bool": (bool, "true or false")}
+
+
+def check_type(name: str, value: Any, where: str) -> None:
+    """InputError naming the setting (``where`` says the recipe and section) when ``value`` does not
+    have the setting's type: a recipe's ``steps = "ten"`` fails here, not deep inside training."""
+    kinds = [k.strip() for k in FIELD_TYPES[name].split("|")]
+    if value is None and "None" in kinds or any(k not in _KINDS and k != "None" and not k.startswith("tuple[")
+                                                for k in kinds):
+        return  # (a type this check does not know is left to the code that uses it)
+    for kind in kinds:
+        if kind.startswith("tuple["):  # image_size: (H, W)
+            if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return
+        elif kind in _KINDS and isinstance(value, _KINDS[kind][0]) and (kind == "bool" or not isinstance(value, bool)):
+            return
+    wanted = " or ".join("[height, width]" if k.startswith("tuple[") else _KINDS.get(k, (None, k))[1]
+                         for k in kinds if k != "None")
+    raise InputError(f"{where}{name} = {value!r}: must be {wanted}")
+
+
+FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}

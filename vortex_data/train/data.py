@@ -23,6 +23,8 @@ import numpy as np
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.stream import collate, make_loader, normalise_into, widen_labels
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class LoaderRequest:
@@ -47,6 +49,18 @@ class LoaderRequest:
     """'device': raw batches that the loader's ``finish(batch)`` completes on the device (the
     trainer asks for this); 'cpu': finished batches (evaluation, custom loop code)."""
     decode: str = "cpu"
+
+
+def train_request(cfg: Any, rank: int = 0, world_size: int = 1) -> LoaderRequest:
+    """The training loader of a :class:`~vortex_data.train.config.TrainConfig` (recipe + overrides)
+    for one rank: the trainer builds its loader from this, and ``vortex-data preflight`` times the
+    loader built from this, so the two cannot drift apart (workers, photometric on the device,
+    decode, size, batch, augmentation, error policy)."""
+    return LoaderRequest(
+        mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
+        image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=rank, world_size=world_size,
+        num_workers=cfg.num_workers, training=True, manifests_dir=cfg.manifests_dir, on_error=cfg.on_error,
+        photometric="device", decode=cfg.decode)
 
 
 class StatefulLoader(Protocol):
@@ -78,7 +92,7 @@ def resolve_factory(spec: str) -> LoaderFactory:
         return FACTORIES[spec]
     module, sep, attr = spec.partition(":")
     if not sep:
-        raise ValueError(f"loader factory {spec!r} is neither {sorted(FACTORIES)} nor 'module:function'")
+        raise InputError(f"loader factory {spec!r} is neither {sorted(FACTORIES)} nor 'module:function'")
     return getattr(importlib.import_module(module), attr)
 
 

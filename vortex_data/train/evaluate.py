@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from vortex_data.train import checkpoint
 from vortex_data.train.data import LoaderFactory, LoaderRequest
 from vortex_data.train.metrics import DEPTH_METRICS, DepthMeter, SegMeter
 from vortex_data.train.model import DepthSegNet
+from vortex_data.train.protocol import Protocol, choose
 
 
 def load_network(path: Path, device: torch.device) -> tuple[DepthSegNet, dict[str, Any]]:
@@ -30,12 +32,23 @@ def dataset_of(key: str) -> str:
 
 @torch.no_grad()
 def evaluate(net: DepthSegNet, loader: Any, device: torch.device, min_depth: float, max_depth: float,
-             eigen_crop: bool = False) -> dict[str, dict[str, float]]:
-    """{dataset: {rmse, abs_rel, log10, d1, d2, d3, miou, seg_pixels, images}} plus an 'all' row."""
+             eigen_crop: bool = False, input_size: tuple[int, int] | None = None) -> dict[str, dict[str, float]]:
+    """{dataset: {rmse, abs_rel, log10, d1, d2, d3, miou, seg_pixels, images}} plus an 'all' row.
+
+    ``input_size``: the network sees the RGB resized (bilinear, antialiased) to this size; its
+    depth and segmentation logits are upsampled (bilinear) back to the ground truth's size and
+    scored there, so the ground truth is never resampled."""
     depth_meters: dict[str, DepthMeter] = defaultdict(lambda: DepthMeter(min_depth, max_depth, eigen_crop))
     seg_meters: dict[str, SegMeter] = defaultdict(SegMeter)
     for batch in loader:
-        out = net(batch["rgb"].to(device))
+        rgb = batch["rgb"].to(device)
+        if input_size is not None and tuple(rgb.shape[-2:]) != tuple(input_size):
+            rgb = F.interpolate(rgb, size=tuple(input_size), mode="bilinear", align_corners=False, antialias=True)
+        out = net(rgb)
+        size = tuple(batch["depth"].shape[-2:])
+        if tuple(out["depth"].shape[-2:]) != size:
+            out = {k: F.interpolate(out[k].float(), size=size, mode="bilinear", align_corners=False)
+                   for k in ("depth", "seg")}
         # A multi-rank evaluation pass pads its last step (is_pad) so every rank has equal batches;
         # padded samples repeat real ones and must not be counted twice.
         pad = batch.get("is_pad")
@@ -60,10 +73,16 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def run_evaluation(ckpt: Path, manifest: str | None, factory: LoaderFactory, batch_size: int, split: str,
-                   image_size: tuple[int, int] | None, eigen_crop: bool) -> dict[str, dict[str, float]]:
+                   image_size: tuple[int, int] | None, eigen_crop: bool, protocol: str = "plain",
+                   announce: Callable[[str], None] = lambda line: None) -> tuple[Protocol, dict[str, dict[str, float]]]:
+    """Evaluate ``split`` of ``manifest`` (a path, ``{split}`` replaced) under ``protocol``
+    (:mod:`vortex_data.train.protocol`); ``announce`` gets the protocol's headline first."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg = load_network(ckpt, device)
+    manifest = manifest.replace("{split}", split) if manifest else manifest
+    proto = choose(protocol, manifest, tuple(cfg["image_size"]), image_size, eigen_crop,
+                   (cfg["eval_min_depth"], cfg["eval_max_depth"]))
+    announce(proto.headline)
     loader = factory(LoaderRequest(mixture=None, manifest=manifest, split=split, batch_size=batch_size,
-                                   image_size=tuple(image_size or cfg["image_size"]), augment=None, seed=0,
-                                   training=False))
-    return evaluate(net, loader, device, cfg["eval_min_depth"], cfg["eval_max_depth"], eigen_crop)
+                                   image_size=proto.loader_size, augment=None, seed=0, training=False))
+    return proto, evaluate(net, loader, device, proto.min_depth, proto.max_depth, proto.eigen_crop, proto.input_size)

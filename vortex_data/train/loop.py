@@ -30,7 +30,7 @@ import torch.nn as nn
 from vortex_data.schema import IGNORE_INDEX
 from vortex_data.train import checkpoint, distributed
 from vortex_data.train.config import TrainConfig
-from vortex_data.train.data import LoaderFactory, LoaderRequest, StatefulLoader
+from vortex_data.train.data import LoaderFactory, StatefulLoader, train_request
 from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import SampleSchedule, build_optimizer
@@ -98,11 +98,7 @@ class Trainer:
                                         reference_batch=self.global_batch)
         self.amp_dtype = AMP_DTYPES[cfg.amp] if self.cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        self.loader: StatefulLoader = factory(LoaderRequest(
-            mixture=cfg.mixture, manifest=cfg.manifest, split="train", batch_size=cfg.batch_size,
-            image_size=tuple(cfg.image_size), augment=cfg.augment, seed=cfg.seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, num_workers=cfg.num_workers, training=True,
-            manifests_dir=cfg.manifests_dir, on_error=cfg.on_error, photometric="device"))
+        self.loader: StatefulLoader = factory(train_request(cfg, self.dist.rank, self.dist.world_size))
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint last written or restored
         self.model: nn.Module = self.module
@@ -157,16 +153,27 @@ class Trainer:
         self.info("initialised", path=str(path))
 
     def init_source(self) -> Path | None:
+        """Where a fresh stage takes its network from: ``init_from`` as given (verified when it is a
+        checkpoint directory with checksums), or the final checkpoint of stage ``init_from_stage``,
+        which must have finished (STATUS ``done``) and verify (rank 0 checks, every rank uses it)."""
         if self.cfg.init_from:
-            return Path(self.cfg.init_from)
-        if self.cfg.init_from_stage:
-            src = Path(self.cfg.run_dir) / f"stage{self.cfg.init_from_stage}" / "checkpoints"
-            found = checkpoint.latest(src)  # verified; damaged newer ones are passed over
-            if found is None:
-                raise FileNotFoundError(f"stage {self.cfg.stage} starts from stage {self.cfg.init_from_stage}, "
-                                        f"but {src} holds no checkpoint; run that stage first")
-            return found
-        return None
+            path = Path(self.cfg.init_from)
+            if path.is_dir() and (path / checkpoint.CHECKSUMS).is_file() and (why := checkpoint.problem(path)):
+                raise checkpoint.CheckpointError(f"--init-from {path} does not verify: {why}")
+            return path
+        if not self.cfg.init_from_stage:
+            return None
+        choice: tuple[str, str] = ("ok", "")
+        if self.dist.is_main:
+            try:
+                src = Path(self.cfg.run_dir) / f"stage{self.cfg.init_from_stage}"
+                choice = ("ok", str(checkpoint.finished_stage(src, self.cfg.init_from_stage, self.cfg.stage)))
+            except checkpoint.StageHandOffError as e:
+                choice = ("error", str(e))
+        kind, value = distributed.broadcast_object(choice)  # type: ignore[misc]
+        if kind == "error":
+            raise checkpoint.StageHandOffError(value)
+        return Path(value)
 
     def find_checkpoint(self) -> Path | None:
         """Rank 0 picks the newest complete checkpoint and every rank resumes from that one.

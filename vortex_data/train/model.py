@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from vortex_data.schema import NUM_CLASSES
 
+from ..errors import InputError
+
 ENCODER_NAME = "efficientvit_b1"
 # What the decoder is built for; checked against timm's feature_info so a timm change that
 # moves a stage fails loudly instead of silently mis-wiring the skips.
@@ -111,7 +113,7 @@ class DepthSegNet(nn.Module):
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = rgb.shape[-2:]
         if h % 32 or w % 32:
-            raise ValueError(f"input size {h}x{w} must be a multiple of 32 (encoder stride)")
+            raise InputError(f"input size {h}x{w} must be a multiple of 32 (encoder stride)")
         x = self.decoder(self.encoder(rgb))
         depth = F.interpolate(self.depth_head(x), size=(h, w), mode="bilinear", align_corners=False)
         seg = F.interpolate(self.seg_head(x), size=(h, w), mode="bilinear", align_corners=False)

@@ -12,10 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import InputError
+
 EXIT_REQUEUE = 75
 """sysexits EX_TEMPFAIL: 'try again later' - the run stopped early with a checkpoint and wants requeueing."""
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
+"""Slurm sends SIGTERM (or SIGUSR1 with --signal); torchrun forwards SIGTERM, SIGINT and SIGHUP to its workers."""
 
 
 def slurm_deadline(env: dict[str, str] | None = None) -> float | None:
@@ -38,7 +41,7 @@ class StopController:
     def __init__(self, time_limit_s: float | None = None, margin_s: float = 60.0, stop_file: str | Path | None = None,
                  clock=time.time) -> None:
         if time_limit_s is not None and time_limit_s <= margin_s:
-            raise ValueError(f"--time-limit {time_limit_s:g} s is not longer than the stop margin of {margin_s:g} s "
+            raise InputError(f"--time-limit {time_limit_s:g} s is not longer than the stop margin of {margin_s:g} s "
                              f"(stop_margin_s): the run would stop after its first step; give a longer time "
                              f"limit or a smaller --stop-margin-s")
         self._clock = clock
@@ -48,7 +51,7 @@ class StopController:
         self.deadline = min(deadlines) - margin_s if deadlines else None
 
     def install(self) -> None:
-        """Handle SIGTERM/SIGUSR1/SIGINT by requesting a stop (main thread only: Python's rule)."""
+        """Handle the STOP_SIGNALS by requesting a stop (main thread only: Python's rule)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for name in STOP_SIGNALS:

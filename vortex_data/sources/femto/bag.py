@@ -32,6 +32,7 @@ from .orbbec_messages import parse_orbbec_frame, parse_stream_profile, profile_c
 from .recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
 from ...registration import CameraModel
 from ...schema import DepthConversion, depth_to_mm
+from ...errors import InputError
 
 ORBBEC_DEPTH = "/cam/sensor_3/frameType_3"
 ORBBEC_COLOR = "/cam/sensor_2/frameType_2"
@@ -53,9 +54,9 @@ def _pixels_to_depth_mm(pixels: bytes | np.ndarray, width: int, height: int, ste
         m = np.ascontiguousarray(rows).view(">f4" if bigendian else "<f4").reshape(height, width)
         return depth_to_mm(m, valid=np.isfinite(m))
     if encoding not in DEPTH_ENCODINGS:
-        raise ValueError(f"{where}: depth encoding {encoding!r} is not one of {DEPTH_ENCODINGS + ('32fc1',)}")
+        raise InputError(f"{where}: depth encoding {encoding!r} is not one of {DEPTH_ENCODINGS + ('32fc1',)}")
     if buf.size < step * height or step < width * 2:
-        raise ValueError(f"{where}: depth has {buf.size} bytes, step {step}, for {width}x{height} uint16")
+        raise InputError(f"{where}: depth has {buf.size} bytes, step {step}, for {width}x{height} uint16")
     rows = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, : width * 2])
     d = rows.view(">u2" if bigendian else "<u2").reshape(height, width).astype(np.uint16)
     if units_mm == 1.0:
@@ -155,7 +156,7 @@ class BagRecording:
             try:
                 return parse_orbbec_frame(raw)
             except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
+                raise InputError(f"{where}: {e}") from None
         reader = self._open()
         msgtype = t["types"][topic]
         conn = self._conns(topic)[0]
@@ -187,7 +188,7 @@ class BagRecording:
             f = self._frame(topic, raw, ts)
             if f["stamp_us"] == stamp_us:
                 return f
-        raise ValueError(f"{self.path}: no {topic} message with stamp {stamp_us} us at {log_ns} ns")
+        raise InputError(f"{self.path}: no {topic} message with stamp {stamp_us} us at {log_ns} ns")
 
     def read(self, capture: Capture) -> CaptureData:
         t = self.topics()
@@ -200,7 +201,7 @@ class BagRecording:
         fmt = {"mjpg": "MJPG", "mjpeg": "MJPG", "jpeg": "MJPG", "rgb8": "RGB8", "bgr8": "BGR8", "bgra8": "BGRA",
                "bgra": "BGRA", "yuyv": "YUYV", "yuy2": "YUY2", "nv12": "NV12"}.get(enc)
         if fmt is None:
-            raise ValueError(f"{where}: colour encoding {enc!r} is not supported")
+            raise InputError(f"{where}: colour encoding {enc!r} is not supported")
         pixels = c["pixels"]
         if fmt not in ("MJPG",) and c["step"] and c["step"] * c["height"] == len(pixels):
             bpp = {"RGB8": 3, "BGR8": 3, "BGRA": 4, "YUYV": 2, "YUY2": 2}.get(fmt)

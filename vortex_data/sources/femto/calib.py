@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from ...registration import CameraModel, nearest_rotation
+from ...errors import InputError
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """A calibration that is missing, malformed or does not fit the recording."""
 
 

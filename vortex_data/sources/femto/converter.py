@@ -21,6 +21,7 @@ from .calib import CalibrationError, FemtoCalibration
 from .dump import DumpRecording, is_frame_dump
 from .mkv import MkvRecording
 from .recording import Capture, CaptureData, Recording, RecordingError
+from ...errors import InputError
 
 REGISTER_MODES = ("color", "depth", "none")
 
@@ -36,9 +37,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     try:
         w, h = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"--out-size must be WIDTHxHEIGHT (e.g. 640x360), got {text!r}") from None
+        raise InputError(f"--out-size must be WIDTHxHEIGHT (e.g. 640x360), got {text!r}") from None
     if w <= 0 or h <= 0:
-        raise ValueError(f"--out-size must be positive, got {text!r}")
+        raise InputError(f"--out-size must be positive, got {text!r}")
     return w, h
 
 
@@ -75,18 +76,18 @@ class FemtoConverter(Converter):
                  max_frames: int | None = None, min_valid: float = 0.01, split: str = "eval",
                  pair_tol_ms: float = 16.0, depth_topic: str | None = None, color_topic: str | None = None):
         if register not in REGISTER_MODES:
-            raise ValueError(f"--register must be one of {REGISTER_MODES}, got {register!r}")
+            raise InputError(f"--register must be one of {REGISTER_MODES}, got {register!r}")
         if stride < 1:
-            raise ValueError(f"--stride must be >= 1, got {stride}")
+            raise InputError(f"--stride must be >= 1, got {stride}")
         if not pair_tol_ms > 0:
-            raise ValueError(f"--pair-tol-ms must be > 0 (colour and depth of one capture are never stamped "
+            raise InputError(f"--pair-tol-ms must be > 0 (colour and depth of one capture are never stamped "
                              f"at exactly the same microsecond), got {pair_tol_ms}")
         if max_frames is not None and max_frames < 1:
-            raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
+            raise InputError(f"--max-frames must be >= 1, got {max_frames}")
         if start is not None and end is not None and end < start:
-            raise ValueError(f"--end ({end} s) is before --start ({start} s)")
+            raise InputError(f"--end ({end} s) is before --start ({start} s)")
         if not 0.0 <= min_valid <= 1.0:
-            raise ValueError(f"--min-valid is a fraction in [0, 1], got {min_valid}")
+            raise InputError(f"--min-valid is a fraction in [0, 1], got {min_valid}")
         self.src = Path(src)
         self.register = register
         self.out_size = out_size

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..base import os_reason, scan_folder
 from .calib import FemtoCalibration, folder_calibration
-from ..image_files import decode_image, read_image
+from ..image_files import ImageError, decode_image, read_image
 from .recording import Capture, CaptureData, RecordingError, pair_by_time
 
 COLOR_DIR, DEPTH_DIR = "color", "depth"
@@ -118,6 +118,8 @@ class DumpRecording:
         cpath = self.path / COLOR_DIR / capture.color_loc
         depth = read_image(dpath, cv2.IMREAD_UNCHANGED)
         if depth.dtype != np.uint16 or depth.ndim != 2:
-            raise ValueError(f"{dpath}: depth must be a single-channel 16-bit PNG in mm, got {depth.dtype} {depth.shape}")
+            # A readable image with the wrong content: 'bad-value', as SUN RGB-D's reader says.
+            raise ImageError("bad-value", f"{dpath}: depth must be a single-channel 16-bit PNG in mm, "
+                                          f"got {depth.dtype} {depth.shape}")
         bgr = read_image(cpath, cv2.IMREAD_COLOR)
         return CaptureData(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth)

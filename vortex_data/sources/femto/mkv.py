@@ -22,6 +22,7 @@ import numpy as np
 
 from .calib import DEPTH_MODES, CalibrationError, FemtoCalibration, color_mode_parts, k4a_calibration, COLOR_RESOLUTIONS
 from .recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
+from ...errors import InputError
 
 _EBML_ID = 0x1A45DFA3
 _SEGMENT_ID = 0x18538067
@@ -34,7 +35,7 @@ def _read_vint(buf: bytes, pos: int, keep_marker: bool) -> tuple[int, int]:
     while length <= 8 and not first & (0x80 >> (length - 1)):
         length += 1
     if length > 8 or pos + length > len(buf):
-        raise ValueError("bad EBML variable-length integer")
+        raise InputError("bad EBML variable-length integer")
     value = first if keep_marker else first & (0xFF >> length)
     for b in buf[pos + 1:pos + length]:
         value = (value << 8) | b
@@ -285,9 +286,9 @@ class MkvRecording:
         dw, dh = m["depth_size"]
         cw, ch = m["color_size"]
         if depth_b is None or color_b is None:
-            raise ValueError(f"{self.path}: capture {capture.index} blocks not found at their indexed timestamps")
+            raise InputError(f"{self.path}: capture {capture.index} blocks not found at their indexed timestamps")
         if len(depth_b) != dw * dh * 2:
-            raise ValueError(f"{self.path}: depth block of capture {capture.index} has {len(depth_b)} bytes, "
+            raise InputError(f"{self.path}: depth block of capture {capture.index} has {len(depth_b)} bytes, "
                              f"expected {dw * dh * 2} ({dw}x{dh} uint16); truncated?")
         depth = np.frombuffer(depth_b, ">u2").reshape(dh, dw).astype(np.uint16)
         rgb = decode_color(color_b, m["color_format"], cw, ch, f"{self.path} capture {capture.index}")

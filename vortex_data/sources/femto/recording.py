@@ -16,9 +16,10 @@ import numpy as np
 
 from .calib import FemtoCalibration
 from ..image_files import decode_image
+from ...errors import InputError
 
 
-class RecordingError(ValueError):
+class RecordingError(InputError):
     """A recording that cannot be read at all (wrong format, missing track, truncated, ...)."""
 
 
@@ -97,16 +98,16 @@ def decode_color(data: bytes | np.ndarray, fmt: str, width: int, height: int, so
         bgr = decode_image(buf, cv2.IMREAD_COLOR, f"{source}: {fmt} colour image")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb.shape[:2] != (height, width) and width and height:
-            raise ValueError(f"{source}: colour image is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
+            raise InputError(f"{source}: colour image is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
         return rgb
     layouts = {"BGRA": ((height, width, 4), cv2.COLOR_BGRA2RGB), "BGRA8": ((height, width, 4), cv2.COLOR_BGRA2RGB),
                "NV12": ((height * 3 // 2, width), cv2.COLOR_YUV2RGB_NV12),
                "YUY2": ((height, width, 2), cv2.COLOR_YUV2RGB_YUY2), "YUYV": ((height, width, 2), cv2.COLOR_YUV2RGB_YUY2),
                "RGB8": ((height, width, 3), None), "BGR8": ((height, width, 3), cv2.COLOR_BGR2RGB)}
     if fmt not in layouts:
-        raise ValueError(f"{source}: colour format {fmt!r} is not supported ({', '.join(['MJPG', *layouts])})")
+        raise InputError(f"{source}: colour format {fmt!r} is not supported ({', '.join(['MJPG', *layouts])})")
     shape, code = layouts[fmt]
     if buf.size != int(np.prod(shape)):
-        raise ValueError(f"{source}: {fmt} colour payload has {buf.size} bytes, expected {int(np.prod(shape))} for {width}x{height}")
+        raise InputError(f"{source}: {fmt} colour payload has {buf.size} bytes, expected {int(np.prod(shape))} for {width}x{height}")
     img = buf.reshape(shape)
     return img.copy() if code is None else cv2.cvtColor(img, code)

@@ -2,6 +2,7 @@
 
 A frame folder is recognised by what it holds (``image/``, ``depth/``, ``intrinsics.txt``), not
 by how deep it sits: xtion/sun3ddata nests scene/sub/frame one level deeper than the others.
+The 37-class labels come from the toolbox beside the tree (:mod:`.toolbox`).
 Depth PNGs are bit-rotated (millimetres = 16-bit rotate-right by 3 of the stored value) and are
 capped at 8 m as the official toolbox does. ``kv1/NYUdata`` holds the NYU Depth V2 frames again,
 so it is left out by default and the manifest report says how many frames that removed.
@@ -23,6 +24,8 @@ from ..base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_
 from .files import (DEPTH_MODES, MAX_DEPTH_MM, NOT_IN_SPLIT, NYU_OVERLAP_REASON, NYU_OVERLAP_SUBSET, SENSOR_SUBSETS,
                     FrameFiles, _is_dir, _read_text, cap_depth, find_frame_folders, locate_frame_files,
                     parse_intrinsics, parse_rtilt, read_depth_png, read_rgb, read_split_file, rotate_right_3)
+from ...errors import InputError
+from .toolbox import LABEL_MODES, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, find_toolbox
 
 
 class SunRgbdConverter(Converter):
@@ -31,9 +34,9 @@ class SunRgbdConverter(Converter):
     splits = ("train", "test")
 
     def __init__(self, src: Path, depth: str = "raw", include_nyu_overlap: bool = False,
-                 split_file: Path | None = None):
+                 split_file: Path | None = None, labels: str = "auto", toolbox: Path | None = None):
         if depth not in DEPTH_MODES:
-            raise ValueError(f"depth mode must be one of {sorted(DEPTH_MODES)}, got {depth!r}")
+            raise InputError(f"depth mode must be one of {sorted(DEPTH_MODES)}, got {depth!r}")
         self.src = Path(src)
         if not self.src.is_dir():
             raise FileNotFoundError(f"{self.src}: SUN RGB-D root (the SUNRGBD/ folder) not found")
@@ -42,6 +45,16 @@ class SunRgbdConverter(Converter):
         self.split_file = None if split_file is None else Path(split_file)
         if self.split_file is not None and not self.split_file.is_file():
             raise FileNotFoundError(f"{self.split_file}: split file not found")
+        if labels not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+        if labels == "none" and toolbox is not None:
+            raise ValueError("--toolbox gives the labels' folder, but --labels none turns labels off")
+        self.labels_mode = labels
+        found = find_toolbox(self.src, toolbox) if labels == "auto" else None
+        self.labels = None if found is None else ToolboxLabels(found)
+        self.labels_origin = ("off (--labels none)" if labels == "none" else
+                              f"no {TOOLBOX_DIR}/{SEG_FILE} beside --src and no --toolbox: depth only" if found is None
+                              else f"{TOOLBOX_DIR}/{SEG_FILE} " + ("given by --toolbox" if toolbox else "found beside --src"))
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -51,12 +64,18 @@ class SunRgbdConverter(Converter):
                            help="sunrgbd: keep kv1/NYUdata (the NYU Depth V2 frames), left out by default")
         group.add_argument("--split-file", type=Path, default=None,
                            help="sunrgbd: official allsplit.mat; without it every frame is 'train'")
+        group.add_argument("--labels", choices=LABEL_MODES, default="auto",
+                           help="sunrgbd: 'auto' reads the toolbox's 37-class labels (SUNRGBDtoolbox/ beside --src, "
+                                "or --toolbox) mapped to the 6 classes; 'none' writes depth only")
+        group.add_argument("--toolbox", type=Path, default=None,
+                           help="sunrgbd: the SUNRGBDtoolbox/ folder (Metadata/SUNRGBD2Dseg.mat, SUNRGBDMeta.mat)")
 
     @classmethod
     def from_args(cls, src: Path, args: argparse.Namespace) -> "SunRgbdConverter":
         return cls(src, depth=getattr(args, "depth", "raw"),
                    include_nyu_overlap=getattr(args, "include_nyu_overlap", False),
-                   split_file=getattr(args, "split_file", None))
+                   split_file=getattr(args, "split_file", None), labels=getattr(args, "labels", "auto"),
+                   toolbox=getattr(args, "toolbox", None))
 
     def options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"depth": self.depth, "include_nyu_overlap": self.include_nyu_overlap,
@@ -64,6 +83,9 @@ class SunRgbdConverter(Converter):
         if self.split_file is not None:
             opts["split_file"] = self.split_file.name
             opts["split_file_sha256"] = hashlib.sha256(self.split_file.read_bytes()).hexdigest()
+        opts["labels"] = "toolbox-37" if self.labels is not None else "none"
+        if self.labels is not None:
+            opts.update(self.labels.options())
         return opts
 
     # -------------------------------------------------------- enumerate
@@ -75,6 +97,7 @@ class SunRgbdConverter(Converter):
         rejected: list[Rejection] = []
         counts: dict[str, Counter] = {}
         excluded = 0
+        unlabelled: list[str] = []
         seen: set[str] = set()
         subset_dirs, blocked = self._subset_dirs()
         for bad, err in blocked:
@@ -106,8 +129,17 @@ class SunRgbdConverter(Converter):
                     rejected.append(Rejection(rel, split, e.code, e.reason, self._rel(e.file)))
                     continue
                 files = tuple(f for f in (ff.image, ff.depth, ff.intrinsics, ff.extrinsics, ff.scene) if f)
+                if self.labels is not None:
+                    ff = ff._replace(label_entry=self.labels.entry_of.get(rel))
+                    if ff.label_entry is None:
+                        unlabelled.append(rel)
                 frames.append(FrameRef(split=split, frame_id=rel, files=files, payload=ff))
         report = self._report(counts, excluded, split_of, seen, wanted)
+        report["labels"] = self.labels_origin
+        if self.labels is not None:
+            # Written depth-only, not rejected: their depth is as good as any other frame's.
+            report["frames_without_labels"] = len(unlabelled)
+            report["frames_without_labels_examples"] = unlabelled[:10]
         return Enumeration(frames=frames, rejected=rejected, report=report)
 
     def _unlistable(self, folder: Path, err: OSError, split_of: dict[str, str] | None, wanted: set[str],
@@ -214,6 +246,14 @@ class SunRgbdConverter(Converter):
             "depth_beyond_8m": decoded.beyond_cap,
             "depth_beyond_8m_action": "invalidated" if self.depth == "raw" else "clipped",
         }
+        seg = None
+        if ff.label_entry is not None and self.labels is not None:
+            # SUN RGB-D labels are drawn on the stored image, so they need no geometry but the check.
+            seg, outside = self.labels.seg6(ff.label_entry, rgb.shape[:2])
+            meta["label_source"] = "sunrgbd37->nyu40->6"
+            meta["label_entry"] = ff.label_entry + 1
+            if outside:
+                meta["label_pixels_outside_37"] = outside
         if ff.extrinsics is not None:
             path = root / ff.extrinsics
             meta["rtilt"] = parse_rtilt(_read_text(path), path)
@@ -224,7 +264,7 @@ class SunRgbdConverter(Converter):
             rgb=rgb,
             depth_mm=decoded.depth_mm,
             intrinsics=k,
-            seg=None,
+            seg=seg,
             meta=meta,
             rejected_depth_pixels=decoded.beyond_cap if self.depth == "raw" else 0,
         )

@@ -22,6 +22,7 @@ from PIL import Image
 from ...schema import Intrinsics
 from ..base import RejectFrame, os_reason, scan_folder
 from ..image_files import incomplete_reason, read_image
+from ...errors import InputError
 
 SENSOR_SUBSETS: dict[str, tuple[str, ...]] = {
     "kv1": ("NYUdata", "b3dodata"),
@@ -54,6 +55,8 @@ class FrameFiles(NamedTuple):
     intrinsics: str
     extrinsics: str | None
     scene: str | None
+    label_entry: int | None = None
+    """0-based entry of the toolbox's SUNRGBD2Dseg / SUNRGBDMeta for this folder, if any."""
 
 
 # ---------------------------------------------------------------- pure decoding helpers
@@ -154,7 +157,7 @@ def split_key(path: str) -> str:
     """A split-file path -> the frame folder relative to SUNRGBD/ (foreign prefix and '/' removed)."""
     i = path.find(_SPLIT_ANCHOR)
     if i < 0:
-        raise ValueError(f"split path {path!r} does not contain {_SPLIT_ANCHOR!r}")
+        raise InputError(f"split path {path!r} does not contain {_SPLIT_ANCHOR!r}")
     return path[i + len(_SPLIT_ANCHOR):].strip().rstrip("/")
 
 
@@ -163,7 +166,7 @@ def _cell_strings(cell: np.ndarray, path: Path, name: str) -> list[str]:
     for item in np.asarray(cell).ravel():
         arr = np.asarray(item).ravel()
         if arr.size != 1 or not isinstance(arr[0], str):
-            raise ValueError(f"{path}: '{name}' must be a cell array of strings, found {item!r}")
+            raise InputError(f"{path}: '{name}' must be a cell array of strings, found {item!r}")
         out.append(str(arr[0]))
     return out
 
@@ -173,15 +176,15 @@ def read_split_file(path: Path) -> dict[str, str]:
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as e:  # scipy raises several unrelated types for a bad .mat
-        raise ValueError(f"{path}: not a readable MATLAB v5 file ({e})") from None
+        raise InputError(f"{path}: not a readable MATLAB v5 file ({e})") from None
     splits: dict[str, str] = {}
     for split, name in (("train", "alltrain"), ("test", "alltest")):
         if name not in mat:
-            raise ValueError(f"{path}: no '{name}' cell (keys: {sorted(k for k in mat if not k.startswith('__'))})")
+            raise InputError(f"{path}: no '{name}' cell (keys: {sorted(k for k in mat if not k.startswith('__'))})")
         for entry in _cell_strings(mat[name], path, name):
             key = split_key(entry)
             if splits.get(key, split) != split:
-                raise ValueError(f"{path}: {key!r} is listed in both alltrain and alltest")
+                raise InputError(f"{path}: {key!r} is listed in both alltrain and alltest")
             splits[key] = split
     return splits
 
