@@ -20,6 +20,7 @@ from .manifest import load_manifest
 from .schema import CLASS_NAMES, DEPTH_SCALE_MM, IGNORE_INDEX, decode_sample
 from .tar_index import read_samples
 from .views import PALETTE
+from .errors import InputError, VortexError
 
 TIMESTAMP_FIELD = "color_timestamp_us"
 """Metadata field of a Femto Bolt sample: the colour frame's device timestamp in microseconds."""
@@ -30,7 +31,7 @@ def import_rerun() -> Any:
     try:
         import rerun
     except ImportError:
-        raise RuntimeError("`vortex-data export rerun` needs rerun-sdk: pip install 'vortex-data[viz]' "
+        raise VortexError("`vortex-data export rerun` needs rerun-sdk: pip install 'vortex-data[viz]' "
                            "(or pip install rerun-sdk)") from None
     return rerun
 
@@ -57,14 +58,14 @@ def iter_selected(manifest: Path, keys: list[str] | None, limit: int | None) -> 
             if wanted is not None and not wanted:
                 return
     if wanted:
-        raise ValueError(f"{manifest}: no sample with key(s) {', '.join(sorted(wanted)[:5])}")
+        raise InputError(f"{manifest}: no sample with key(s) {', '.join(sorted(wanted)[:5])}")
 
 
 def export(manifest: Path, out: Path, keys: list[str] | None = None, limit: int | None = None) -> int:
     """Write the recording; returns the number of samples logged."""
     rr = import_rerun()
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise InputError(f"--limit must be >= 1, got {limit}")
     m = load_manifest(manifest)
     # send_properties=False: no machine/environment properties in the file; save(): a file sink only.
     rec = rr.RecordingStream(f"vortex-data-{m.dataset}-{m.split}", send_properties=False)
@@ -85,7 +86,7 @@ def export(manifest: Path, out: Path, keys: list[str] | None = None, limit: int 
         h, w = s["depth_mm"].shape
         unit = meta.get("depth_unit", "mm")
         if unit not in DEPTH_UNITS_PER_METRE:
-            raise ValueError(f"{manifest}: sample {s['key']!r} has depth unit {unit!r}, expected one of "
+            raise InputError(f"{manifest}: sample {s['key']!r} has depth unit {unit!r}, expected one of "
                              f"{sorted(DEPTH_UNITS_PER_METRE)}")
         rec.log(path, rr.Pinhole(focal_length=[k["fx"], k["fy"]], principal_point=[k["cx"], k["cy"]],
                                  width=w, height=h, camera_xyz=rr.ViewCoordinates.RDF))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .cpus import usable_cpus
+from .errors import InputError
 
 SCENE_COLUMN = "scene"
 
@@ -203,7 +204,7 @@ def measure_loader(cfg: Any, batches: int, warmup: int = 2) -> float:
                 if got >= untimed + batches:
                     break
             if got == before:
-                raise ValueError("the loader yields no batches (epoch smaller than one batch?)")
+                raise InputError("the loader yields no batches (epoch smaller than one batch?)")
         return n / (time.perf_counter() - t0)
     finally:
         close = getattr(loader, "close", None)

@@ -32,12 +32,13 @@ import numpy as np
 
 from .integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN
 from .tar_index import sample_keys
+from .errors import InputError
 
 FORMAT = 2
 ARRAYS = ("shard", "key_end", "key_bytes", "has_seg", "member_end", "ext", "offset", "size", "xxh3", "checked")
 
 
-class SampleIndexError(ValueError):
+class SampleIndexError(InputError):
     """Raised with a message naming the manifest; mixture re-raises it as MixtureError."""
 
 

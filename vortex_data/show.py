@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .views import colour_bar_rgb, legend_rgb, triptych
+from .errors import InputError
 
 SHEET_WIDTH = 2000
 """Tiles per row: as many as fit in this many pixels (at least one)."""
@@ -89,7 +90,7 @@ def show(target: str, out: Path, split: str = "train", batches: int = 2, batch_s
     from .stream import make_loader
 
     if batches < 1 or batch_size < 1:
-        raise ValueError(f"batches and batch size must be >= 1, got {batches} and {batch_size}")
+        raise InputError(f"batches and batch size must be >= 1, got {batches} and {batch_size}")
     source = {"manifest": target} if is_manifest(target) else {"mixture": target, "manifests_dir": manifests_dir}
     loader = make_loader(**source, split=split, batch_size=batch_size, image_size=size, augment=augment, seed=seed,
                          photometric="device")
@@ -100,7 +101,7 @@ def show(target: str, out: Path, split: str = "train", batches: int = 2, batch_s
     finally:
         loader.close()
     if not tiles:
-        raise ValueError(f"{target}: the {split} split gave no batch of {batch_size}")
+        raise InputError(f"{target}: the {split} split gave no batch of {batch_size}")
     title = (f"vortex-data show {target}  split={split}  augment={augment}  seed={seed}  "
              f"{len(tiles)} sample{'s' if len(tiles) != 1 else ''}  RGB (red: depth edges) | depth | labels")
     out.parent.mkdir(parents=True, exist_ok=True)

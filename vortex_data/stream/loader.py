@@ -145,7 +145,7 @@ class StreamLoader:
         epoch, samples = int(state["epoch"]), int(state["samples"])
         if self.spec.batching != "random" and int(state.get("batch_size", 0)) != self.spec.batch_size and samples:
             # The plan is composed in blocks of the batch size: another size is another plan.
-            raise ValueError(f"loader state was saved at batch size {state.get('batch_size')}, this loader has "
+            raise InputError(f"loader state was saved at batch size {state.get('batch_size')}, this loader has "
                              f"{self.spec.batch_size}; {self.spec.batching} batching composes the epoch in blocks "
                              f"of the batch size, so resume mid-epoch at the same batch size (any world size)")
         n = self.spec.plan_len(epoch)

@@ -47,7 +47,7 @@ class CheckpointError(InputError):
     """Checkpoints exist but none is complete: resuming would silently start over."""
 
 
-class StageHandOffError(ValueError):
+class StageHandOffError(InputError):
     """A stage that starts from an earlier one, but the earlier one did not finish or its final
     checkpoint does not verify: starting from an older checkpoint would silently train on less."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from ..errors import InputError
 
 NYU_SIZE = (480, 640)
 NYU_TEST_FRAMES = 654
@@ -46,7 +47,7 @@ def manifest_info(path: str) -> dict | None:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such manifest") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable manifest ({e})") from None
+        raise InputError(f"{path}: not a readable manifest ({e})") from None
 
 
 def describe_nyu_split(m: dict) -> tuple[str, bool]:
@@ -90,7 +91,7 @@ def choose(protocol: str, manifest: str | None, train_size: tuple[int, int], ima
     ``nyu`` for an NYU manifest, ``plain`` otherwise. ``image_size`` is the network's input
     size under ``nyu`` (default: the training size) and the evaluation size under ``plain``."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise InputError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     info = manifest_info(manifest) if manifest else None
     if protocol == "auto":
         protocol = "nyu" if info is not None and info.get("dataset") == "nyu" else "plain"
@@ -103,7 +104,7 @@ def choose(protocol: str, manifest: str | None, train_size: tuple[int, int], ima
     if info is None:
         what, whole = ("a remote manifest, split not checked" if manifest else "no manifest, split unknown"), False
     elif info.get("dataset") != "nyu":
-        raise ValueError(f"{manifest}: --protocol nyu needs an NYU manifest, this one holds {info.get('dataset')!r}")
+        raise InputError(f"{manifest}: --protocol nyu needs an NYU manifest, this one holds {info.get('dataset')!r}")
     else:
         what, whole = describe_nyu_split(info)
     net = tuple(image_size or train_size)

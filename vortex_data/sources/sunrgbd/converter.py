@@ -46,9 +46,9 @@ class SunRgbdConverter(Converter):
         if self.split_file is not None and not self.split_file.is_file():
             raise FileNotFoundError(f"{self.split_file}: split file not found")
         if labels not in LABEL_MODES:
-            raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+            raise InputError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         if labels == "none" and toolbox is not None:
-            raise ValueError("--toolbox gives the labels' folder, but --labels none turns labels off")
+            raise InputError("--toolbox gives the labels' folder, but --labels none turns labels off")
         self.labels_mode = labels
         found = find_toolbox(self.src, toolbox) if labels == "auto" else None
         self.labels = None if found is None else ToolboxLabels(found)

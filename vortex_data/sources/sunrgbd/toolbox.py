@@ -23,6 +23,7 @@ import scipy.io
 from ...labels import sun37_to_6_lut
 from ..base import RejectFrame
 from .files import split_key
+from ...errors import InputError
 
 TOOLBOX_DIR = "SUNRGBDtoolbox"
 SEG_FILE = "Metadata/SUNRGBD2Dseg.mat"
@@ -30,7 +31,7 @@ META_FILE = "Metadata/SUNRGBDMeta.mat"
 LABEL_MODES = ("auto", "none")
 
 
-class ToolboxError(ValueError):
+class ToolboxError(InputError):
     """A toolbox file that cannot be used as a whole; the message names the file and the problem."""
 
 
