@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from vortex_data.fixtures.scene import random_room, random_view, render
-from vortex_data.schema import EncodeOptions, Intrinsics, Sample, depth_to_mm
-from vortex_data.shards import BuildConfig, build_shards
-from vortex_data.sources.base import Converter, Enumeration, FrameRef
+from vortex_data.format.schema import EncodeOptions, Sample, depth_to_mm
+from vortex_data.format.geometry import Intrinsics
+from vortex_data.convert.shards import BuildConfig, build_shards
+from vortex_data.convert.base import Converter, Enumeration, FrameRef
 
 
 class SyntheticConverter(Converter):

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from vortex_data.sources.diode import DiodeConverter
+from vortex_data.convert.diode import DiodeConverter
 
 
 class SlowDiode(DiodeConverter):

@@ -37,7 +37,7 @@ def test_bench_loader_builds_the_real_photo_set(nyu_photos, tmp_path, capsys):
     """--photos: perturbed real NYU frames, each JPEG different, about 100 KB at q95."""
     nyu = nyu_photos
     from vortex_data.bench.photos import build_photo_set
-    from vortex_data.shard_reader import ShardReader
+    from vortex_data.stream.shard_reader import ShardReader
 
     manifest = build_photo_set(nyu, tmp_path / "set", 6)
     shard = json.loads(manifest.read_text())["shards"][0]["path"]
@@ -73,7 +73,7 @@ def test_cli_keeps_the_traceback_of_a_bug_and_shortens_only_package_errors(tmp_p
 
     from vortex_data.bench import side_by_side
     from vortex_data.cli import main
-    from vortex_data.mixture import MixtureError
+    from vortex_data.stream.mixture import MixtureError
 
     manifest = build(tmp_path, "nyu", 6, 4)
 

@@ -19,11 +19,11 @@ import pytest
 from vortex_data import temporaries
 from vortex_data.cli import main
 from vortex_data.errors import InputError
-from vortex_data.integrity import SampleError
-from vortex_data.manifest import load_manifest
-from vortex_data.shard_reader import ShardReader, ShardReadError
-from vortex_data.shards import BuildConfig, build_shards
-from vortex_data.sources.base import RejectFrame
+from vortex_data.format.integrity import SampleError
+from vortex_data.format.manifest import load_manifest
+from vortex_data.stream.shard_reader import ShardReader, ShardReadError
+from vortex_data.convert.shards import BuildConfig, build_shards
+from vortex_data.convert.base import RejectFrame
 from vortex_data.stream import make_loader
 
 from loader_data import SyntheticConverter, build, write_mixture
@@ -166,7 +166,7 @@ def test_femto_8_bit_depth_png_is_bad_value_like_sun_rgbd(tmp_path):
     import numpy as np
 
     from vortex_data.fixtures.femto import demo_calibration, write_frame_dump
-    from vortex_data.sources.femto.converter import FemtoConverter
+    from vortex_data.convert.femto.converter import FemtoConverter
 
     rec = write_frame_dump(tmp_path / "rec", demo_calibration(), n_frames=1)
     depth = sorted((rec / "depth").iterdir())[0]
@@ -238,7 +238,7 @@ def test_sighup_stops_training_like_sigterm(tmp_path):
 
 # (distribution, lowest version with the API, the API as the code spells it, where)
 API_FLOORS = [
-    ("opencv-python-headless", (4, 11), "cv2.IMREAD_COLOR_RGB", "vortex_data/schema.py"),
+    ("opencv-python-headless", (4, 11), "cv2.IMREAD_COLOR_RGB", "vortex_data/format/schema.py"),
     ("numpy", (2, 0), "np.bitwise_count", "vortex_data/stats/phash.py"),
     ("webdataset", (0, 2, 96), "empty_check=False", "vortex_data/bench/side_by_side.py"),
     ("torchvision", (0, 19), "decode_jpeg(list(", "vortex_data/stream/photometric.py"),

@@ -19,7 +19,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in BLOCKED:
             raise ImportError(f"{name} is not installed on this machine")
 sys.meta_path.insert(0, Block())
-import vortex_data.stream, vortex_data.train.loop, vortex_data.bench.photos, vortex_data.shards
+import vortex_data.stream, vortex_data.train.loop, vortex_data.bench.photos, vortex_data.convert.shards
 sys.argv = ["gpu_bench.py", "--help"]
 import runpy
 try:

@@ -100,3 +100,103 @@ def test_no_module_imports_the_cli_even_lazily():
                  if p.name != "cli.py" and "vortex_data.cli" in _imports(p)]
     assert importers == []
     assert "vortex_data.demo" in _imports(PACKAGE / "cli.py")  # the direction that stays
+
+
+# ---------------------------------------------------------------- the layers: format <- convert, format <- stream <- train
+
+# Modules any layer may use: the package's plumbing, no data flow of its own.
+PLUMBING = {"vortex_data", "vortex_data.errors", "vortex_data.temporaries", "vortex_data.pool", "vortex_data.cpus",
+            "vortex_data._toml", "vortex_data.recipes"}
+# layer -> the layers it may import besides itself and the plumbing. format is the on-disk contract;
+# the walk from a shard to a training step stays inside stream/ and format/; convert and stream
+# never meet; train never sees how shards were made.
+MAY_IMPORT = {
+    "format": set(),
+    "convert": {"format"},
+    "stream": {"format"},
+    "train": {"format", "stream", "fixtures"},  # fixtures.scene: the synthetic batches of a dry run
+}
+# Lines per module: one concept each. The named modules sit a little over and say why here.
+MAX_LINES = 400
+OVER_THE_LIMIT = {
+    "convert/shards.py": 440,  # the writer's one pipeline (plan, pool, group writer, resume), read top to bottom
+    "preflight.py": 420,  # one command's checks side by side, each a short function
+}
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the vortex_data modules it imports (a name imported from a package resolves to its
+    submodule when there is one), at top level or inside a function."""
+    names = set(_modules())
+    graph = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        if p.name == "__main__.py":
+            continue
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out = set()
+        for m in _imports(p):
+            if m in names:
+                out.add(m)
+            elif m.rpartition(".")[0] in names:
+                out.add(m.rpartition(".")[0])  # a name from a module
+        out.discard(module)
+        graph[module] = out
+    return graph
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in MAY_IMPORT) else None
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    graph = _graph()
+    assert {"vortex_data.format.manifest", "vortex_data.convert.shards", "vortex_data.stream.mixture",
+            "vortex_data.train.loop"} <= set(graph)
+    problems = []
+    for module, targets in graph.items():
+        layer = _layer(module)
+        if layer not in MAY_IMPORT:
+            continue
+        allowed = MAY_IMPORT[layer] | {layer}
+        for t in sorted(targets):
+            if t in PLUMBING:
+                continue
+            if _layer(t) not in allowed:
+                problems.append(f"{module} imports {t}")
+    assert not problems, problems
+    # the check sees a real edge of each kind it allows
+    assert "vortex_data.format.tar_index" in graph["vortex_data.format.schema"]
+    assert "vortex_data.format.manifest" in graph["vortex_data.stream.sample_index"]
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                cycles.append(path[path.index(t):] + [t])
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_no_module_is_over_the_line_limit():
+    over = {}
+    for p in PACKAGE.rglob("*.py"):
+        rel = str(p.relative_to(PACKAGE))
+        n = len(p.read_text().splitlines())
+        if n > OVER_THE_LIMIT.get(rel, MAX_LINES):
+            over[rel] = n
+    assert not over, over
+    assert all((PACKAGE / rel).is_file() for rel in OVER_THE_LIMIT)  # an exception names a module that exists

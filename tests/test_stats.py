@@ -13,11 +13,13 @@ import pytest
 
 from vortex_data.cli import main
 from vortex_data.fixtures.scene import random_room, random_view, render
-from vortex_data.manifest import load_manifest
-from vortex_data.tar_index import iter_samples
-from vortex_data.schema import Intrinsics, Sample, decode_sample, depth_to_mm, make_key
-from vortex_data.shards import BuildConfig, build_shards
-from vortex_data.sources.base import Converter, Enumeration, FrameRef
+from vortex_data.format.manifest import load_manifest
+from vortex_data.format.tar_index import iter_samples
+from vortex_data.format.schema import Sample, decode_sample, depth_to_mm
+from vortex_data.format.geometry import Intrinsics
+from vortex_data.format.tar_index import make_key
+from vortex_data.convert.shards import BuildConfig, build_shards
+from vortex_data.convert.base import Converter, Enumeration, FrameRef
 from vortex_data.stats import compute_stats, write_outputs
 from vortex_data.stats.phash import frame_hashes, min_hamming
 from vortex_data.stats.mixture_risk import p_labelless_iid, read_mixture, simulate_labelless_iid

@@ -16,13 +16,13 @@ from vortex_data.cli import main
 from vortex_data.demo import converter_from_cli
 from vortex_data.fixtures.femto import write_demo_femto
 from vortex_data.fixtures.nyu import write_demo_nyu_source
-from vortex_data.manifest import load_manifest
-from vortex_data.schema import CLASS_NAMES, IGNORE_INDEX, decode_sample
-from vortex_data.shards import BuildConfig, build_shards
+from vortex_data.format.manifest import load_manifest
+from vortex_data.format.schema import CLASS_NAMES, IGNORE_INDEX, decode_sample
+from vortex_data.convert.shards import BuildConfig, build_shards
 from vortex_data.show import CAPTION_H, contact_sheet, tiles_of_batch
 from vortex_data.stream.batch import IMAGENET_MEAN, IMAGENET_STD
 from vortex_data.stream.photometric import normalise
-from vortex_data.tar_index import iter_samples
+from vortex_data.format.tar_index import iter_samples
 from vortex_data.views import INVALID_RGB, PALETTE, depth_colours, depth_edges, label_overlay
 
 

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 
 from vortex_data.fixtures.diode import write_demo_diode, write_diode_tree
-from vortex_data.manifest import load_manifest
-from vortex_data.tar_index import iter_samples
-from vortex_data.schema import EncodeOptions, decode_array, encode_array
-from vortex_data.shards import BuildConfig, build_shards
-from vortex_data.sources.diode import DiodeConverter
+from vortex_data.format.manifest import load_manifest
+from vortex_data.format.tar_index import iter_samples
+from vortex_data.format.schema import EncodeOptions, decode_array, encode_array
+from vortex_data.convert.shards import BuildConfig, build_shards
+from vortex_data.convert.diode import DiodeConverter
 
 CODECS = [("zst", 1), ("zst", 3), ("zst", 9), ("png", 3)]
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vortex_data.integrity import check_members, member_checksums
-from vortex_data.manifest import ManifestError, load_manifest
-from vortex_data.tar_index import iter_samples
-from vortex_data.schema import Intrinsics, Sample, decode_sample, encode_sample
+from vortex_data.format.integrity import check_members, member_checksums
+from vortex_data.format.manifest import ManifestError, load_manifest
+from vortex_data.format.tar_index import iter_samples
+from vortex_data.format.schema import Sample, decode_sample, encode_sample
+from vortex_data.format.geometry import Intrinsics
 
 
 def from_manifest(path: Path, n: int) -> list[tuple[str, dict[str, bytes]]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vortex_data.fixtures.nyu import NyuFrame, synthetic_frames, write_nyu_mat
-from vortex_data.sources.nyu import NyuConverter
+from vortex_data.convert.nyu.converter import NyuConverter
 
 
 def fixture_frames(n: int, distinct: int = 4):

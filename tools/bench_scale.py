@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import numpy as np  # noqa: E402
 
-from vortex_data.schema import Intrinsics, Sample  # noqa: E402
-from vortex_data.sources.base import Converter, Enumeration, FrameRef  # noqa: E402
+from vortex_data.format.schema import Sample  # noqa: E402
+
+from vortex_data.format.geometry import Intrinsics
+from vortex_data.convert.base import Converter, Enumeration, FrameRef  # noqa: E402
 
 BATCH = 16
 EPOCH = 4096
@@ -86,7 +88,7 @@ def peak_rss_mb() -> float:
 
 
 def phase_build(d: Path, n: int) -> dict:
-    from vortex_data.shards import BuildConfig, build_shards
+    from vortex_data.convert.shards import BuildConfig, build_shards
 
     (d / "src").mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -124,7 +126,7 @@ def _epoch_times(loader, epochs: int = 2) -> tuple[list[float], int]:
 
 
 def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict:
-    from vortex_data.mixture import Mixture, Source
+    from vortex_data.stream.mixture import Mixture, Source
     from vortex_data.stream import make_loader
 
     manifest = str(d / "manifests" / "tiny-train.json")
@@ -165,7 +167,7 @@ def _ppid(pid: int) -> int:
 
 
 def phase_verify(d: Path, n: int) -> dict:
-    from vortex_data.manifest import verify
+    from vortex_data.verify import verify
 
     t = time.perf_counter()
     rep = verify(d / "manifests" / "tiny-train.json")

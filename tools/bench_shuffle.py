@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vortex_data
 
-from vortex_data.block_shuffle import plan_epoch_blocks  # noqa: E402
-from vortex_data.mixture import plan_epoch  # noqa: E402
+from vortex_data.stream.block_shuffle import plan_epoch_blocks  # noqa: E402
+from vortex_data.stream.mixture import plan_epoch  # noqa: E402
 
 
 def figures(shards: np.ndarray, batch: int) -> dict[str, float]:

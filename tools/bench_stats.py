@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from vortex_data.fixtures.diode import write_diode_tree
-from vortex_data.shards import BuildConfig, build_shards
-from vortex_data.sources.diode import DiodeConverter
-from vortex_data.manifest import load_manifest
+from vortex_data.convert.shards import BuildConfig, build_shards
+from vortex_data.convert.diode import DiodeConverter
+from vortex_data.format.manifest import load_manifest
 from vortex_data.stats import compute_stats, write_outputs
 from vortex_data.stats.gallery import far_shares
 

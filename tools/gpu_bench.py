@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing (the pac
 
 from vortex_data.bench.photos import build_photo_set  # noqa: E402
 from vortex_data.cpus import usable_cpus  # noqa: E402
-from vortex_data.schema import IGNORE_INDEX  # noqa: E402
+from vortex_data.format.schema import IGNORE_INDEX  # noqa: E402
 from vortex_data.stream import photometric  # noqa: E402
 from vortex_data.train.config import TrainConfig  # noqa: E402
 from vortex_data.train.data import LoaderRequest, stream_loader  # noqa: E402

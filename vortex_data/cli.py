@@ -12,10 +12,11 @@ from pathlib import Path
 from . import __version__
 from .cpus import usable_cpus
 from .errors import InputError, VortexError
-from .sources import CONVERTERS, get_converter
+from .convert import CONVERTERS, get_converter
 
 # Subcommands defined beside the code they run: name -> (module, function registering its parser,
-# one-line help). A module is imported only when its command is used, so converting shards does
+# one-line help). The help is written here only: `vortex-data --help` lists it without importing the module,
+# and the module's parser receives it. A module is imported only when its command is used, so converting shards does
 # not pay for importing torch.
 PLUGINS = {
     "stats": ("vortex_data.stats.compute", "add_parser",
@@ -42,7 +43,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _size(text: str) -> int:
-    from .shard_cache import parse_bytes
+    from .stream.shard_cache import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -85,8 +86,8 @@ def _add_build_parser(sub: argparse._SubParsersAction, dataset: str | None) -> N
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .schema import EncodeOptions
-    from .shards import BuildConfig, build_shards
+    from .format.schema import EncodeOptions
+    from .convert.shards import BuildConfig, build_shards
     from .inspect import format_summary, manifest_summary
 
     converter = get_converter(args.dataset).from_args(args.src, args)
@@ -134,8 +135,8 @@ def cmd_inspect_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .manifest import verify
-    from .shard_reader import is_remote
+    from .verify import verify
+    from .format.manifest import is_remote
 
     bad = 0
     for path in args.manifests:
@@ -152,7 +153,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .manifest import merge
+    from .format.manifest import merge
     out = merge(args.parts, args.out_dir)
     print(f"merged {len(args.parts)} parts into {out}")
     return 0
@@ -210,7 +211,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     command = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, register, help_text) in PLUGINS.items():
         if name == command:
-            getattr(importlib.import_module(module), register)(sub)
+            getattr(importlib.import_module(module), register)(sub, help=help_text)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from .inspect import format_summary, manifest_summary
-from .manifest import verify
-from .shards import BuildConfig, build_shards
-from .sources import get_converter
+from .verify import verify
+from .convert.shards import BuildConfig, build_shards
+from .convert import get_converter
 
 # (dataset, "module:function" writing a demo source under a folder and returning --src, extra
 # build-shards arguments; "{root}" is the folder the source was written to)

@@ -16,9 +16,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Iterator
 
-from .manifest import load_manifest
-from .schema import CLASS_NAMES, DEPTH_SCALE_MM, IGNORE_INDEX, decode_sample
-from .tar_index import read_samples
+from .format.manifest import load_manifest
+from .format.schema import CLASS_NAMES, DEPTH_SCALE_MM, IGNORE_INDEX, decode_sample
+from .format.tar_index import read_samples
 from .views import PALETTE
 from .errors import InputError, VortexError
 
@@ -101,8 +101,8 @@ def export(manifest: Path, out: Path, keys: list[str] | None = None, limit: int 
     return n
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="write samples in another tool's format (rerun: a .rrd recording)")
+def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", **kw)
     sub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     r = sub.add_parser("rerun", help="a Rerun .rrd recording: pinhole camera, RGB, metric depth, labels",
                        description="Write a manifest's samples as a Rerun recording (.rrd): per sample a Pinhole "

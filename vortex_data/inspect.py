@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .errors import InputError
-from .manifest import load_manifest
-from .schema import CLASS_NAMES, decode_sample
-from .tar_index import read_samples
+from .format.manifest import load_manifest
+from .format.schema import CLASS_NAMES, decode_sample
+from .format.tar_index import read_samples
 from .views import label_colours
 
 

@@ -131,7 +131,7 @@ def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, e
 def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int, int]:
     """(frames of the other split whose place is also in train, frames of the other split); a
     place is a scene name without its capture letter, as the scenes80 split groups them."""
-    from .sources.nyu_splits import shared_places
+    from .convert.nyu.splits import shared_places
 
     return shared_places(train_scenes, other_scenes)["frames"], len(other_scenes)
 
@@ -238,7 +238,7 @@ def measure_train_rate(cfg: Any, steps: int) -> float:
 # ---------------------------------------------------------------- manifests -> label flags, scenes
 
 def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
-    from .mixture import resolve_mixture
+    from .stream.mixture import resolve_mixture
     from .stats.compute import Unit
 
     mix = resolve_mixture(cfg.mixture, cfg.manifest, cfg.manifests_dir)  # as make_loader resolves it
@@ -261,7 +261,7 @@ def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, 
 
     import pyarrow.parquet as pq
 
-    from .manifest import ManifestError, load_manifest
+    from .format.manifest import ManifestError, load_manifest
 
     if not manifest.is_file():
         return None, f"no manifest {manifest.name}"
@@ -286,7 +286,7 @@ def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, 
 def leakage_inputs(cfg: Any) -> list[tuple[str, list[str] | None, list[str] | None, str]]:
     """For each NYU source of the mixture and each of its val/test manifests present: (label,
     train scenes, that split's scenes, why unknown)."""
-    from .manifest import load_manifest
+    from .format.manifest import load_manifest
 
     mix, units = _train_units(cfg)
     out = []
@@ -352,9 +352,9 @@ def preflight(cfg: Any, *, needed_rate: float | None = None, measure_steps: int 
     return Report(checks)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "preflight", help="before a training job: CPUs, loader rate, label-less batches, NYU leakage, walltime -> GO/NO-GO",
+        "preflight", **kw,
         description="Check, on the node a training job got and before it starts, whether the job can run well: "
                     "the CPUs it may use vs the loader workers it starts; the loader's rate measured here vs the rate "
                     "training needs; the chance of a batch without labels; NYU frames in val/test whose scene is in "

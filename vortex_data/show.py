@@ -110,9 +110,9 @@ def show(target: str, out: Path, split: str = "train", batches: int = 2, batch_s
     return out
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "show", help="contact sheet of training batches as the trainer receives them (PNG)",
+        "show", **kw,
         description="Draw batches exactly as the trainer receives them (the loader with device photometric, "
                     "then loader.finish; RGB un-normalised for display): per sample the RGB with depth edges "
                     "in red, the depth on the report's metric colour scale, and the labels over the RGB, with "

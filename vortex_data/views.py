@@ -15,7 +15,7 @@ import io
 import cv2
 import numpy as np
 
-from .schema import CLASS_NAMES, IGNORE_INDEX
+from .format.schema import CLASS_NAMES, IGNORE_INDEX
 
 DEPTH_RANGE_M = (0.25, 40.0)
 """The one depth scale (metres, logarithmic): indoor rooms (0.5-10 m) get most of the colours,

@@ -38,16 +38,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..augment import AugmentConfig
-from ..mixture import Mixture, Source, read_source_index
-from ..schema import decode_rgb, decode_sample, encode_array
+from ..stream.augment import AugmentConfig
+from ..stream.mixture import Mixture, Source, read_source_index
+from ..format.schema import decode_rgb, decode_sample, encode_array
 from ..stream import RawSample, build_batch, keep_freed_memory, make_loader
 from .measure import Clock, peak_rss_mb, rate, rss_mb, sample_members
 from .side_by_side import bench_side_by_side, report_side_by_side
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench-loader", help="measure loader throughput against its baselines",
+def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench-loader", **kw,
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifests", nargs="*", type=Path, metavar="MANIFEST")
     p.add_argument("--photos", type=Path, metavar="DIR",

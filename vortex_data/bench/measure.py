@@ -11,8 +11,8 @@ import resource
 import time
 from typing import Callable
 
-from ..mixture import Mixture, read_source_index
-from ..shard_reader import ShardReader
+from ..stream.mixture import Mixture, read_source_index
+from ..stream.shard_reader import ShardReader
 
 
 def rss_mb() -> float:

@@ -20,8 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..schema import EncodeOptions, IGNORE_INDEX, Intrinsics, Sample
-from ..sources.base import Converter, Enumeration, FrameRef, RejectFrame
+from ..format.schema import EncodeOptions, IGNORE_INDEX, Sample
+
+from ..format.geometry import Intrinsics
+from ..convert.base import Converter, Enumeration, FrameRef, RejectFrame
 
 NYU_INTRINSICS = Intrinsics(518.8579, 519.4696, 325.5824, 253.7362)
 
@@ -88,7 +90,7 @@ class PhotoBenchConverter(Converter):
 
 def build_photo_set(src: Path, out: Path, n: int, workers: int = 1) -> Path:
     """Write ``n`` perturbed frames as shards under ``out``; returns the train manifest."""
-    from ..shards import BuildConfig, build_shards
+    from ..convert.shards import BuildConfig, build_shards
 
     cfg = BuildConfig(out_dir=out / "shards", manifest_dir=out / "manifests", shard_samples=256,
                       encode=EncodeOptions(jpeg_quality=95), workers=workers, progress=False)

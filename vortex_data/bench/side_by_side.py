@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..augment import AugmentConfig
-from ..mixture import Mixture
-from ..schema import IGNORE_INDEX, decode_rgb
+from ..stream.augment import AugmentConfig
+from ..stream.mixture import Mixture
+from ..format.schema import IGNORE_INDEX, decode_rgb
 from ..stream import IMAGENET_MEAN, IMAGENET_STD, RawSample, build_batch, make_loader
 from .measure import cpu_per_sample, sample_members
 
@@ -31,7 +31,7 @@ def tv2_baseline(urls: list[str], cfg: AugmentConfig, batch: int, limit: int) ->
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    from ..schema import decode_array
+    from ..format.schema import decode_array
 
     aspect = cfg.size[1] / cfg.size[0]
     tf = v2.Compose([

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..cpus import usable_cpus
-from ..manifest import load_manifest
-from ..mixture import Mixture
-from ..schema import CLASS_NAMES, NUM_CLASSES
+from ..format.manifest import load_manifest
+from ..stream.mixture import Mixture
+from ..format.schema import CLASS_NAMES, NUM_CLASSES
 from . import gallery
 from .phash import DEFAULT_THRESHOLD, find_duplicates
 from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
@@ -270,9 +270,9 @@ def demo_stats(manifests: list[Path], out_dir: Path, workers: int = 2) -> Path:
     return html
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "stats", help="depth/label/RGB statistics, label-less-batch risk and cross-source duplicates -> HTML + JSON",
+        "stats", **kw,
         description="Statistics of built shards for one or more manifests and their mixture: frames, resolutions, "
                     "intrinsics, depth histogram and percentiles, valid-pixel fractions, class frequencies and "
                     "weights, RGB mean/std, the chance of a batch without labels, and near-duplicate frames "

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..mixture import Mixture, quotas as loader_quotas, resolve_mixture
+from ..stream.mixture import Mixture, quotas as loader_quotas, resolve_mixture
 
 
 def read_mixture(path: Path | str, split: str = "train", manifests_dir: Path | None = None) -> Mixture:
     """The loader's mixture -- a TOML/JSON file or a shipped recipe name such as ``stage1``, read
-    by :func:`vortex_data.mixture.resolve_mixture` so both tools agree -- with every source's
+    by :func:`vortex_data.stream.mixture.resolve_mixture` so both tools agree -- with every source's
     manifest resolved to its path for ``split``. Raises :class:`MixtureError` naming the file."""
     mix = resolve_mixture(str(path), manifests_dir=manifests_dir)
     sources = tuple(replace(s, manifest=mix.manifest_path(s, split)) for s in mix.sources)
@@ -51,7 +51,7 @@ def simulate_labelless_iid(weights: list[float], labelled: list[np.ndarray], bat
 
 
 def quotas(weights: list[float], total: int) -> list[int]:
-    """The loader's exact per-epoch shares (:func:`vortex_data.mixture.quotas`); a source of
+    """The loader's exact per-epoch shares (:func:`vortex_data.stream.mixture.quotas`); a source of
     weight 0 (no frames, when weights follow frame counts) gets none."""
     used = [i for i, w in enumerate(weights) if w > 0]
     out = [0] * len(weights)
@@ -104,12 +104,12 @@ def labelled_order(labelled: list[np.ndarray]) -> list[int]:
 
 def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
                       batching: str, epochs: int = 4, seed: int = 0) -> dict[str, Any]:
-    """The loader's own epoch plans (:func:`vortex_data.batching.plan_batched`, the given batching)
+    """The loader's own epoch plans (:func:`vortex_data.stream.batching.plan_batched`, the given batching)
     for ``epochs`` epochs, cut into full batches: the share of batches with no labelled sample
     (exact for those plans, not a model of them), and whether stratified batching rules such a
     batch out by construction (the fully labelled sources, dealt as one run, have at least one
     seat in every full batch)."""
-    from ..batching import plan_batched, source_quotas, stratified_counts
+    from ..stream.batching import plan_batched, source_quotas, stratified_counts
 
     sizes = [len(f) for f in labelled]
     if not sizes or min(sizes) == 0 or epoch_size < batch:

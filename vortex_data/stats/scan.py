@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..pool import die_with_parent
-from ..tar_index import TAR_ERRORS, iter_samples
-from ..schema import SchemaError, decode_sample
+from ..format.tar_index import TAR_ERRORS, iter_samples
+from ..format.schema import SchemaError, decode_sample
 from .phash import frame_hashes
 
 DEPTH_BINS_MM = 65536

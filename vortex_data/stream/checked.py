@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..integrity import SampleError, check_members
-from ..mixture import EpochPlan, SourceIndex, rng_for
-from ..shard_reader import ShardReader
+from ..format.integrity import SampleError, check_members
+from .mixture import EpochPlan, SourceIndex, rng_for
+from .shard_reader import ShardReader
 from .plan import LoaderSpec
 from .read import RawSample, Window
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..mixture import EpochPlan
-from ..shard_reader import ShardReader
+from .mixture import EpochPlan
+from .shard_reader import ShardReader
 from .batch import build_batch
 from .checked import CheckedSamples
 from .collate import trim

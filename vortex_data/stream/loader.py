@@ -22,17 +22,17 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from ..augment import AugmentConfig
-from ..batching import check_batching, labelled_first
-from ..integrity import check_policy
-from ..mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
+from .augment import AugmentConfig
+from .batching import check_batching, labelled_first
+from ..format.integrity import check_policy
+from ..format.manifest import is_remote
+from .mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
 from .photometric import finish_batch
-from ..shard_cache import node_cache_dir
-from ..shard_reader import is_remote
+from .shard_cache import node_cache_dir
 from .batch import IMAGENET_MEAN, IMAGENET_STD
 from .collate import widen_labels
 from .dataset import EpochDataset
-from ..block_shuffle import DEFAULT_BLOCK
+from .block_shuffle import DEFAULT_BLOCK
 from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
 from .workers import ignore_stop_signals, reraise_worker_errors
 from ..errors import InputError
@@ -219,15 +219,15 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     batching: how training batches are composed (default: the mixture's ``batching``, else
     'random'): 'random' (one shuffle of the epoch), 'stratified' (every batch holds each source's
     share exactly) or 'per_source' (every batch from one source, interleaved by weight); see
-    :mod:`vortex_data.batching`. Quotas, equal batch counts, resume and determinism hold in all.
+    :mod:`vortex_data.stream.batching`. Quotas, equal batch counts, resume and determinism hold in all.
     shuffle: the training order, ``"global"`` (one uniform permutation of the epoch) or ``"blocks"``
     (shards in random order cut into blocks of ``shuffle_block`` samples, each shuffled inside:
     a bounded set of shards at a time, for remote shards behind a node cache smaller than the
-    dataset; see :mod:`vortex_data.block_shuffle`). Quotas, batch counts and resume are the same;
+    dataset; see :mod:`vortex_data.stream.block_shuffle`). Quotas, batch counts and resume are the same;
     only with batching='random'.
     cache_dir / cache_bytes: where remote (``pipe:``/http) shards and the sources' memory-mapped
     per-sample arrays are cached and how large the shard cache may grow; default: one temporary folder per node and job, shared by all ranks and
-    workers and removed when the last of them exits (see :mod:`vortex_data.shard_cache`).
+    workers and removed when the last of them exits (see :mod:`vortex_data.stream.shard_cache`).
     """
     if photometric not in PHOTOMETRIC:
         raise InputError(f"photometric must be one of {PHOTOMETRIC}, got {photometric!r}")

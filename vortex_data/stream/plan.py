@@ -2,7 +2,7 @@
 
 How an epoch is split (everything here is a pure function of seed, epoch, rank, world size):
 
-* The epoch plan (:mod:`vortex_data.mixture`) is one ordered list of samples, identical on all
+* The epoch plan (:mod:`vortex_data.stream.mixture`) is one ordered list of samples, identical on all
   ranks. A pass over the epoch starts at plan position ``s`` (0, or where a resumed run left
   off); global step ``j`` takes plan positions ``s + [j*W*B, (j+1)*W*B)``; rank ``r`` gets the
   ``r``-th slice of ``B``. Every rank therefore has exactly the same number of batches
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..augment import AugmentConfig
-from ..batching import plan_batched, source_quotas
-from ..block_shuffle import DEFAULT_BLOCK, plan_epoch_blocks
-from ..mixture import EpochPlan, SourceIndex, plan_sequential
+from .augment import AugmentConfig
+from .batching import plan_batched, source_quotas
+from .block_shuffle import DEFAULT_BLOCK, plan_epoch_blocks
+from .mixture import EpochPlan, SourceIndex, plan_sequential
 
 PHOTOMETRIC = ("cpu", "device")
 SHUFFLE = ("global", "blocks")
@@ -89,11 +89,11 @@ class LoaderSpec:
     photometric: str = "cpu"
     decode: str = "cpu"
     batching: str = "random"
-    """Batch composition of the training plan (:mod:`vortex_data.batching`), in blocks of batch_size."""
+    """Batch composition of the training plan (:mod:`vortex_data.stream.batching`), in blocks of batch_size."""
     strata_order: tuple[int, ...] | None = None
     """Sources in the order stratified batching deals extra seats (labelled sources first)."""
     shuffle: str = "global"
-    """Training order: 'global' (one uniform permutation) or 'blocks' (:mod:`vortex_data.block_shuffle`)."""
+    """Training order: 'global' (one uniform permutation) or 'blocks' (:mod:`vortex_data.stream.block_shuffle`)."""
     shuffle_block: int = DEFAULT_BLOCK
 
     def plan(self, epoch: int) -> EpochPlan:

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..mixture import EpochPlan, SourceIndex
-from ..shard_reader import ShardReader
+from .mixture import EpochPlan, SourceIndex
+from .shard_reader import ShardReader
 
 Window = dict[tuple[int, str], Mapping[str, bytes]]
 """(source, key) -> that sample's encoded members."""

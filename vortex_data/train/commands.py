@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import sys
 from pathlib import Path
 
@@ -21,9 +22,9 @@ _OVERRIDES = {
 assert set(_OVERRIDES) <= FIELDS
 
 
-def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_train_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
     """Register ``train``; rerunning the same command resumes from the stage's latest checkpoint."""
-    p = subparsers.add_parser("train", help="train EfficientViT-B1 depth + segmentation (resumes automatically)",
+    p = subparsers.add_parser("train", **kw,
                               description="Exit code 0: finished (STATUS 'done'); 75: stopped early with a checkpoint "
                                           "(STATUS 'interrupted <reason>': requeue and rerun); anything else: failed "
                                           "(STATUS 'failed <reason>': do not requeue).")
@@ -53,9 +54,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
-def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_eval_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
     """Register ``eval``: per-dataset depth metrics and mIoU of a checkpoint."""
-    p = subparsers.add_parser("eval", help="evaluate a training checkpoint per dataset")
+    p = subparsers.add_parser("eval", **kw)
     p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
     p.add_argument("--manifest", help="dataset manifest handed to the loader; a {split} in it is replaced by --split")
     p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..recipes import recipe_path
 
 
 @dataclass
@@ -79,10 +79,7 @@ def load_recipe(name_or_path: str) -> dict[str, Any] | None:
 
     path = Path(name_or_path)
     if not path.is_file():
-        res = resources.files("vortex_data").joinpath("recipes", f"{name_or_path}.toml")
-        if not res.is_file():
-            raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe of that name")
-        path = Path(str(res))
+        path = recipe_path(name_or_path)  # a shipped one, or RecipeError listing them
     try:
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

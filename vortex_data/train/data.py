@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from vortex_data.schema import IGNORE_INDEX
-from vortex_data.stream import collate, make_loader, normalise_into, widen_labels
+from vortex_data.format.schema import IGNORE_INDEX
+from vortex_data.stream import make_loader, normalise_into, widen_labels
+from vortex_data.stream.collate import collate
 
 from ..errors import InputError
 

@@ -26,7 +26,7 @@ def load_network(path: Path, device: torch.device) -> tuple[DepthSegNet, dict[st
 
 
 def dataset_of(key: str) -> str:
-    """Keys are '<dataset>/<split>/<frame id>' (vortex_data.schema.make_key)."""
+    """Keys are '<dataset>/<split>/<frame id>' (vortex_data.format.schema.make_key)."""
     return key.split("/", 1)[0]
 
 

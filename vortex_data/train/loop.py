@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vortex_data.schema import IGNORE_INDEX
+from vortex_data.format.schema import IGNORE_INDEX
 from vortex_data.train import checkpoint, distributed
 from vortex_data.train.config import TrainConfig
 from vortex_data.train.data import LoaderFactory, StatefulLoader, train_request

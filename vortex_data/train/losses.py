@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vortex_data.schema import IGNORE_INDEX
+from vortex_data.format.schema import IGNORE_INDEX
 
 BERHU_C_FRACTION = 0.2
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vortex_data.schema import IGNORE_INDEX, NUM_CLASSES
+from vortex_data.format.schema import IGNORE_INDEX, NUM_CLASSES
 
 DEPTH_METRICS = ("rmse", "abs_rel", "log10", "d1", "d2", "d3")
 # Eigen crop for a 480x640 NYU frame: rows 45..470, cols 41..600 inclusive.

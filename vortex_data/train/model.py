@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vortex_data.schema import NUM_CLASSES
+from vortex_data.format.schema import NUM_CLASSES
 
 from ..errors import InputError
 

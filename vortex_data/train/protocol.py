@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from ..errors import InputError
+from ..format.manifest import is_remote
 
 NYU_SIZE = (480, 640)
 NYU_TEST_FRAMES = 654
@@ -40,7 +41,7 @@ class Protocol:
 
 def manifest_info(path: str) -> dict | None:
     """The manifest's JSON, or None for a remote one (not read here; the loader reads it)."""
-    if "://" in path or path.startswith("pipe:"):
+    if is_remote(path):
         return None
     try:
         return json.loads(Path(path).read_text())

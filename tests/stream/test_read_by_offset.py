@@ -1,0 +1,124 @@
+"""Reads by the offsets the index records, the per-node memory-mapped index, and older indexes."""
+
+import io
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from vortex_data.format import tar_index
+from vortex_data.format.manifest import load_manifest
+from vortex_data.stream.mixture import Mixture, Source, read_source_index
+from vortex_data.stream.shard_reader import ShardReader
+from vortex_data.stream import make_loader
+
+from loader_data import build
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offsets")
+    build(root, "nyu", 11, 4)  # shards of 4, 4, 3
+    return root / "manifests" / "nyu-train.json"
+
+
+def one_source(manifest, epoch_size=8):
+    return Mixture((Source("nyu", str(manifest), 1.0),), epoch_size, "t")
+
+
+def test_the_index_records_where_every_member_lies(built):
+    m = load_manifest(built)
+    rows = m.read_index().to_pylist()
+    for shard in m.shard_paths():
+        table = tar_index.member_table(io.BytesIO(Path(shard).read_bytes()))
+        for r in (r for r in rows if Path(r["shard"]).name == shard.name):
+            want = {ext: (off, size) for ext, off, size in table[r["key"]]}
+            got = {ext: (off, dict(r["member_size"])[ext]) for ext, off in dict(r["member_offset"]).items()}
+            assert got == want
+
+
+def test_the_loader_reads_by_offset_without_scanning_a_header(built, monkeypatch, tmp_path):
+    want = [k for b in make_loader(one_source(built), batch_size=4, size=(16, 16), augment=False,
+                                   cache_dir=str(tmp_path)) for k in b["key"]]
+
+    def no_scan(_):
+        raise AssertionError("a tar header scan")
+
+    monkeypatch.setattr("vortex_data.stream.shard_reader.member_table", no_scan)
+    loader = make_loader(one_source(built), batch_size=4, size=(16, 16), augment=False, cache_dir=str(tmp_path))
+    assert [k for b in loader for k in b["key"]] == want and len(want) == 8
+
+
+def test_the_spec_is_small_and_the_arrays_are_memory_mapped(built, tmp_path):
+    loader = make_loader(one_source(built), batch_size=4, size=(16, 16), cache_dir=str(tmp_path))
+    ix = loader.spec.indices[0]
+    assert isinstance(ix.shard_of, np.memmap) and Path(ix.directory).parent == tmp_path / ".index"
+    assert len(pickle.dumps(ix)) < 1000  # the folder's name, not the samples
+    copy = pickle.loads(pickle.dumps(ix))
+    assert list(copy.keys) == list(ix.keys) and copy.spans(3) == ix.spans(3) and copy.checksums[3] == ix.checksums[3]
+    again = read_source_index(str(built), "nyu", None, str(tmp_path))
+    assert again.directory == ix.directory  # a second loader on the node maps the same folder
+
+
+def test_an_index_without_offsets_is_scanned_once_and_said(built, tmp_path, caplog):
+    m = load_manifest(built)
+    old = built.parent / "old-nyu-train.json"  # beside the real one, so the shard paths still hold
+    old.write_text(built.read_text().replace('"nyu-train.parquet"', '"old-nyu-train.parquet"'))
+    pq.write_table(m.read_index().drop(["member_offset", "member_size"]), built.parent / "old-nyu-train.parquet")
+    with caplog.at_level(logging.WARNING, "vortex_data.stream"):
+        loader = make_loader(one_source(old), batch_size=4, size=(16, 16), augment=False,
+                             cache_dir=str(tmp_path), profile=True)
+        batches = list(loader)
+    assert "no member offsets" in caplog.text
+    new = make_loader(one_source(built), batch_size=4, size=(16, 16), augment=False, cache_dir=str(tmp_path))
+    assert [k for b in batches for k in b["key"]] == [k for b in new for k in b["key"]]
+    assert all(b["timing"]["opens"] <= 3 for b in batches)
+
+
+def test_open_descriptors_are_bounded_and_counted(built):
+    m = load_manifest(built)
+    reader = ShardReader(max_open=2)
+    urls = [str(s) for s in m.shard_paths()]
+    for url in urls + urls[:1]:
+        reader.read_group(url, list(reader.table(url))[:1])
+        assert len(reader._files) <= 2
+    assert reader.opens == 4  # the first shard was closed (least recently used) and opened again
+    reader.close()
+
+
+def test_block_shuffle_keeps_quotas_and_reads_few_shards_at_a_time():
+    from vortex_data.stream.block_shuffle import plan_epoch_blocks
+    from vortex_data.stream.mixture import plan_epoch
+
+    shard_of = [np.repeat(np.arange(40), 25), np.repeat(np.arange(6), 10)]  # 1000 and 60 samples
+    a = plan_epoch_blocks(shard_of, [0.7, 0.3], 1500, seed=3, epoch=2, block_size=100)
+    g = plan_epoch([1000, 60], [0.7, 0.3], 1500, seed=3, epoch=2)
+    assert np.bincount(a.source).tolist() == np.bincount(g.source).tolist() == [1050, 450]
+    for s, n in ((0, 1000), (1, 60)):  # the global plan's cycling rule: each sample floor/ceil(q/n) times
+        counts = np.bincount(a.index[a.source == s], minlength=n)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == (1050, 450)[s]
+    b = plan_epoch_blocks(shard_of, [0.7, 0.3], 1500, seed=3, epoch=2, block_size=100)
+    assert all(np.array_equal(x, y) for x, y in ((a.source, b.source), (a.index, b.index), (a.repeat, b.repeat)))
+    big = a.source == 0
+    shards = shard_of[0][a.index[big]]
+    per_block = [len(set(shards[i:i + 100].tolist())) for i in range(0, 1000, 100)]
+    assert max(per_block) <= 100 // 25 + 2  # a block's samples come from a handful of shards
+    assert len(set(shard_of[0][g.index[g.source == 0][:100]].tolist())) > 20  # the global plan: nearly all
+
+
+def test_the_loader_resumes_exactly_with_block_shuffle(built, tmp_path):
+    kw = dict(batch_size=2, size=(16, 16), cache_dir=str(tmp_path), shuffle="blocks", shuffle_block=4)
+    full = [k for b in make_loader(one_source(built, 10), **kw) for k in b["key"]]
+    first = make_loader(one_source(built, 10), **kw)
+    it = iter(first)
+    head = [k for _ in range(2) for k in next(it)["key"]]
+    state = first.state_dict()
+    second = make_loader(one_source(built, 10), **{**kw, "batch_size": 3})
+    second.load_state_dict(state)
+    rest = [k for b in second for k in b["key"]]
+    assert head + rest == full[:len(head) + len(rest)] and len(head) + len(rest) >= 9
+    with pytest.raises(ValueError, match="fingerprint"):
+        make_loader(one_source(built, 10), batch_size=2, size=(16, 16), cache_dir=str(tmp_path)).load_state_dict(state)

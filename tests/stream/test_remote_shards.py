@@ -1,0 +1,188 @@
+"""Remote shards over HTTP: failures name the URL and the cause, the cache checks what it fetched
+against the manifest, killed downloads leave nothing for good, and verify checks remote shards.
+
+Every HTTP test uses a server on 127.0.0.1 that it starts itself (a thread, shut down at the end)
+and short timeouts, so nothing here waits on the network."""
+
+import fcntl
+import json
+import shutil
+import socket
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from vortex_data.stream import shard_cache
+from vortex_data.verify import verify
+from vortex_data.stream.shard_cache import ShardCache
+from vortex_data.stream.shard_reader import ShardReadError, ShardReader
+from vortex_data.stream import make_loader
+
+from loader_data import build
+
+SIZE = (32, 48)
+
+
+class Server:
+    """A static file server for ``root`` on 127.0.0.1, counting GET requests per path."""
+
+    def __init__(self, root: Path):
+        self.gets: list[str] = []
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 -- the http.server API
+                server.gets.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    build(root, "nyu", 8, 4)  # two shards of 4
+    return root
+
+
+@pytest.fixture
+def served(data, tmp_path, monkeypatch):
+    """(server, local manifest listing the shards by http:// URL) over a private copy of the set."""
+    monkeypatch.setattr(shard_cache, "HTTP_TIMEOUT_S", 10.0, raising=False)
+    root = tmp_path / "www"
+    shutil.copytree(data, root)
+    srv = Server(root)
+    m = json.loads((root / "manifests" / "nyu-train.json").read_text())
+    for s in m["shards"]:
+        s["path"] = f"{srv.url}/{(root / 'manifests' / s['path']).resolve().relative_to(root)}"
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "nyu-train.json").write_text(json.dumps(m))
+    shutil.copy(root / "manifests" / "nyu-train.parquet", out / "nyu-train.parquet")
+    yield srv, out / "nyu-train.json", root
+    srv.close()
+
+
+def shard_urls(manifest):
+    return [s["path"] for s in json.loads(manifest.read_text())["shards"]]
+
+
+def keys(manifest, cache, **kw):
+    loader = make_loader(manifest=str(manifest), batch_size=4, size=SIZE, training=False, cache_dir=str(cache), **kw)
+    return [k for b in loader for k in b["key"]]
+
+
+def test_http_shards_stream_through_the_cache(served, tmp_path):
+    srv, manifest, _ = served
+    assert len(keys(manifest, tmp_path / "c")) == 8
+    assert sorted(srv.gets) == sorted(u[len(srv.url):] for u in shard_urls(manifest))
+
+
+def test_http_404_names_the_url_and_the_status(served, tmp_path):
+    srv, manifest, root = served
+    url = shard_urls(manifest)[0]
+    (root / url[len(srv.url) + 1:]).unlink()
+    with pytest.raises(ShardReadError) as e:
+        keys(manifest, tmp_path / "c")
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(url) and "HTTP 404" in first
+    assert "shell" not in first and "curl" not in first and "exit" not in first  # not webdataset's pipe repr
+
+
+def test_refused_connection_names_the_url_and_the_cause(tmp_path):
+    with socket.socket() as s:  # a port that was just free: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x-000000.tar"
+    with pytest.raises(ShardReadError) as e:
+        ShardReader(tmp_path / "c").table(url)
+    assert str(e.value) == f"{url}: cannot connect (Connection refused)"
+
+
+def test_a_failing_pipe_names_the_url_and_the_exit_status(tmp_path):
+    with pytest.raises(ShardReadError) as e:
+        ShardReader(tmp_path / "c").table("pipe:exit 3")
+    assert str(e.value) == "pipe:exit 3: cannot fetch (the command exited with status 3)"
+
+
+def test_killed_downloads_leave_no_temporaries_for_good(served, tmp_path):
+    """A download killed mid-way leaves its locked temporary; once no process holds the lock, the
+    next fetch of that shard (or any eviction pass) removes it. A live download's is kept."""
+    srv, manifest, _ = served
+    cache = ShardCache(tmp_path / "c")
+    a, b = shard_urls(manifest)
+    dead_a = cache.path_for(a).with_name(cache.path_for(a).name + ".tmp-host-999999999-0a0a0a0a")
+    dead_b = cache.path_for(b).with_name(cache.path_for(b).name + ".tmp-host-999999999-0b0b0b0b")
+    live = cache.path_for(b).with_name(cache.path_for(b).name + ".tmp-host-1-live")
+    for p in (dead_a, dead_b, live):
+        p.write_bytes(b"partial")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a writer still at work (another open file: flock sees it)
+        cache.fetch(a)
+        assert not dead_a.exists() and not dead_b.exists() and live.exists()
+    cache.fetch(b)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_file()) == \
+        sorted(cache.path_for(u).name for u in (a, b))
+
+
+def test_a_damaged_cached_shard_is_fetched_again(served, tmp_path):
+    srv, manifest, _ = served
+    url = shard_urls(manifest)[0]
+    entry = json.loads(manifest.read_text())["shards"][0]
+    expect = (entry["bytes"], entry["sha256"])
+    cache = ShardCache(tmp_path / "c")
+    path = cache.fetch(url, expect)
+    assert len(srv.gets) == 1
+    assert cache.fetch(url, expect) == path and len(srv.gets) == 1  # a good copy is used as it is
+    with open(path, "r+b") as f:  # cut short (a full disk, a killed copy by older code)
+        f.truncate(entry["bytes"] // 2)
+    cache.fetch(url, expect)
+    assert len(srv.gets) == 2 and path.stat().st_size == entry["bytes"]
+    raw = bytearray(path.read_bytes())  # same size, other bytes, and no record of what was fetched
+    raw[100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    for rec in (tmp_path / "c" / ".locks").glob("*.sha256"):
+        rec.unlink()
+    cache.fetch(url, expect)
+    assert len(srv.gets) == 3 and shard_cache._sha256(path) == entry["sha256"]
+
+
+def test_a_remote_shard_unlike_the_manifest_is_refused_naming_the_url(served, tmp_path):
+    srv, manifest, root = served
+    url = shard_urls(manifest)[0]
+    remote = root / url[len(srv.url) + 1:]
+    remote.write_bytes(remote.read_bytes()[:-1024])
+    with pytest.raises(ShardReadError) as e:
+        keys(manifest, tmp_path / "c")
+    assert str(e.value).startswith(url) and "differs from the one the manifest describes" in str(e.value)
+    assert len([g for g in srv.gets if url.endswith(g)]) == 2  # one retry, then the error
+    assert not [p for p in (tmp_path / "c").iterdir() if p.is_file()]
+
+
+def test_verify_fetches_and_checks_http_shards(served):
+    srv, manifest, root = served
+    rep = verify(manifest)
+    assert rep.ok and rep.shards_checked == 2 and rep.samples_checked == 8, rep.problems
+    url = shard_urls(manifest)[1]
+    remote = root / url[len(srv.url) + 1:]
+    raw = bytearray(remote.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    remote.write_bytes(bytes(raw))
+    rep = verify(manifest)
+    assert not rep.ok and any(p.startswith(f"{url}: sha256") for p in rep.problems), rep.problems
+    (root / url[len(srv.url) + 1:]).unlink()
+    assert any(p.startswith(url) and "HTTP 404" in p for p in verify(manifest).problems)

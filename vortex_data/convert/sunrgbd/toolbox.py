@@ -1,0 +1,168 @@
+"""The SUN RGB-D toolbox's 37-class segmentation: ``SUNRGBDtoolbox/Metadata/``.
+
+``SUNRGBD2Dseg.mat`` is MATLAB v7.3 (HDF5): the struct ``SUNRGBD2Dseg`` whose field ``seglabel``
+holds one object reference per frame to that frame's label array, stored transposed (W, H);
+0 = void, 1..37 = the classes of ``seg37list.mat``, which are NYU-40's classes 1..37. Entry i
+belongs to entry i of ``SUNRGBDMeta.mat`` (MATLAB v5), whose ``sequenceName`` is the frame
+folder behind a ``SUNRGBD/`` prefix. The real file is several GB and a whole load needs tens of
+GB, so labels are read one frame at a time through their references, with one HDF5 handle per
+process (a handle inherited across fork is not safe to use). See ``docs/sunrgbd.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import scipy.io
+
+from ..labels import sun37_to_6_lut
+from ..base import RejectFrame
+from .files import split_key
+from ...errors import InputError
+
+TOOLBOX_DIR = "SUNRGBDtoolbox"
+SEG_FILE = "Metadata/SUNRGBD2Dseg.mat"
+META_FILE = "Metadata/SUNRGBDMeta.mat"
+LABEL_MODES = ("auto", "none")
+
+
+class ToolboxError(InputError):
+    """A toolbox file that cannot be used as a whole; the message names the file and the problem."""
+
+
+def find_toolbox(src: Path, given: Path | None) -> Path | None:
+    """``given`` (must hold the label files), else a ``SUNRGBDtoolbox/`` beside the SUNRGBD folder."""
+    if given is not None:
+        given = Path(given)
+        for rel in (SEG_FILE, META_FILE):
+            if not (given / rel).is_file():
+                raise FileNotFoundError(f"{given / rel}: not found (--toolbox must be the {TOOLBOX_DIR}/ folder)")
+        return given
+    beside = Path(src).resolve().parent / TOOLBOX_DIR
+    return beside if all((beside / rel).is_file() for rel in (SEG_FILE, META_FILE)) else None
+
+
+def read_sequence_names(meta_path: Path) -> list[str]:
+    """``SUNRGBDMeta(i).sequenceName`` in the toolbox's order, as frame folders relative to SUNRGBD/."""
+    try:
+        mat = scipy.io.loadmat(str(meta_path), variable_names=["SUNRGBDMeta"])
+    except Exception as e:  # scipy raises several unrelated types for a bad .mat
+        raise ToolboxError(f"{meta_path}: not a readable MATLAB v5 file ({e})") from None
+    meta = mat.get("SUNRGBDMeta")
+    if meta is None or meta.dtype.names is None or "sequenceName" not in meta.dtype.names:
+        raise ToolboxError(f"{meta_path}: no struct array 'SUNRGBDMeta' with a field 'sequenceName' "
+                           f"(variables: {sorted(k for k in mat if not k.startswith('__'))})")
+    names = []
+    for i, item in enumerate(meta["sequenceName"].ravel()):
+        arr = np.asarray(item).ravel()
+        if arr.size != 1 or not isinstance(arr[0], str):
+            raise ToolboxError(f"{meta_path}: SUNRGBDMeta({i + 1}).sequenceName is not a string: {item!r}")
+        try:
+            names.append(split_key(str(arr[0])))
+        except ValueError as e:
+            raise ToolboxError(f"{meta_path}: SUNRGBDMeta({i + 1}).sequenceName: {e}") from None
+    return names
+
+
+def _head_sha256(path: Path, n_bytes: int = 1 << 20) -> str:
+    """A cheap identity of a multi-GB file: hash of its size and first MiB."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(n_bytes))
+    return h.hexdigest()
+
+
+class ToolboxLabels:
+    """Frame folder -> toolbox entry, and one frame's label array read through its reference."""
+
+    def __init__(self, toolbox: Path):
+        self.toolbox = Path(toolbox)
+        self.seg_path = self.toolbox / SEG_FILE
+        self.meta_path = self.toolbox / META_FILE
+        self._options: dict[str, Any] | None = None
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        names = read_sequence_names(self.meta_path)
+        n = self._check_layout()
+        if n != len(names):
+            raise ToolboxError(f"{self.seg_path}: 'SUNRGBD2Dseg/seglabel' has {n} entries but "
+                               f"{self.meta_path} lists {len(names)} frames; entry i must belong to frame i")
+        self.entry_of: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in self.entry_of:
+                raise ToolboxError(f"{self.meta_path}: frame folder {name!r} is listed twice "
+                                   f"(entries {self.entry_of[name] + 1} and {i + 1})")
+            self.entry_of[name] = i
+        self.lut = sun37_to_6_lut()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_h5": None, "_pid": None}
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            try:
+                self._h5, self._pid = h5py.File(self.seg_path, "r"), os.getpid()
+            except OSError as e:
+                raise ToolboxError(f"{self.seg_path}: not a readable MATLAB v7.3 (HDF5) file ({e})") from None
+        return self._h5
+
+    def _refs(self) -> h5py.Dataset:
+        f = self._file()
+        group = f.get("SUNRGBD2Dseg")
+        if not isinstance(group, h5py.Group) or not isinstance(group.get("seglabel"), h5py.Dataset):
+            raise ToolboxError(f"{self.seg_path}: no struct 'SUNRGBD2Dseg' with a field 'seglabel' "
+                               f"(top level holds {sorted(f.keys())})")
+        ds = group["seglabel"]
+        if ds.dtype != h5py.ref_dtype or ds.ndim != 2 or 1 not in ds.shape:
+            raise ToolboxError(f"{self.seg_path}: 'SUNRGBD2Dseg/seglabel' should be an (N, 1) or (1, N) array of "
+                               f"object references, found shape {ds.shape} dtype {ds.dtype}")
+        return ds
+
+    def _check_layout(self) -> int:
+        return max(self._refs().shape)
+
+    def options(self) -> dict[str, Any]:
+        if self._options is None:
+            self._options = {"labels_file": f"{TOOLBOX_DIR}/{SEG_FILE}",
+                             "labels_file_head_sha256": _head_sha256(self.seg_path),
+                             "labels_meta_head_sha256": _head_sha256(self.meta_path)}
+        return self._options
+
+    def raw(self, entry: int) -> np.ndarray:
+        """Entry ``entry`` (0-based) as upright (H, W) integers, 0..37 expected."""
+        where = f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1}"
+        refs = self._refs()
+        try:
+            ref = refs[entry, 0] if refs.shape[1] == 1 else refs[0, entry]
+            arr = np.asarray(self._file()[ref][()])
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise RejectFrame("unreadable", f"{where} cannot be read ({e})", self.seg_path) from None
+        if arr.ndim != 2 or arr.dtype.kind not in "biuf":
+            raise RejectFrame("bad-value", f"{where} is not a 2-D numeric label array ({arr.shape} {arr.dtype})",
+                              self.seg_path)
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+                raise RejectFrame("bad-value", f"{where} holds non-integer values", self.seg_path)
+        return arr.T.astype(np.int64)  # MATLAB's (H, W) is stored column-major: h5py sees (W, H)
+
+    def seg6(self, entry: int, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """The entry mapped to the 6 classes (void and values outside 1..37 -> 255), checked to be
+        ``shape`` (the image's (H, W)); also the count of pixels outside 0..37."""
+        labels = self.raw(entry)
+        if labels.shape != tuple(shape):
+            raise RejectFrame("bad-shape", f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1} is "
+                              f"{labels.shape[::-1]} (WxH) but the frame's image is {tuple(shape)[::-1]}", self.seg_path)
+        outside = (labels < 0) | (labels >= len(self.lut))
+        n_out = int(outside.sum())
+        seg = self.lut[np.where(outside, 0, labels)]
+        return np.ascontiguousarray(seg), n_out
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = self._pid = None

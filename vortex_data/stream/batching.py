@@ -1,0 +1,136 @@
+"""Batch composition: how an epoch's draws are ordered so that batches have a chosen make-up.
+
+The loader cuts the epoch plan into consecutive runs of ``B`` positions (global step ``j`` of a
+pass from position ``s`` takes ``s + [j*W*B, (j+1)*W*B)``, rank ``r`` the ``r``-th run of ``B``),
+and a resume position is always a whole number of such runs. So composing the plan in *blocks*
+of ``B`` positions composes every batch every rank yields, at any world size, worker count or
+resume point, without the loader knowing. Three modes (the mixture's ``batching`` key):
+
+* ``random``: one uniform shuffle of the epoch (:func:`vortex_data.stream.mixture.plan_epoch`); the
+  make-up of a batch varies around the weights.
+* ``stratified``: every full block holds each source's share exactly: source ``s`` has ``F_s``
+  draws in the ``M = floor(N / B)`` full blocks and gets ``floor(F_s / M)`` of them in every block
+  plus one more in ``F_s mod M`` blocks (largest remainder, the extra seats rotated across
+  blocks), so the per-epoch quotas stay exact. Extras are dealt cyclically in source order, so a
+  *group* of sources adjacent in ``order`` is itself stratified; the loader lists labelled sources
+  first, which makes a labelled share of at least ``1/B`` give every batch a labelled sample.
+  The ``N mod B`` positions of the partial tail block (dropped in training) take draws from the
+  end of ``order`` first.
+* ``per_source``: every block comes from one source; quotas are apportioned in whole batches
+  (``floor(N / B)`` of them, largest remainder by weight) and each source's batches are spread
+  evenly over the epoch (systematic interleave with a random phase per source and epoch).
+
+Everything is a pure function of (seed, epoch, batch size), like the rest of the plan.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..format.manifest import ManifestError, load_manifest
+from .mixture import BATCHING, EpochPlan, MixtureError, plan_epoch, quotas, rng_for, source_draws
+
+
+def check_batching(batching: str) -> str:
+    if batching not in BATCHING:
+        raise MixtureError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+    return batching
+
+
+def source_quotas(weights: Sequence[float], epoch_size: int, batching: str = "random", batch_size: int = 1) -> list[int]:
+    """Draws per source in one epoch: largest remainder of the epoch size, or for ``per_source``
+    of its whole batches (times ``B``)."""
+    if check_batching(batching) != "per_source":
+        return quotas(weights, epoch_size)
+    if epoch_size < batch_size:
+        raise MixtureError(f"per_source batching needs epoch_size >= batch size, got {epoch_size} < {batch_size}")
+    return [k * batch_size for k in quotas(weights, epoch_size // batch_size)]
+
+
+def stratified_counts(q: Sequence[int], batch_size: int, order: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(full blocks x sources) draw counts and the tail block's counts for per-source quotas ``q``.
+
+    Every row sums to ``batch_size``, column ``s`` plus ``tail[s]`` to ``q[s]``, and column ``s``
+    takes only the values ``floor(F_s / M)`` and ``floor(F_s / M) + 1``. A set of sources that is
+    contiguous in ``order`` has that property for its row sums too (its extras are one cyclic run).
+    """
+    q = np.asarray(q, np.int64)
+    n, b = int(q.sum()), int(batch_size)
+    m, t = divmod(n, b)
+    tail = np.zeros(len(q), np.int64)
+    left = t
+    for s in reversed(list(order)):  # the tail (dropped in training) takes from the end of the order
+        tail[s] = min(int(q[s]), left)
+        left -= tail[s]
+    full = q - tail
+    counts = np.zeros((m, len(q)), np.int64)
+    if m:
+        base = full // m
+        counts[:] = base
+        extras = np.concatenate([np.full(int(full[s] - m * base[s]), s, np.int64) for s in order])
+        counts[np.arange(len(extras)) % m, extras] += 1  # len(extras) = m * (B - sum(base))
+    return counts, tail
+
+
+def _stratified(sizes: Sequence[int], q: list[int], batch_size: int, seed: int, epoch: int,
+                order: Sequence[int]) -> EpochPlan:
+    counts, tail = stratified_counts(q, batch_size, order)
+    rng = rng_for(seed, "stratified", epoch)
+    counts = counts[rng.permutation(len(counts))]  # which blocks carry which extra seats
+    rows = np.vstack([counts, tail[None, :]]) if tail.any() else counts
+    src = np.concatenate([np.repeat(np.arange(len(q)), r) for r in rows]).astype(np.int64)
+    block = np.repeat(np.arange(len(rows)), rows.sum(axis=1))
+    src = src[np.lexsort((rng.random(len(src)), block))]  # shuffle inside each block only
+    return _fill(sizes, q, src, seed, epoch)
+
+
+def _per_source(sizes: Sequence[int], q: list[int], batch_size: int, seed: int, epoch: int) -> EpochPlan:
+    k = [n // batch_size for n in q]
+    rng = rng_for(seed, "per_source", epoch)
+    phase = rng.random(len(k))
+    # Batch i of source s sits at (i + phase_s) / k_s in [0, 1): each source evenly spread.
+    when = np.concatenate([(np.arange(n) + phase[s]) / n for s, n in enumerate(k) if n])
+    who = np.concatenate([np.full(n, s, np.int64) for s, n in enumerate(k) if n])
+    blocks = who[np.lexsort((who, when))]
+    return _fill(sizes, q, np.repeat(blocks, batch_size), seed, epoch)
+
+
+def _fill(sizes: Sequence[int], q: list[int], src: np.ndarray, seed: int, epoch: int) -> EpochPlan:
+    """Put each source's draws (:func:`source_draws`, as in the random plan) into its positions, in order."""
+    idx = np.zeros(len(src), np.int64)
+    rep = np.zeros(len(src), np.int64)
+    for s, (n, k) in enumerate(zip(sizes, q)):
+        where = np.flatnonzero(src == s)
+        idx[where], rep[where] = source_draws(n, k, seed, epoch, s)
+    return EpochPlan(src, idx, rep)
+
+
+def plan_batched(sizes: Sequence[int], weights: Sequence[float], epoch_size: int, seed: int, epoch: int,
+                 batching: str = "random", batch_size: int = 1, order: Sequence[int] | None = None) -> EpochPlan:
+    """The training plan of ``epoch`` composed for batches of ``batch_size`` (see the module doc).
+    ``order``: sources in the order extra seats are dealt (default: the mixture's)."""
+    if check_batching(batching) == "random":
+        return plan_epoch(sizes, weights, epoch_size, seed, epoch)
+    q = source_quotas(weights, epoch_size, batching, batch_size)
+    if batching == "per_source":
+        return _per_source(sizes, q, batch_size, seed, epoch)
+    order = list(range(len(sizes))) if order is None else list(order)
+    if sorted(order) != list(range(len(sizes))):
+        raise MixtureError(f"order {order} is not a permutation of the {len(sizes)} sources")
+    return _stratified(sizes, q, batch_size, seed, epoch, order)
+
+
+def labelled_first(manifests: Sequence[str]) -> tuple[int, ...]:
+    """Sources ordered by the labelled fraction their manifests record (``totals.labelled``),
+    highest first, so stratified batching deals the labelled sources' seats as one run. A
+    manifest written before labels were counted sorts last; the order only places extra seats."""
+    def fraction(url: str) -> float:
+        try:
+            t = load_manifest(url).totals
+            return t["labelled"] / max(1, t["written"])
+        except (ManifestError, KeyError, TypeError):
+            return -1.0
+    fr = [fraction(m) for m in manifests]
+    return tuple(sorted(range(len(fr)), key=lambda s: (-fr[s], s)))
