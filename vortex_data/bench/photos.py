@@ -20,12 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..format.schema import EncodeOptions, IGNORE_INDEX, Sample
-
-from ..format.geometry import Intrinsics
 from ..convert.base import Converter, Enumeration, FrameRef, RejectFrame
-
-NYU_INTRINSICS = Intrinsics(518.8579, 519.4696, 325.5824, 253.7362)
+from ..convert.nyu.converter import NYU_INTRINSICS  # the frames are NYU's: its camera, not a rounded copy
+from ..format.schema import EncodeOptions, IGNORE_INDEX, Sample
 
 
 def find_frames(src: Path) -> list[tuple[Path, Path]]:

@@ -1,4 +1,5 @@
-"""Registry of converters: `--dataset NAME` -> converter class.
+"""Source files -> shards + manifests: one converter per dataset, the shard writer (shards.py)
+and its rerun records. This module is the registry of converters: `--dataset NAME` -> converter class.
 
 Adding a dataset is one line here plus its module; the CLI and shard writer need no change.
 Imports are lazy so `vortex-data --help` does not load every converter's dependencies.
