@@ -22,11 +22,9 @@ work. Pool workers die with their parent (pool.py).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
-import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -39,14 +37,15 @@ from tqdm import tqdm
 from .. import __version__
 from ..format.integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from ..cpus import usable_cpus
-from ..format.manifest import Manifest, atomic_write_bytes, compute_totals, is_labelled, sha256_file, write_manifest
+from ..format.manifest import Manifest, atomic_write_bytes, compute_totals, is_labelled, write_manifest
 from ..format.schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                              resize_sample)
 from ..format.tar_index import make_key
 from .base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
+from .tar_writer import RollingTar
 from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
 from ..pool import die_with_parent, exit_if_orphaned
-from ..temporaries import LockedTemp, reraise_naming, writer_tag
+from ..temporaries import reraise_naming, writer_tag
 from ..errors import VortexError
 
 DEFAULT_SHARD_SAMPLES = 256
@@ -130,74 +129,6 @@ def build_salt(converter: Converter, cfg: BuildConfig) -> str:
 
 # ---------------------------------------------------------------- writing one group
 
-def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> int:
-    """Append one member; returns the byte offset of its data in the tar (what the index records,
-    so readers seek straight to it instead of scanning headers)."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tf.addfile(info, io.BytesIO(data))
-    # The data ends the member, padded to a 512-byte block; this holds whatever headers (PAX
-    # long names) came before it.
-    return tf.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-
-
-class _RollingTar:
-    """Writes a group's samples to <stem>.tar, rolling over to <stem>-<k>.tar past the byte cap."""
-
-    def __init__(self, directory: Path, stem: str, max_bytes: int, tag: str):
-        self.directory, self.stem, self.max_bytes, self.tag = directory, stem, max_bytes, tag
-        self.done: list[dict[str, Any]] = []
-        self._tf: tarfile.TarFile | None = None
-        self._temp = None
-        self._count = 0
-        self._bytes = 0
-
-    @property
-    def current_name(self) -> str:
-        k = len(self.done)
-        return f"{self.stem}.tar" if k == 0 else f"{self.stem}-{k}.tar"
-
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> tuple[str, dict[str, int]]:
-        """Append one sample; returns the shard it went to and each member's data offset there."""
-        size = sum(512 + -(-len(d) // 512) * 512 for _, d in members)
-        if self._tf is not None and self._count and self._bytes + size > self.max_bytes:
-            self._close()
-        if self._tf is None:
-            self._temp = LockedTemp(self.directory / self.current_name, self.tag)
-            self._tf = tarfile.open(fileobj=self._temp.file, mode="w", format=tarfile.PAX_FORMAT)
-        offsets = {ext: _tar_member(self._tf, f"{key}.{ext}", data) for ext, data in members}
-        self._count += 1
-        self._bytes += size
-        return self.current_name, offsets
-
-    def _close(self) -> None:
-        name = self.current_name
-        self._tf.close()
-        self._temp.commit()  # fsync, rename into place, unlock
-        final = self.directory / name
-        self.done.append({"name": name, "samples": self._count, "bytes": final.stat().st_size,
-                          "sha256": sha256_file(final)})
-        self._tf, self._temp, self._count, self._bytes = None, None, 0, 0
-
-    def abort(self) -> Path | None:
-        """Remove the temporary being written (an exception is ending this group); returns its path."""
-        if self._temp is None:
-            return None
-        path = self._temp.path
-        self._temp.discard()
-        self._tf, self._temp = None, None
-        return path
-
-    def finish(self) -> list[dict[str, Any]]:
-        if self._tf is not None:
-            self._close()
-        return self.done
-
-
 def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
     """Per-sample statistics for the Parquet index (depth in metres, over valid pixels)."""
     d = sample.depth_mm
@@ -258,7 +189,7 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
     """Convert and write one group; returns (and stores) its build record."""
     directory = split_dir(cfg, group.dataset, group.split)
     tag = writer_tag(cfg.task_index)
-    writer = _RollingTar(directory, group.stem, cfg.shard_bytes, tag)
+    writer = RollingTar(directory, group.stem, cfg.shard_bytes, tag)
     rows, rejected, depth_rejected = [], [], 0
     try:
         for ref, key in zip(group.frames, group.keys):
