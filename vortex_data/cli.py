@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .convert import CONVERTERS, get_converter
 from .cpus import usable_cpus
 from .errors import InputError, VortexError
-from .convert import CONVERTERS, get_converter
 
 # Subcommands defined beside the code they run: name -> (module, function registering its parser,
 # one-line help). The help is written here only: `vortex-data --help` lists it without importing the module,

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .convert import get_converter
+from .convert.shards import BuildConfig, build_shards
 from .inspect import format_summary, manifest_summary
 from .verify import verify
-from .convert.shards import BuildConfig, build_shards
-from .convert import get_converter
 
 # (dataset, "module:function" writing a demo source under a folder and returning --src, extra
 # build-shards arguments; "{root}" is the folder the source was written to)

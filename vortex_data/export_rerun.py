@@ -16,11 +16,11 @@ import argparse
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import InputError, VortexError
 from .format.manifest import load_manifest
 from .format.schema import CLASS_NAMES, DEPTH_SCALE_MM, IGNORE_INDEX, decode_sample
 from .format.tar_index import read_samples
 from .views import PALETTE
-from .errors import InputError, VortexError
 
 TIMESTAMP_FIELD = "color_timestamp_us"
 """Metadata field of a Femto Bolt sample: the colour frame's device timestamp in microseconds."""

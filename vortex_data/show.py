@@ -17,8 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .views import colour_bar_rgb, legend_rgb, triptych
 from .errors import InputError
+from .views import colour_bar_rgb, legend_rgb, triptych
 
 SHEET_WIDTH = 2000
 """Tiles per row: as many as fit in this many pixels (at least one)."""

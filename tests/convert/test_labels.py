@@ -10,7 +10,7 @@ import scipy.io
 
 from vortex_data.convert import labels
 from vortex_data.convert.labels import (LabelMappingError, default_nyu40_to_6, load_nyu40_to_6, nyu40_table,
-                                nyu40_to_6_lut, nyu894_to_6, nyu894_to_6_lut, nyu894_to_40)
+                                        nyu40_to_6_lut, nyu894_to_6, nyu894_to_6_lut, nyu894_to_40)
 from vortex_data.format.schema import CLASS_NAMES, IGNORE_INDEX
 
 # The default NYU-40 -> 6 assignment as the specification states it, written out independently of

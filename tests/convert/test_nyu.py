@@ -24,7 +24,7 @@ from vortex_data.fixtures.scene import CEILING, DOOR, FLOOR, FURNITURE, OBJECT, 
 from vortex_data.format.schema import IGNORE_INDEX
 from vortex_data.convert.base import FrameRef, RejectFrame
 from vortex_data.convert.nyu.splits import (SplitError, make_split, place_of, official_split, random80_split, scene_overlap,
-                                           scenes80_split)
+                                            scenes80_split)
 from vortex_data.convert.nyu.converter import NYU_INTRINSICS, NyuConverter, NyuFileError
 
 REPO = Path(__file__).resolve().parents[2]

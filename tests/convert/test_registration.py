@@ -11,7 +11,7 @@ import pytest
 
 from vortex_data.fixtures.femto import AABB, Plane, raycast_depth
 from vortex_data.convert.registration import (CameraModel, nearest_rotation, pixel_rays, project, register_color_to_depth,
-                                      register_depth_to_color, undistort_image, zbuffer)
+                                              register_depth_to_color, undistort_image, zbuffer)
 
 PLANES = [Plane((0.0, -0.5, 1.0), 2.2)]                 # tilted: farther toward the top
 BOXES = [AABB((-0.35, -0.25, 1.0), (0.15, 0.30, 1.4))]  # a box floating in front of it

@@ -19,7 +19,7 @@ import pytest
 
 from vortex_data.stream.augment import AugmentConfig
 from vortex_data.format.geometry import (nearest_indices, resize_intrinsics, resize_nearest, resize_rgb,
-                                  rgb_interpolation)
+                                         rgb_interpolation)
 from vortex_data.convert.registration import CameraModel
 from vortex_data.format.schema import EncodeOptions, Sample
 from vortex_data.format.geometry import Intrinsics

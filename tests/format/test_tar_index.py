@@ -18,7 +18,7 @@ from vortex_data.stream.mixture import read_source_index
 from vortex_data.convert.shards import BuildConfig, build_shards
 from vortex_data.convert.diode import DiodeConverter
 from vortex_data.format.tar_index import (KeyGrammarError, ShardReadError, check_key, has_end_marker, iter_samples, make_key,
-                                   member_name, member_table, members, read_samples, sample_keys, split_member)
+                                          member_name, member_table, members, read_samples, sample_keys, split_member)
 
 
 def _tar(entries: list[tuple[str, bytes | None]]) -> bytes:

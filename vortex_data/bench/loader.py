@@ -38,10 +38,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..stream.augment import AugmentConfig
-from ..stream.mixture import Mixture, Source, read_source_index
 from ..format.schema import decode_rgb, decode_sample, encode_array
 from ..stream import RawSample, build_batch, keep_freed_memory, make_loader
+from ..stream.augment import AugmentConfig
+from ..stream.mixture import Mixture, Source, read_source_index
 from .measure import Clock, peak_rss_mb, rate, rss_mb, sample_members
 from .side_by_side import bench_side_by_side, report_side_by_side
 

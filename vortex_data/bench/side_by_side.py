@@ -12,10 +12,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..stream.augment import AugmentConfig
-from ..stream.mixture import Mixture
 from ..format.schema import IGNORE_INDEX, decode_rgb
 from ..stream import IMAGENET_MEAN, IMAGENET_STD, RawSample, build_batch, make_loader
+from ..stream.augment import AugmentConfig
+from ..stream.mixture import Mixture
 from .measure import cpu_per_sample, sample_members
 
 

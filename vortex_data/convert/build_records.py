@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..format.manifest import SHARD_NAME_RE, sha256_file
-from .base import Converter, FrameRef, Rejection, printable_path
 from ..temporaries import final_name, remove_if_abandoned
+from .base import Converter, FrameRef, Rejection, printable_path
 
 TMP_GLOB = ".tmp*"  # also matches the '<name>.tmp' of older versions
 

@@ -22,10 +22,10 @@ from ..format.schema import Sample, depth_to_mm
 
 from ..format.geometry import Intrinsics
 
+from ..errors import InputError
 from ..format.tar_index import make_key
 from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from .image_files import read_image
-from ..errors import InputError
 
 INTRINSICS = Intrinsics(fx=886.81, fy=927.06, cx=512.0, cy=384.0)
 NATIVE_SIZE = (1024, 768)

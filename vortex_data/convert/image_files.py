@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import RejectFrame, printable_path
 from ..errors import InputError
+from .base import RejectFrame, printable_path
 
 JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -17,8 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..format.schema import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ..errors import InputError
+from ..format.schema import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 FLOOR, WALL, CEILING, DOOR, FURNITURE, OBJECT = range(NUM_CLASSES)
 NYU_RAW_CLASSES = 894

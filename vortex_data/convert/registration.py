@@ -19,9 +19,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from ..errors import InputError
 from ..format.geometry import resize_nearest
 from ..format.geometry import Intrinsics
-from ..errors import InputError
 
 NO_DISTORTION = (0.0,) * 8
 

@@ -35,18 +35,18 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from ..format.integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from ..cpus import usable_cpus
+from ..errors import VortexError
+from ..format.integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from ..format.manifest import Manifest, atomic_write_bytes, compute_totals, is_labelled, write_manifest
 from ..format.schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                              resize_sample)
 from ..format.tar_index import make_key
-from .base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
-from .tar_writer import RollingTar
-from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
 from ..pool import die_with_parent, exit_if_orphaned
 from ..temporaries import reraise_naming, writer_tag
-from ..errors import VortexError
+from .base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
+from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
+from .tar_writer import RollingTar
 
 DEFAULT_SHARD_SAMPLES = 256
 DEFAULT_SHARD_BYTES = 512 * 2**20

@@ -17,8 +17,8 @@ from typing import Iterable, Mapping
 
 import xxhash
 
-from .tar_index import ShardReadError, member_name
 from ..errors import InputError
+from .tar_index import ShardReadError, member_name
 
 CHECKSUM_COLUMN = "member_xxh3_64"
 OFFSET_COLUMN = "member_offset"

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from .schema import NUM_CLASSES, SCHEMA_VERSION
 from ..temporaries import locked_temp
+from .schema import NUM_CLASSES, SCHEMA_VERSION
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),

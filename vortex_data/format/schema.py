@@ -19,8 +19,8 @@ import zstandard
 
 from .geometry import Intrinsics, resize_intrinsics, resize_nearest, resize_rgb
 # The key grammar and member naming live with the tar reader.
-from .tar_index import KeyGrammarError, check_key
 from ..errors import InputError
+from .tar_index import KeyGrammarError, check_key
 
 SCHEMA_VERSION = 1
 

@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 
 from ..cpus import usable_cpus
-from ..format.manifest import load_manifest
-from ..stream.mixture import Mixture
-from ..format.schema import CLASS_NAMES, NUM_CLASSES
-from . import gallery
-from .phash import DEFAULT_THRESHOLD, find_duplicates
-from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
-                            read_mixture, simulate_labelless_iid, simulate_labelless_quota)
-from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
-                            median_frequency_weights, rgb_mean_std, summary)
-from .scan import Accumulator, ShardTask, scan_shards
 from ..errors import InputError
+from ..format.manifest import load_manifest
+from ..format.schema import CLASS_NAMES, NUM_CLASSES
+from ..stream.mixture import Mixture
+from . import gallery
+from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
+                           read_mixture, simulate_labelless_iid, simulate_labelless_quota)
+from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
+                      median_frequency_weights, rgb_mean_std, summary)
+from .phash import DEFAULT_THRESHOLD, find_duplicates
+from .scan import Accumulator, ShardTask, scan_shards
 
 VALID_FRACTION_EDGES = np.linspace(0.0, 1.0, 21)
 SIM_BATCHES = 20000

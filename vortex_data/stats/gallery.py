@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..format.manifest import load_manifest
-from ..pool import die_with_parent
 from ..format.schema import CLASS_NAMES, DEPTH_SCALE_MM, SchemaError, decode_sample
-from ..stream.shard_reader import ShardReader
 from ..format.tar_index import TAR_ERRORS, iter_samples
+from ..pool import die_with_parent
+from ..stream.shard_reader import ShardReader
 from ..views import PALETTE, colour_bar_png, data_uri, encode_jpeg, triptych
 
 FAR_M = 10.0

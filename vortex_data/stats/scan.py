@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..pool import die_with_parent
-from ..format.tar_index import TAR_ERRORS, iter_samples
 from ..format.schema import SchemaError, decode_sample
+from ..format.tar_index import TAR_ERRORS, iter_samples
+from ..pool import die_with_parent
 from .phash import frame_hashes
 
 DEPTH_BINS_MM = 65536

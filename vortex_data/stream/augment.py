@@ -29,11 +29,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..format.geometry import (SCALE_DEPTH_MODES, camera_zoom, resize_intrinsics, resize_nearest, resize_rgb,
-                       scale_depth_mm)
-from .mixture import rng_for
-from ..format.geometry import Intrinsics
 from ..errors import InputError
+from ..format.geometry import (SCALE_DEPTH_MODES, camera_zoom, resize_intrinsics, resize_nearest, resize_rgb,
+                               scale_depth_mm)
+from ..format.geometry import Intrinsics
+from .mixture import rng_for
 
 cv2.setNumThreads(1)  # DataLoader workers supply the parallelism; extra threads only contend
 

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import torch
 
-from .augment import (AugmentConfig, JitterParams, apply_geometry, color_jitter, draw_eval, draw_train, intrinsics_of,
-                       jpeg_reduction)
 from ..format.integrity import SampleError
 from ..format.schema import DEPTH_SCALE_MM, IGNORE_INDEX, SchemaError, decode_sample, read_meta, rgb_bytes
+from .augment import (AugmentConfig, JitterParams, apply_geometry, color_jitter, draw_eval, draw_train, intrinsics_of,
+                      jpeg_reduction)
 from .collate import collate
 from .read import RawSample
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from ..format.integrity import SampleError, check_members
 from .mixture import EpochPlan, SourceIndex, rng_for
-from .shard_reader import ShardReader
 from .plan import LoaderSpec
 from .read import RawSample, Window
+from .shard_reader import ShardReader
 
 MAX_REPLACEMENT_TRIES = 8
 

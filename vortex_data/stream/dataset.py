@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .mixture import EpochPlan
-from .shard_reader import ShardReader
 from .batch import build_batch
 from .checked import CheckedSamples
 from .collate import trim
+from .mixture import EpochPlan
 from .plan import LoaderSpec, batch_first, batch_positions, pad_mask, worker_batches
 from .read import read_window
+from .shard_reader import ShardReader
 from .workers import keep_freed_memory
 
 

@@ -22,20 +22,20 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import AugmentConfig
-from .batching import check_batching, labelled_first
+from ..errors import InputError
 from ..format.integrity import check_policy
 from ..format.manifest import is_remote
-from .mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
-from .photometric import finish_batch
-from .shard_cache import node_cache_dir
+from .augment import AugmentConfig
 from .batch import IMAGENET_MEAN, IMAGENET_STD
+from .batching import check_batching, labelled_first
+from .block_shuffle import DEFAULT_BLOCK
 from .collate import widen_labels
 from .dataset import EpochDataset
-from .block_shuffle import DEFAULT_BLOCK
+from .mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
+from .photometric import finish_batch
 from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
+from .shard_cache import node_cache_dir
 from .workers import ignore_stop_signals, reraise_worker_errors
-from ..errors import InputError
 
 log = logging.getLogger(__package__)  # "vortex_data.stream", the name the docs give
 STATE_VERSION = 2

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION
 from ..format.schema import DEPTH_SCALE_MM
+from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION
 
 HOST_FIELDS = ("jitter", "jitter_order", "crop", "flip", "jpeg")
 """Batch fields :func:`to_device` leaves on the host (small parameters, or JPEG bytes that the

@@ -30,10 +30,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..format.integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN
 from ..format.manifest import ManifestError, is_remote, join_url, load_manifest, local_path, read_bytes
 from ..format.tar_index import sample_keys
-from ..errors import InputError
 
 FORMAT = 2
 ARRAYS = ("shard", "key_end", "key_bytes", "has_seg", "member_end", "ext", "offset", "size", "xxh3", "checked")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..format.manifest import is_remote, local_path
-from .shard_cache import ShardCache, node_cache_dir
 from ..format.tar_index import TAR_ERRORS, ShardReadError, member_name, member_table
+from .shard_cache import ShardCache, node_cache_dir
 
 __all__ = ["ShardReadError", "ShardReader"]
 

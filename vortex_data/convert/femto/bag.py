@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
+from ...format.schema import DepthConversion, depth_to_mm
+from ..registration import CameraModel
 from .calib import CalibrationError, FemtoCalibration, _make
 from .orbbec_messages import parse_orbbec_frame, parse_stream_profile, profile_camera
 from .recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
-from ..registration import CameraModel
-from ...format.schema import DepthConversion, depth_to_mm
-from ...errors import InputError
 
 ORBBEC_DEPTH = "/cam/sensor_3/frameType_3"
 ORBBEC_COLOR = "/cam/sensor_2/frameType_2"

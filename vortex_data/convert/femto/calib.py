@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..registration import CameraModel, nearest_rotation
 from ...errors import InputError
+from ..registration import CameraModel, nearest_rotation
 
 
 class CalibrationError(InputError):

@@ -13,16 +13,16 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ...errors import InputError
 from ...format.geometry import resize_nearest, resize_rgb
-from ..registration import register_color_to_depth, register_depth_to_color
 from ...format.schema import Sample
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
+from ..registration import register_color_to_depth, register_depth_to_color
 from .calib import CalibrationError, FemtoCalibration
 from .dump import DumpRecording, is_frame_dump
 from .mkv import MkvRecording
 from .recording import Capture, CaptureData, Recording, RecordingError
-from ...errors import InputError
 
 REGISTER_MODES = ("color", "depth", "none")
 

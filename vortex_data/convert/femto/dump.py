@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from ..base import os_reason, scan_folder
-from .calib import FemtoCalibration, folder_calibration
 from ..image_files import ImageError, decode_image, read_image
+from .calib import FemtoCalibration, folder_calibration
 from .recording import Capture, CaptureData, RecordingError, pair_by_time
 
 COLOR_DIR, DEPTH_DIR = "color", "depth"

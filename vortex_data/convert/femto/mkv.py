@@ -20,9 +20,9 @@ from typing import Any
 import av
 import numpy as np
 
+from ...errors import InputError
 from .calib import DEPTH_MODES, CalibrationError, FemtoCalibration, color_mode_parts, k4a_calibration, COLOR_RESOLUTIONS
 from .recording import Capture, CaptureData, RecordingError, decode_color, pair_by_time
-from ...errors import InputError
 
 _EBML_ID = 0x1A45DFA3
 _SEGMENT_ID = 0x18538067

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from .calib import FemtoCalibration
-from ..image_files import decode_image
 from ...errors import InputError
+from ..image_files import decode_image
+from .calib import FemtoCalibration
 
 
 class RecordingError(InputError):

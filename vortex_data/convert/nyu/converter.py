@@ -18,13 +18,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_6, nyu894_to_6_lut
-from ...format.schema import Sample, depth_to_mm
+from ...errors import InputError
 from ...format.geometry import Intrinsics
+from ...format.schema import Sample, depth_to_mm
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, RejectFrame
+from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_6, nyu894_to_6_lut
 from .splits import DEFAULT_SCHEME, SCHEME_SPLITS, SCHEMES, SEEDED_SCHEMES, make_split, scene_overlap, split_scenes
-from ...errors import InputError
 
 HEIGHT, WIDTH = 480, 640
 # Kinect RGB intrinsics from the NYU Depth V2 toolbox, camera_params.m (fx_rgb, fy_rgb, cx_rgb,

@@ -21,12 +21,12 @@ from typing import Any
 
 from ...format.schema import Sample
 
+from ...errors import InputError
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason, scan_folder
 from .files import (DEPTH_MODES, MAX_DEPTH_MM, NOT_IN_SPLIT, NYU_OVERLAP_REASON, NYU_OVERLAP_SUBSET, SENSOR_SUBSETS,
                     FrameFiles, _is_dir, _read_text, cap_depth, find_frame_folders, locate_frame_files,
                     parse_intrinsics, parse_rtilt, read_depth_png, read_rgb, read_split_file, rotate_right_3)
-from ...errors import InputError
 from .toolbox import LABEL_MODES, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, find_toolbox
 
 

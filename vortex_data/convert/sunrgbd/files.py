@@ -19,10 +19,10 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from ...errors import InputError
 from ...format.geometry import Intrinsics
 from ..base import RejectFrame, os_reason, scan_folder
 from ..image_files import incomplete_reason, read_image
-from ...errors import InputError
 
 SENSOR_SUBSETS: dict[str, tuple[str, ...]] = {
     "kv1": ("NYUdata", "b3dodata"),

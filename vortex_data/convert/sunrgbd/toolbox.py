@@ -20,10 +20,10 @@ import h5py
 import numpy as np
 import scipy.io
 
-from ..labels import sun37_to_6_lut
-from ..base import RejectFrame
-from .files import split_key
 from ...errors import InputError
+from ..base import RejectFrame
+from ..labels import sun37_to_6_lut
+from .files import split_key
 
 TOOLBOX_DIR = "SUNRGBDtoolbox"
 SEG_FILE = "Metadata/SUNRGBD2Dseg.mat"
