@@ -102,3 +102,18 @@ def test_inspect_shard_on_a_truncated_tar_is_a_clear_error(built, capsys, where)
         assert main(["inspect", "shard", str(shard), *extra]) == 2
         err = capsys.readouterr().err
         assert str(shard) in err and "not a complete tar shard" in err and "Traceback" not in err
+
+
+def test_a_subcommand_help_is_written_once():
+    """A subcommand defined beside its code gets its one-line help from cli.PLUGINS, whether it is
+    only listed (`vortex-data --help`) or registered by its own module (the command in use)."""
+    import argparse
+
+    from vortex_data.cli import PLUGINS, build_parser
+
+    for name, (_, _, help_text) in PLUGINS.items():
+        for argv in ([], [name]):
+            parser = build_parser(argv)
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            listed = {a.dest: a.help for a in sub._choices_actions}
+            assert listed[name] == help_text, (name, argv)

@@ -199,3 +199,14 @@ def test_no_module_is_over_the_line_limit():
             over[rel] = n
     assert not over, over
     assert all((PACKAGE / rel).is_file() for rel in OVER_THE_LIMIT)  # an exception names a module that exists
+
+
+def test_the_mixture_does_not_import_torch():
+    """A user who only plans a mixture (quotas, epoch plans) needs no torch: stream's __init__ loads
+    the loader's names on first use."""
+    code = ("import sys, vortex_data.stream.mixture, vortex_data.stream.batching, vortex_data.stream as s\n"
+            "assert 'torch' not in sys.modules, 'torch loaded'\n"
+            "s.make_loader\n"
+            "assert 'torch' in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PACKAGE.parent)
+    assert res.returncode == 0, res.stderr
