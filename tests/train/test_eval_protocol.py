@@ -14,6 +14,7 @@ import torch
 from vortex_data.fixtures.nyu import write_demo_nyu
 from vortex_data.convert.shards import BuildConfig, build_shards
 from vortex_data.convert.nyu.converter import NyuConverter
+from vortex_data.format.manifest import load_manifest
 from vortex_data.train.metrics import EIGEN_CROP_480x640
 from vortex_data.train.protocol import choose, describe_nyu_split, resolve_split
 
@@ -82,20 +83,20 @@ def test_nyu_protocol_scores_upsampled_predictions_against_full_resolution_groun
 
 
 def test_the_official_test_split_is_named_and_only_the_whole_of_it_is_comparable(nyu):
-    m = json.loads((nyu / "nyu-test.json").read_text())
-    m["converter"]["options"]["splits_file"] = "shipped"  # as an official build of the real file records it
-    m["shards"][0]["samples"] += 654 - sum(s["samples"] for s in m["shards"])
+    m = load_manifest(nyu / "nyu-test.json")
+    m.converter["options"]["splits_file"] = "shipped"  # as an official build of the real file records it
+    m.shards[0]["samples"] += 654 - sum(s["samples"] for s in m.shards)
     assert describe_nyu_split(m) == ("the official test split, 654 of 654 frames", True)
-    m["shards"][0]["samples"] -= 1
+    m.shards[0]["samples"] -= 1
     what, whole = describe_nyu_split(m)
     assert not whole and what.startswith("the official test split, 653 of 654 frames (the rest rejected")
-    m["shards"][0]["samples"] += 1
-    m["converter"]["output"]["resize"] = 240
+    m.shards[0]["samples"] += 1
+    m.converter["output"]["resize"] = 240
     assert describe_nyu_split(m)[1] is False and "not full resolution" in describe_nyu_split(m)[0]
-    val = json.loads((nyu / "nyu-test.json").read_text())
-    val.update(split="val")
-    val["converter"]["options"].update(split_scheme="scenes80")
-    val["converter"]["options"].pop("splits_file")
+    val = load_manifest(nyu / "nyu-test.json")
+    val.split = "val"
+    val.converter["options"].update(split_scheme="scenes80")
+    val.converter["options"].pop("splits_file")
     assert describe_nyu_split(val) == ("split 'val' of the scenes80 scheme, 3 frames, NOT the official 654-frame "
                                        "test split", False)
 

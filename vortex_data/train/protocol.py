@@ -11,11 +11,10 @@ checkpoints of one project, not for comparing with papers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from ..errors import InputError
-from ..format.manifest import is_remote
+from ..format.manifest import Manifest, is_remote, load_manifest
 
 NYU_SIZE = (480, 640)
 NYU_TEST_FRAMES = 654
@@ -39,24 +38,17 @@ class Protocol:
     """The first line of the evaluation's output: the protocol, and what the numbers compare with."""
 
 
-def manifest_info(path: str) -> dict | None:
-    """The manifest's JSON, or None for a remote one (not read here; the loader reads it)."""
-    if is_remote(path):
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such manifest") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable manifest ({e})") from None
+def manifest_info(path: str) -> Manifest | None:
+    """The manifest, or None for a remote one (not fetched here; the loader reads it)."""
+    return None if is_remote(path) else load_manifest(path)
 
 
-def describe_nyu_split(m: dict) -> tuple[str, bool]:
+def describe_nyu_split(m: Manifest) -> tuple[str, bool]:
     """(which split a manifest holds, whether it is the whole official 654-frame test split)."""
-    opts = m.get("converter", {}).get("options", {})
-    scheme, split = opts.get("split_scheme", "unknown scheme"), m.get("split")
-    frames = sum(int(s["samples"]) for s in m.get("shards", []))
-    resize = m.get("converter", {}).get("output", {}).get("resize")
+    opts = m.converter.get("options", {})
+    scheme, split = opts.get("split_scheme", "unknown scheme"), m.split
+    frames = sum(int(s["samples"]) for s in m.shards)
+    resize = m.converter.get("output", {}).get("resize")
     custom = scheme == "official" and opts.get("splits_file", "shipped") != "shipped"
     if scheme == "official" and split == "test" and not custom:
         what = f"the official test split, {frames} of {NYU_TEST_FRAMES} frames"
@@ -95,7 +87,7 @@ def choose(protocol: str, manifest: str | None, train_size: tuple[int, int], ima
         raise InputError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     info = manifest_info(manifest) if manifest else None
     if protocol == "auto":
-        protocol = "nyu" if info is not None and info.get("dataset") == "nyu" else "plain"
+        protocol = "nyu" if info is not None and info.dataset == "nyu" else "plain"
     if protocol == "plain":
         size = tuple(image_size or train_size)
         crop = ", Eigen crop" if eigen_crop else ""
@@ -104,8 +96,8 @@ def choose(protocol: str, manifest: str | None, train_size: tuple[int, int], ima
                         f"{depth_range[0]:g}..{depth_range[1]:g} m; not comparable with published results")
     if info is None:
         what, whole = ("a remote manifest, split not checked" if manifest else "no manifest, split unknown"), False
-    elif info.get("dataset") != "nyu":
-        raise InputError(f"{manifest}: --protocol nyu needs an NYU manifest, this one holds {info.get('dataset')!r}")
+    elif info.dataset != "nyu":
+        raise InputError(f"{manifest}: --protocol nyu needs an NYU manifest, this one holds {info.dataset!r}")
     else:
         what, whole = describe_nyu_split(info)
     net = tuple(image_size or train_size)
