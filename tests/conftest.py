@@ -7,6 +7,7 @@ checkout, or wherever VORTEX_DATA_SAMPLES points. Tests that need them skip clea
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,21 @@ def nyu_photos(samples_dir: Path) -> Path:
     if not any(nyu.rglob("rgb_*.jpg")):
         pytest.skip(f"no real NYU frames (rgb_*.jpg) under {nyu}")
     return nyu
+
+
+@pytest.fixture(scope="session")
+def small_nyu_set(tmp_path_factory) -> Path:
+    """A clean built set: 8 NYU-layout samples in two shards of 4 (shards/ and manifests/ under
+    the returned folder). Tests that damage or serve it work on a copy (:func:`nyu_copy`)."""
+    from loader_data import build
+
+    root = tmp_path_factory.mktemp("small-nyu")
+    build(root, "nyu", 8, 4)
+    return root
+
+
+@pytest.fixture
+def nyu_copy(small_nyu_set: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`small_nyu_set` that a test may damage: its train manifest."""
+    shutil.copytree(small_nyu_set, tmp_path / "d")
+    return tmp_path / "d" / "manifests" / "nyu-train.json"

@@ -6,7 +6,6 @@ import builtins
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,20 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = (32, 48)
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    root = tmp_path_factory.mktemp("messages")
-    build(root, "nyu", 8, 4)  # two shards of 4
-    return root
-
-
-@pytest.fixture
-def data(clean, tmp_path):
-    """A private copy of the set that a test may damage: its manifest."""
-    shutil.copytree(clean, tmp_path / "d")
-    return tmp_path / "d" / "manifests" / "nyu-train.json"
-
-
 def keys(manifest, **kw):
     loader = make_loader(manifest=str(manifest), batch_size=4, size=SIZE, training=False, **kw)
     return [k for b in loader for k in b["key"]]
@@ -59,12 +44,12 @@ def one_line_error(capsys, command):
 
 # ---------------------------------------------------------------- the loader
 
-def test_a_worker_error_keeps_its_own_message_up_to_status(data):
+def test_a_worker_error_keeps_its_own_message_up_to_status(nyu_copy):
     """torch re-raises a worker's exception as 'Caught SampleError in DataLoader worker process 0.'
     plus the worker's traceback as text: STATUS (the first line) named no cause."""
     from vortex_data.train.loop import failure_status
 
-    m = load_manifest(data)
+    m = load_manifest(nyu_copy)
     shard, key = m.shard_paths()[0], m.read_index().column("key")[1].as_py()
     with tarfile.open(shard) as tf:
         info = tf.getmember(f"{key}.rgb.jpg")
@@ -72,7 +57,7 @@ def test_a_worker_error_keeps_its_own_message_up_to_status(data):
     raw[info.offset_data + info.size // 2] ^= 0x01
     shard.write_bytes(bytes(raw))
     with pytest.raises(SampleError) as e:
-        keys(data, num_workers=1)
+        keys(nyu_copy, num_workers=1)
     first = str(e.value).splitlines()[0]
     assert shard.name in first and f"{key}.rgb.jpg" in first and "checksum" in first
     assert first.endswith("(in DataLoader worker process 0)")
@@ -81,26 +66,26 @@ def test_a_worker_error_keeps_its_own_message_up_to_status(data):
     assert "Traceback" in str(e.value.__cause__)  # the worker's traceback is still there for a bug hunt
 
 
-def test_loader_state_without_epoch_is_a_clear_error(data):
-    loader = make_loader(manifest=str(data), batch_size=4, size=SIZE)
+def test_loader_state_without_epoch_is_a_clear_error(nyu_copy):
+    loader = make_loader(manifest=str(nyu_copy), batch_size=4, size=SIZE)
     state = loader.state_dict()
     del state["epoch"]
     with pytest.raises(InputError, match=r"loader state \(version 2\) lacks 'epoch'.*not a StreamLoader.state_dict"):
         loader.load_state_dict(state)
 
 
-def test_a_flipped_byte_in_a_tar_header_is_reported_as_a_damaged_header_at_its_offset(data):
+def test_a_flipped_byte_in_a_tar_header_is_reported_as_a_damaged_header_at_its_offset(nyu_copy):
     """tarfile stops listing silently at a bad header past the first, so a header scan used to say
     'sample listed in the index is not in the shard'. The loader reads by the index's offsets and
     parses no header, so it only scans (and meets the damage) for an index without offsets."""
-    shard = load_manifest(data).shard_paths()[0]
+    shard = load_manifest(nyu_copy).shard_paths()[0]
     with tarfile.open(shard) as tf:
         header = tf.getmembers()[5].offset  # the second sample's second member
-    want = keys(data)
+    want = keys(nyu_copy)
     raw = bytearray(shard.read_bytes())
     raw[header + 10] ^= 0x01  # inside the member name: the header checksum no longer matches
     shard.write_bytes(bytes(raw))
-    assert keys(data) == want  # every member's bytes are intact (and checked against the index)
+    assert keys(nyu_copy) == want  # every member's bytes are intact (and checked against the index)
     with pytest.raises(ShardReadError) as e:
         ShardReader().table(str(shard))  # the scan a shard gets when its index predates offsets
     msg = str(e.value)

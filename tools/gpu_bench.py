@@ -31,7 +31,6 @@ import dataclasses
 import gc
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess

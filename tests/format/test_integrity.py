@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import re
-import shutil
 import tarfile
 
 import numpy as np
@@ -20,24 +19,9 @@ from vortex_data.verify import verify
 from vortex_data.format.schema import decode_array, encode_array
 from vortex_data.stream import make_loader
 
-from loader_data import build
 from resume_helper import assert_resumes_exactly
 
 SIZE = (32, 48)
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    root = tmp_path_factory.mktemp("integrity")
-    build(root, "nyu", 8, 4)  # two shards of 4
-    return root
-
-
-@pytest.fixture
-def data(clean, tmp_path):
-    """A private copy of the set that a test may corrupt."""
-    shutil.copytree(clean, tmp_path / "d")
-    return tmp_path / "d" / "manifests" / "nyu-train.json"
 
 
 def member_span(shard, name):
@@ -64,9 +48,9 @@ def epoch(manifest, **kw):
     return loader, [k for b in loader for k in b["key"]]
 
 
-def test_index_records_member_checksums_and_zstd_frames_carry_checksums(data):
-    shard, key = first_sample(data)
-    row = next(r for r in load_manifest(data).read_index().to_pylist() if r["key"] == key)
+def test_index_records_member_checksums_and_zstd_frames_carry_checksums(nyu_copy):
+    shard, key = first_sample(nyu_copy)
+    row = next(r for r in load_manifest(nyu_copy).read_index().to_pylist() if r["key"] == key)
     with tarfile.open(shard) as tf:
         members = [(n.name.split(".", 1)[1], tf.extractfile(n).read()) for n in tf if n.name.startswith(key + ".")]
     assert dict(row["member_xxh3_64"]) == member_checksums(members)
@@ -89,8 +73,8 @@ def test_zstd_frames_without_checksum_still_decode_and_corrupt_ones_with_it_fail
 
 
 @pytest.mark.parametrize("ext", ["rgb.jpg", "depth.zst", "json"])
-def test_flipped_byte_is_caught_by_the_loader_naming_shard_key_member(data, ext):
-    shard, key = first_sample(data)
+def test_flipped_byte_is_caught_by_the_loader_naming_shard_key_member(nyu_copy, ext):
+    shard, key = first_sample(nyu_copy)
     if ext == "json":
         # A changed digit of fx: still valid JSON, still a plausible number.
         off, size = member_span(shard, f"{key}.json")
@@ -102,75 +86,75 @@ def test_flipped_byte_is_caught_by_the_loader_naming_shard_key_member(data, ext)
     else:
         flip_byte(shard, f"{key}.{ext}")
     with pytest.raises(SampleError) as e:
-        epoch(data)
+        epoch(nyu_copy)
     msg = str(e.value)
     assert shard.name in msg and repr(key) in msg and f"{key}.{ext}" in msg and "checksum" in msg
 
 
-def test_flipped_byte_is_caught_with_dataloader_workers(data):
-    shard, key = first_sample(data)
+def test_flipped_byte_is_caught_with_dataloader_workers(nyu_copy):
+    shard, key = first_sample(nyu_copy)
     flip_byte(shard, f"{key}.rgb.jpg")
     with pytest.raises(SampleError, match=re.escape(f"{key}.rgb.jpg")):
-        epoch(data, num_workers=2)
+        epoch(nyu_copy, num_workers=2)
 
 
-def test_skip_mode_finishes_the_epoch_with_a_deterministic_replacement_counted_and_logged(data, caplog):
-    _, want = epoch(data)
-    shard, key = first_sample(data)
+def test_skip_mode_finishes_the_epoch_with_a_deterministic_replacement_counted_and_logged(nyu_copy, caplog):
+    _, want = epoch(nyu_copy)
+    shard, key = first_sample(nyu_copy)
     flip_byte(shard, f"{key}.depth.zst")
     with caplog.at_level(logging.WARNING, logger="vortex_data.stream"):
-        loader, got = epoch(data, on_error="skip")
+        loader, got = epoch(nyu_copy, on_error="skip")
     assert len(got) == len(want) == 8 and key not in got
     assert sum(a != b for a, b in zip(got, want)) == 1
     assert len(loader.skipped) == 1 and shard.name in loader.skipped[0] and f"{key}.depth.zst" in loader.skipped[0]
     assert any("bad samples replaced" in r.message and "1 bad" in r.message for r in caplog.records)
-    _, again = epoch(data, on_error="skip", num_workers=2)
+    _, again = epoch(nyu_copy, on_error="skip", num_workers=2)
     assert again == got  # same replacement, whatever the worker count
 
 
-def test_resume_before_a_bad_sample_makes_the_same_replacement(data):
-    shard, key = first_sample(data)  # plan position 1 of the ordered pass
+def test_resume_before_a_bad_sample_makes_the_same_replacement(nyu_copy):
+    shard, key = first_sample(nyu_copy)  # plan position 1 of the ordered pass
     flip_byte(shard, f"{key}.rgb.jpg")
-    kw = dict(manifest=str(data), batch_size=1, size=SIZE, training=False, on_error="skip")
+    kw = dict(manifest=str(nyu_copy), batch_size=1, size=SIZE, training=False, on_error="skip")
     state, before, after = assert_resumes_exactly(lambda: make_loader(**kw), 1, 7,
                                                   make_resumed=lambda: make_loader(num_workers=2, **kw))
     assert state["samples"] == 1 and key not in [k for b in before + after for k in b["key"]]
 
 
-def test_bad_policy_is_refused(data):
+def test_bad_policy_is_refused(nyu_copy):
     with pytest.raises(ValueError, match="on_error"):
-        make_loader(manifest=str(data), on_error="ignore")
+        make_loader(manifest=str(nyu_copy), on_error="ignore")
 
 
-def test_old_index_without_checksums_loads_says_so_once_and_decode_errors_name_the_shard(data, caplog):
-    index = data.with_suffix(".parquet")
+def test_old_index_without_checksums_loads_says_so_once_and_decode_errors_name_the_shard(nyu_copy, caplog):
+    index = nyu_copy.with_suffix(".parquet")
     table = pq.read_table(index)
     pq.write_table(table.drop(["member_xxh3_64"]), index)
     with caplog.at_level(logging.WARNING, logger="vortex_data.stream"):
-        _, got = epoch(data)
-        epoch(data)
+        _, got = epoch(nyu_copy)
+        epoch(nyu_copy)
     said = [r for r in caplog.records if "no member checksums" in r.message]
-    assert len(got) == 8 and len(said) == 1 and str(data) in said[0].message
-    shard, key = first_sample(data)
+    assert len(got) == 8 and len(said) == 1 and str(nyu_copy) in said[0].message
+    shard, key = first_sample(nyu_copy)
     flip_byte(shard, f"{key}.depth.zst")  # the zstd frame checksum still catches this one
     with pytest.raises(SampleError) as e:
-        epoch(data)
+        epoch(nyu_copy)
     assert shard.name in str(e.value) and repr(key) in str(e.value) and "checksum" in str(e.value)
 
 
-def test_verify_checks_member_checksums(data):
-    shard, key = first_sample(data)
+def test_verify_checks_member_checksums(nyu_copy):
+    shard, key = first_sample(nyu_copy)
     flip_byte(shard, f"{key}.rgb.jpg")
-    rep = verify(data, decode=False)
+    rep = verify(nyu_copy, decode=False)
     assert any(f"{key}.rgb.jpg" in p and "checksum" in p for p in rep.problems)
 
 
-def test_verify_refuses_keys_outside_the_grammar_in_a_self_consistent_manifest(data):
+def test_verify_refuses_keys_outside_the_grammar_in_a_self_consistent_manifest(nyu_copy):
     """Rename every member to '../<name>' and make manifest + index agree: checksums match, the keys do not."""
-    m = json.loads(data.read_text())
-    index = data.with_suffix(".parquet")
+    m = json.loads(nyu_copy.read_text())
+    index = nyu_copy.with_suffix(".parquet")
     rows = pq.read_table(index).to_pylist()
-    for entry, shard in zip(m["shards"], load_manifest(data).shard_paths()):
+    for entry, shard in zip(m["shards"], load_manifest(nyu_copy).shard_paths()):
         out = io.BytesIO()
         with tarfile.open(shard) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
             for info in src:
@@ -182,14 +166,14 @@ def test_verify_refuses_keys_outside_the_grammar_in_a_self_consistent_manifest(d
     for r in rows:
         r["key"] = "../" + r["key"]
     pq.write_table(pq.read_table(index).from_pylist(rows, schema=pq.read_schema(index)), index)
-    data.write_text(json.dumps(m))
-    rep = verify(data)
+    nyu_copy.write_text(json.dumps(m))
+    rep = verify(nyu_copy)
     assert not rep.ok
     assert all("../nyu/train" in p and "is not '<dataset>/<split>/<frame id>'" in p for p in rep.problems)
     assert len(rep.problems) == 8
 
 
-def test_trainer_config_and_cli_pass_on_error_to_the_loader(data):
+def test_trainer_config_and_cli_pass_on_error_to_the_loader(nyu_copy):
     import argparse
 
     from vortex_data.train.commands import add_train_parser
@@ -200,7 +184,7 @@ def test_trainer_config_and_cli_pass_on_error_to_the_loader(data):
     args = add_train_parser(sub).parse_args(["--on-error", "skip"])
     cfg = build_config(None, 1, {"on_error": args.on_error})
     assert cfg.on_error == "skip"
-    req = LoaderRequest(mixture=None, manifest=str(data), split="val", batch_size=4, image_size=SIZE, augment=None,
+    req = LoaderRequest(mixture=None, manifest=str(nyu_copy), split="val", batch_size=4, image_size=SIZE, augment=None,
                         seed=0, training=False, on_error=cfg.on_error)
     assert stream_loader(req).spec.on_error == "skip"
 

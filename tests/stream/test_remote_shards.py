@@ -21,7 +21,6 @@ from vortex_data.stream.shard_cache import ShardCache
 from vortex_data.stream.shard_reader import ShardReadError, ShardReader
 from vortex_data.stream import make_loader
 
-from loader_data import build
 
 SIZE = (32, 48)
 
@@ -52,19 +51,12 @@ class Server:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("remote")
-    build(root, "nyu", 8, 4)  # two shards of 4
-    return root
-
-
 @pytest.fixture
-def served(data, tmp_path, monkeypatch):
+def served(small_nyu_set, tmp_path, monkeypatch):
     """(server, local manifest listing the shards by http:// URL) over a private copy of the set."""
     monkeypatch.setattr(shard_cache, "HTTP_TIMEOUT_S", 10.0, raising=False)
     root = tmp_path / "www"
-    shutil.copytree(data, root)
+    shutil.copytree(small_nyu_set, root)
     srv = Server(root)
     m = json.loads((root / "manifests" / "nyu-train.json").read_text())
     for s in m["shards"]:
