@@ -264,8 +264,11 @@ def test_time_limit_not_longer_than_the_stop_margin_is_a_clear_error(tmp_path: P
     assert not (tmp_path / "stage1" / "checkpoints").exists()  # stopped before any training
 
 
-def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path: Path) -> None:
-    """What Slurm does at the walltime: SIGTERM to every process of the step, DataLoader workers included."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_stop_signal_to_the_process_group_with_loader_workers_checkpoints(tmp_path: Path, sig: str) -> None:
+    """What Slurm does at the walltime: SIGTERM to every process of the step, DataLoader workers
+    included; torchrun forwards SIGHUP (and a closed terminal sends it to the group), which stops
+    the same way: the workers survive it, the trainer checkpoints and asks to be requeued."""
     from loader_data import build, write_mixture
 
     build(tmp_path / "data", "nyu", 12, 4)
@@ -284,13 +287,13 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path: 
         time.sleep(0.2)
     workers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) >= 3, workers  # the trainer and its two loader workers share the group
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, getattr(signal, sig))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_REQUEUE, out
     assert "killed by signal" not in out
-    assert (run / "stage1" / "STATUS").read_text().strip() == "interrupted SIGTERM"
+    assert (run / "stage1" / "STATUS").read_text().strip() == f"interrupted {sig}"
     ckpt = checkpoint.latest(run / "stage1" / "checkpoints")
-    assert ckpt is not None and "stopped reason=SIGTERM" in out
+    assert ckpt is not None and f"stopped reason={sig}" in out
     state = checkpoint.load_rank(ckpt, 0)["loader"]
     assert state["epoch"] * 12 + state["samples"] == 2 * int(ckpt.name.split("_")[1])  # position = steps run
 
