@@ -35,7 +35,7 @@ from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoo
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import SampleSchedule, build_optimizer
 from vortex_data.stream import photometric
-from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose
+from vortex_data.train.profiling import ComputeClock, StartProfile, StepTimer, diagnose
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController
 
 log = logging.getLogger("vortex_data.train")
@@ -272,8 +272,8 @@ class Trainer:
                   samples=self.scheduler.samples, total_samples=self.scheduler.total_samples,
                   device=str(self.device), amp=str(self.amp_dtype))
         it = iter(self.loader)
-        epoch_timer, profile_timer = StepTimer(), StepTimer()
         clock = ComputeClock(self.cuda)  # CUDA events, read a step late: no per-step synchronize
+        epoch_timer, start_profile = StepTimer(), StartProfile(cfg.profile_steps, clock.lag)
         first_step = self.step
         while not self.finished():
             t0 = time.perf_counter()
@@ -284,7 +284,7 @@ class Trainer:
             compute = clock.stop()
             self.step += 1
             epoch_timer.add(t1 - t0, compute)
-            self.profile(profile_timer, self.step - first_step, t1 - t0, compute)
+            self.profile(start_profile.add(self.step - first_step, t1 - t0, compute))
             if self.step % cfg.log_every == 0 or self.finished():
                 self.log_step(parts, t1 - t0, compute)
             if self.step % cfg.steps_per_epoch == 0:
@@ -311,13 +311,10 @@ class Trainer:
         self.info("stopped", reason=reason, step=self.step, exit_code=EXIT_REQUEUE)
         return EXIT_REQUEUE
 
-    def profile(self, timer: StepTimer, steps_run: int, wait_s: float, compute_s: float) -> None:
-        """Time steps 2..K+1 of this process (step 1 is warm-up), then report once whether data starves compute."""
-        k = self.cfg.profile_steps
-        if k <= 0 or not 2 <= steps_run <= k + 1:
-            return
-        timer.add(wait_s, compute_s)
-        if steps_run < k + 1:
+    def profile(self, timer: StepTimer | None) -> None:
+        """Once the start-of-run profile's window is complete (:class:`StartProfile`), report
+        whether data starves compute."""
+        if timer is None:
             return
         report = diagnose(timer, self.cfg.batch_size, self.cfg.num_workers, self.cfg.starve_threshold)
         self.info("profile", steps=timer.steps, **{key: round(v, 4) if isinstance(v, float) else v
