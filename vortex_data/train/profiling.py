@@ -37,8 +37,8 @@ class StartProfile:
     ``lag`` is how many steps late the compute time arrives: 1 for :class:`ComputeClock` on CUDA
     (it reads each step's events one step later), 0 on the CPU. Pairing by arrival instead of by
     step put step 1's compute into the window on CUDA: measured on an H200, a first step of ~24 s
-    of cuDNN autotuning made the profile report 12.7 samples/s of compute where the steps ran at
-    ~250, so it could not see a starving loader.
+    of cuDNN autotuning (cudnn.benchmark on) made the profile report 12.7 samples/s of compute
+    where the steps ran at ~250, so it could not see a starving loader.
     """
 
     def __init__(self, steps: int, lag: int) -> None:
