@@ -103,7 +103,6 @@ def main() -> None:
         depth = cv2.imread(str(args.samples_dir / "nyu/sync_depth_00000.png"), cv2.IMREAD_UNCHANGED)
         what = "real NYU depth frame sync_depth_00000.png (640x480 uint16 mm)"
     else:
-        rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as tmp:
             write_demo_diode(Path(tmp))
             d = np.load(next(Path(tmp).rglob("*_depth.npy")))[..., 0]

@@ -22,7 +22,7 @@ import scipy.io
 from vortex_data.fixtures.nyu import NyuFrame, mat73_header, synthetic_frame, write_demo_nyu, write_nyu_mat
 from vortex_data.fixtures.scene import CEILING, DOOR, FLOOR, FURNITURE, OBJECT, WALL
 from vortex_data.format.schema import IGNORE_INDEX
-from vortex_data.convert.base import FrameRef, RejectFrame
+from vortex_data.convert.base import RejectFrame
 from vortex_data.convert.nyu.splits import (SplitError, make_split, place_of, official_split, random80_split, scene_overlap,
                                             scenes80_split)
 from vortex_data.convert.nyu.converter import NYU_INTRINSICS, NyuConverter, NyuFileError

@@ -242,7 +242,7 @@ def test_changed_source_frame_rebuilds_exactly_its_group(tmp_path):
 def test_truncated_then_restored_frame_is_rebuilt(tmp_path):
     root = tmp_path / "src"
     write_diode_tree(root, {("train", "indoors", 1, 1): 4}, size=SMALL)
-    clean = _build(root, tmp_path / "clean")
+    _build(root, tmp_path / "clean")
     rgb = sorted((root / "train/indoors").rglob("*.png"))[1]
     good = rgb.read_bytes()
     rgb.write_bytes(good[: len(good) // 2])

@@ -58,7 +58,7 @@ def test_stage_2_refuses_a_stage_1_stopped_early_and_init_from_still_works(tmp_p
     # An explicit checkpoint is the user's choice, finished stage or not.
     first = run / "stage1" / "checkpoints" / "step_00000001"
     assert run_stage(replace(config(run, 2), init_from=str(first)), synthetic_loader) == 0
-    assert f'"event": "initialised", "time":' in (run / "stage2" / "log.jsonl").read_text()
+    assert '"event": "initialised", "time":' in (run / "stage2" / "log.jsonl").read_text()
     assert str(first) in (run / "stage2" / "log.jsonl").read_text()
 
 
