@@ -52,7 +52,7 @@ from vortex_data.cpus import usable_cpus  # noqa: E402
 from vortex_data.format.schema import IGNORE_INDEX  # noqa: E402
 from vortex_data.stream import photometric  # noqa: E402
 from vortex_data.train.config import TrainConfig  # noqa: E402
-from vortex_data.train.data import LoaderRequest, stream_loader  # noqa: E402
+from vortex_data.train.data import stream_loader, train_request  # noqa: E402
 from vortex_data.train.loop import Trainer, run_stage  # noqa: E402
 from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose  # noqa: E402
 
@@ -271,10 +271,6 @@ def run_breakdown(plan: Plan, device: torch.device, tmp: Path) -> dict[str, Any]
     return out
 
 
-def mode_factory(decode: str) -> Callable[[LoaderRequest], Any]:
-    return lambda req: stream_loader(dataclasses.replace(req, decode=decode))
-
-
 def run_loader(plan: Plan, manifest: Path, device: torch.device, tmp: Path, budget: Budget,
                threshold: float) -> list[dict[str, Any]]:
     rows = []
@@ -287,8 +283,8 @@ def run_loader(plan: Plan, manifest: Path, device: torch.device, tmp: Path, budg
                         rows.append({**row, "skipped": "time budget spent"})
                         continue
                     reset_peak(device)
-                    trainer = Trainer(config(tmp / "loader", manifest, size, b, w, 10**6, device),
-                                      mode_factory(decode))
+                    trainer = Trainer(config(tmp / "loader", manifest, size, b, w, 10**6, device, decode=decode),
+                                      stream_loader)
                     # Warm-up drains what the workers buffer before timing (prefetch 2 per worker),
                     # so the timed rate is the sustained one.
                     r = timed_steps(trainer, warm=max(plan.loader_timed_steps // 4, 2 * w),
@@ -314,7 +310,7 @@ def median_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
     return statistics.median(times) * 1000
 
 
-def run_device_phase(plan: Plan, manifest: Path, device: torch.device) -> dict[str, Any]:
+def run_device_phase(plan: Plan, manifest: Path, device: torch.device, tmp: Path) -> dict[str, Any]:
     """``finish`` per batch in both modes (batches read in-process, pinned, moved once; the cost
     timed is the device phase alone), then the device JPEG decoder against OpenCV."""
     import cv2
@@ -324,9 +320,7 @@ def run_device_phase(plan: Plan, manifest: Path, device: torch.device) -> dict[s
     size, b = plan.train_size, plan.train_batch
     jpegs: list[torch.Tensor] = []
     for mode, decode in MODES.items():
-        loader = stream_loader(LoaderRequest(mixture=None, manifest=str(manifest), split="train", batch_size=b,
-                                             image_size=size, augment="default", seed=0, photometric="device",
-                                             decode=decode))
+        loader = stream_loader(train_request(config(tmp, manifest, size, b, 0, 1, device, decode=decode)))
         it = iter(loader)
         raws = [photometric.to_device(next(it), device) for _ in range(plan.finish_batches)]
         if decode == "device":
@@ -471,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             result["breakdown"] = run_breakdown(plan, device, tmp)
             save()
         if "c" in args.sections:
-            result["device_phase"] = run_device_phase(plan, manifest, device)
+            result["device_phase"] = run_device_phase(plan, manifest, device, tmp)
             save()
         if "e" in args.sections:
             result["training"] = run_training(plan, manifest, device, tmp, threshold)

@@ -24,7 +24,6 @@ from .views import PALETTE
 
 TIMESTAMP_FIELD = "color_timestamp_us"
 """Metadata field of a Femto Bolt sample: the colour frame's device timestamp in microseconds."""
-DEPTH_UNITS_PER_METRE = {"mm": DEPTH_SCALE_MM}
 
 
 def import_rerun() -> Any:
@@ -42,7 +41,7 @@ def entity(meta: dict[str, Any]) -> str:
 
 def iter_selected(manifest: Path, keys: list[str] | None, limit: int | None) -> Iterator[dict[str, Any]]:
     """Decoded samples of the manifest in shard order: those in ``keys`` (all when None), at most
-    ``limit``. Raises KeyError naming keys that are not in the manifest."""
+    ``limit``. Raises InputError naming keys that are not in the manifest."""
     wanted = set(keys) if keys else None
     found = 0
     for shard in load_manifest(manifest).shard_paths():
@@ -84,14 +83,10 @@ def export(manifest: Path, out: Path, keys: list[str] | None = None, limit: int 
             rec.set_time("frame", sequence=i)
         k = meta["intrinsics"]
         h, w = s["depth_mm"].shape
-        unit = meta.get("depth_unit", "mm")
-        if unit not in DEPTH_UNITS_PER_METRE:
-            raise InputError(f"{manifest}: sample {s['key']!r} has depth unit {unit!r}, expected one of "
-                             f"{sorted(DEPTH_UNITS_PER_METRE)}")
         rec.log(path, rr.Pinhole(focal_length=[k["fx"], k["fy"]], principal_point=[k["cx"], k["cy"]],
                                  width=w, height=h, camera_xyz=rr.ViewCoordinates.RDF))
         rec.log(f"{path}/rgb", rr.Image(s["rgb"], color_model="RGB"))
-        rec.log(f"{path}/depth", rr.DepthImage(s["depth_mm"], meter=DEPTH_UNITS_PER_METRE[unit]))
+        rec.log(f"{path}/depth", rr.DepthImage(s["depth_mm"], meter=DEPTH_SCALE_MM))  # decode_sample gives millimetres
         if s["has_seg"]:
             rec.log(f"{path}/labels", rr.SegmentationImage(s["seg"]))
         rec.log(f"{path}/key", rr.TextLog(s["key"]))

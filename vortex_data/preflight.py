@@ -204,7 +204,8 @@ def measure_loader(cfg: Any, batches: int, warmup: int = 2) -> float:
                 if got >= untimed + batches:
                     break
             if got == before:
-                raise InputError("the loader yields no batches (epoch smaller than one batch?)")
+                raise InputError(f"{cfg.manifest or cfg.mixture}: the training loader yields no batches "
+                                 f"(an epoch smaller than one batch of {cfg.batch_size}?)")
         return n / (time.perf_counter() - t0)
     finally:
         close = getattr(loader, "close", None)

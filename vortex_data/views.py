@@ -119,7 +119,7 @@ def triptych(rgb: np.ndarray, depth_m: np.ndarray, seg: np.ndarray, height: int,
 def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise ValueError("JPEG encoding failed")
+        raise ValueError(f"OpenCV could not encode a {img.shape} {img.dtype} image as JPEG (quality {quality})")
     return buf.tobytes()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vortex_data.format.manifest import sha256_file
 from vortex_data.stream import shard_cache
 from vortex_data.verify import verify
 from vortex_data.stream.shard_cache import ShardCache
@@ -150,7 +151,7 @@ def test_a_damaged_cached_shard_is_fetched_again(served, tmp_path):
     for rec in (tmp_path / "c" / ".locks").glob("*.sha256"):
         rec.unlink()
     cache.fetch(url, expect)
-    assert len(srv.gets) == 3 and shard_cache._sha256(path) == entry["sha256"]
+    assert len(srv.gets) == 3 and sha256_file(path) == entry["sha256"]
 
 
 def test_a_remote_shard_unlike_the_manifest_is_refused_naming_the_url(served, tmp_path):

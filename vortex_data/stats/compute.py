@@ -154,20 +154,21 @@ def label_risk(weights: np.ndarray, labelled: list[np.ndarray], batch: int, epoc
     rng = np.random.default_rng(seed)
     sim_iid = simulate_labelless_iid(list(weights), labelled, batch, SIM_BATCHES, rng)
     epochs = max(1, min(50, -(-SIM_BATCHES * batch // max(epoch_size, 1))))
-    sim_quota = simulate_labelless_quota(list(weights), labelled, batch, epoch_size, epochs, rng)
     p = p_labelled_draw(list(weights), fr)
-    closed_quota = p_labelless_quota(list(weights), fr, batch, epoch_size)
     # An epoch smaller than one batch has no full batch: there is nothing to compute for exact quotas.
     quota_note = (None if epoch_size >= batch else
                   f"not computed: the epoch of {epoch_size} samples is smaller than one batch of {batch}, so exact "
                   f"quotas give no full batch")
+    sim_quota = closed_quota = None
+    if quota_note is None:
+        sim_quota = simulate_labelless_quota(list(weights), labelled, batch, epoch_size, epochs, rng)
+        closed_quota = p_labelless_quota(list(weights), fr, batch, epoch_size)
     return {
         "batch_size": batch, "epoch_size": epoch_size, "p_labelled_draw": p,
         "closed_form_iid": p_labelless_iid(list(weights), fr, batch),
         "simulated_iid": sim_iid, "simulated_iid_batches": SIM_BATCHES,
         "simulated_iid_stderr": float(np.sqrt(max(sim_iid * (1 - sim_iid), 1e-12) / SIM_BATCHES)),
-        "closed_form_quota": None if quota_note else closed_quota,
-        "simulated_quota": None if quota_note else sim_quota, "simulated_quota_epochs": epochs,
+        "closed_form_quota": closed_quota, "simulated_quota": sim_quota, "simulated_quota_epochs": epochs,
         "quota_note": quota_note,
         **labelless_in_plan(list(weights), labelled, batch, epoch_size, batching, seed=seed),
         "curve": {"batch_sizes": list(range(1, 65)),

@@ -30,13 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from ..format.manifest import ManifestError, load_manifest
-from .mixture import BATCHING, EpochPlan, MixtureError, plan_epoch, quotas, rng_for, source_draws
-
-
-def check_batching(batching: str) -> str:
-    if batching not in BATCHING:
-        raise MixtureError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
-    return batching
+from .mixture import EpochPlan, MixtureError, check_batching, plan_epoch, quotas, rng_for, source_draws
 
 
 def source_quotas(weights: Sequence[float], epoch_size: int, batching: str = "random", batch_size: int = 1) -> list[int]:

@@ -28,7 +28,8 @@ MAX_REPLACEMENT_TRIES = 8
 def checked_sample(ix: SourceIndex, i: int, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
     """Sample ``i`` of ``ix`` with its members checked against the index's checksums (when it has them)."""
     key, url = ix.key(i), ix.shards[int(ix.shard_of[i])]
-    sums = ix.checksums[i] if ix.checksums is not None else None
+    checksums = ix.checksums
+    sums = checksums[i] if checksums is not None else None
     if sums is not None:
         check_members(url, key, members, sums)
     return RawSample(key, members, src, repeat, url)

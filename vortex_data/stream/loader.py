@@ -27,11 +27,11 @@ from ..format.integrity import check_policy
 from ..format.manifest import is_remote
 from .augment import AugmentConfig
 from .batch import IMAGENET_MEAN, IMAGENET_STD
-from .batching import check_batching, labelled_first
+from .batching import labelled_first
 from .block_shuffle import DEFAULT_BLOCK
 from .collate import widen_labels
 from .dataset import EpochDataset
-from .mixture import Mixture, SourceIndex, read_source_index, resolve_mixture
+from .mixture import Mixture, SourceIndex, check_batching, read_source_index, resolve_mixture
 from .photometric import finish_batch
 from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
 from .shard_cache import node_cache_dir

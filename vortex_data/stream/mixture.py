@@ -35,6 +35,13 @@ class MixtureError(InputError):
     """A mixture config or manifest that cannot be used (names the file and the problem)."""
 
 
+def check_batching(batching: str, where: str = "") -> str:
+    """``batching`` if it is one of :data:`BATCHING`, else MixtureError (``where`` names the mixture)."""
+    if batching not in BATCHING:
+        raise MixtureError(f"{where}batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+    return batching
+
+
 @dataclass(frozen=True)
 class Source:
     """One manifest in a mixture.
@@ -68,9 +75,7 @@ class Mixture:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise MixtureError(f"mixture {self.name!r}: duplicate source names {names}")
-        if self.batching not in BATCHING:
-            raise MixtureError(f"mixture {self.name!r}: batching must be one of {', '.join(BATCHING)}, "
-                               f"got {self.batching!r}")
+        check_batching(self.batching, f"mixture {self.name!r}: ")
         for s in self.sources:
             if not (s.weight > 0 and math.isfinite(s.weight)):
                 raise MixtureError(f"mixture {self.name!r}: source {s.name!r} weight must be > 0, got {s.weight}")

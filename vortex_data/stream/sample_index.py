@@ -92,13 +92,12 @@ class SourceIndex:
 
     def __init__(self, name: str, directory: str | os.PathLike, manifest: str = ""):
         self.name, self.directory, self.manifest = name, str(directory), manifest
-        self.extra: dict = {}
         self._arrays: dict[str, np.ndarray] | None = None
         self._meta: dict[str, Any] | None = None
 
     # -- pickling: the folder's name only; a worker maps the files on first use
     def __getstate__(self) -> dict:
-        return {"name": self.name, "directory": self.directory, "manifest": self.manifest, "extra": self.extra}
+        return {"name": self.name, "directory": self.directory, "manifest": self.manifest}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _arrays=None, _meta=None)

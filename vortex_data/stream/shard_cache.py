@@ -48,6 +48,7 @@ from typing import BinaryIO
 from filelock import FileLock, Timeout
 
 from ..errors import InputError
+from ..format.manifest import sha256_file
 from ..format.tar_index import ShardReadError
 from ..temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
 
@@ -138,7 +139,7 @@ class ShardCache:
         if not verify:
             return False
         if st.st_size == size and recorded is None:
-            recorded = _sha256(dest)
+            recorded = sha256_file(dest)
             self._write_record(dest, recorded)
             if recorded == sha:
                 return True
@@ -222,14 +223,6 @@ class ShardCache:
                 p.unlink(missing_ok=True)
                 self._record(p.name).unlink(missing_ok=True)
                 self.evicted += 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def open_remote(url: str) -> BinaryIO:

@@ -51,7 +51,6 @@ class SunRgbdConverter(Converter):
             raise InputError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         if labels == "none" and toolbox is not None:
             raise InputError("--toolbox gives the labels' folder, but --labels none turns labels off")
-        self.labels_mode = labels
         found = find_toolbox(self.src, toolbox) if labels == "auto" else None
         self.labels = None if found is None else ToolboxLabels(found)
         self.labels_origin = ("off (--labels none)" if labels == "none" else
