@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import pyarrow.compute as pc
 
 from .errors import InputError
 from .format.manifest import load_manifest
-from .format.schema import CLASS_NAMES, decode_sample
+from .format.schema import CLASS_NAMES, DEPTH_SCALE_MM, decode_sample
 from .format.tar_index import read_samples
-from .views import label_colours
+from .views import depth_colours, label_colours
 
 
 
@@ -89,18 +88,6 @@ def shard_listing(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def colourise_depth(depth_mm: np.ndarray) -> np.ndarray:
-    """Turbo colour map over the valid range (near = blue); invalid pixels black. Returns BGR."""
-    valid = depth_mm > 0
-    out = np.zeros((*depth_mm.shape, 3), np.uint8)
-    if valid.any():
-        lo, hi = np.percentile(depth_mm[valid], [1, 99])
-        norm = np.clip((depth_mm.astype(np.float32) - lo) / max(hi - lo, 1), 0, 1)
-        out = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
-        out[~valid] = 0
-    return out
-
-
 def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
     """Write one sample's RGB, colourised depth, raw 16-bit depth, labels and metadata."""
     for k, members in read_samples(shard):
@@ -112,7 +99,7 @@ def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
     to.mkdir(parents=True, exist_ok=True)
     stem = key.replace("/", "_")
     files = {f"{stem}_rgb.png": cv2.cvtColor(s["rgb"], cv2.COLOR_RGB2BGR),
-             f"{stem}_depth_color.png": colourise_depth(s["depth_mm"]),
+             f"{stem}_depth_color.png": cv2.cvtColor(depth_colours(s["depth_mm"] / DEPTH_SCALE_MM), cv2.COLOR_RGB2BGR),
              f"{stem}_depth_mm.png": s["depth_mm"]}
     files[f"{stem}_seg.png"] = cv2.cvtColor(label_colours(s["seg"]), cv2.COLOR_RGB2BGR)
     written = []
