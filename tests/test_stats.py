@@ -23,7 +23,7 @@ from vortex_data.convert.base import Converter, Enumeration, FrameRef
 from vortex_data.stats import compute_stats, write_outputs
 from vortex_data.stats.phash import frame_hashes, min_hamming
 from vortex_data.stats.mixture_risk import p_labelless_iid, read_mixture, simulate_labelless_iid
-from vortex_data.stats import gallery
+from vortex_data.stats import gallery, scan
 from vortex_data.stats.report import PLOT_TITLES
 from vortex_data.views import INVALID_RGB
 
@@ -272,14 +272,15 @@ def test_gallery_choice_is_seeded_and_names_the_worst_frames(built):
 
 def test_far_share_matches_numpy(built, monkeypatch):
     _, a, _, _ = built
-    monkeypatch.setattr(gallery, "FAR_M", 3.0)
-    wanted, want = {}, {}
+    monkeypatch.setattr(scan, "FAR_M", 3.0)
+    want = {}
     for shard in load_manifest(a).shard_paths():
         for key, members in iter_samples(shard):
             d = decode_sample(members, key)["depth_mm"]
             want[key] = (d > 3000).sum() / (d > 0).sum()
-            wanted.setdefault(str(shard), set()).add(key)
-    got = gallery.far_shares(wanted, workers=1)
+    accs, _ = scan.scan_shards([scan.ShardTask(s, (("a", None),)) for s in load_manifest(a).shard_paths()],
+                               workers=1, progress=False)
+    got = dict(zip((k.decode() for k in accs["a"].frame_keys()), accs["a"].far_shares()))
     assert got == pytest.approx(want) and 0 < max(got.values()) < 1
 
 

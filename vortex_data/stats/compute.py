@@ -77,19 +77,32 @@ def index_rows(unit: Unit) -> dict[str, np.ndarray]:
         table = pq.read_table(m.index_path(), columns=[*names, "class_pixels"])
     except OSError as e:
         raise InputError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
-    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
+    # Keys and shards as numpy bytes, not a Python str per row (~100 MB at 1M rows).
+    cols = {c: _bytes_column(table.column(c)) if c in ("key", "shard") else table.column(c).to_numpy()
+            for c in names}
     cls = table.column("class_pixels").combine_chunks()
     cols["class_pixels"] = np.asarray(cls.flatten(), np.int64).reshape(-1, NUM_CLASSES)
     if unit.key_pattern:
-        keep = np.array([bool(re.search(unit.key_pattern, k)) for k in cols["key"]], bool)
+        pattern = re.compile(unit.key_pattern)
+        keep = np.fromiter((bool(pattern.search(k.decode())) for k in cols["key"]), bool, len(cols["key"]))
         cols = {k: v[keep] for k, v in cols.items()}
     return cols
+
+
+def _bytes_column(col: Any) -> np.ndarray:
+    """A Parquet string column as a numpy bytes array (UTF-8), a chunk at a time."""
+    import pyarrow as pa
+
+    parts = [np.array(c.cast(pa.binary()).to_pylist(), dtype=bytes) for c in col.chunks if len(c)]
+    return np.concatenate(parts) if parts else np.zeros(0, "S1")
 
 
 def index_stats(unit: Unit, rows: dict[str, np.ndarray]) -> dict[str, Any]:
     """Everything the Parquet index answers for one source."""
     m = load_manifest(unit.manifest)
-    res, counts = np.unique([f"{w}x{h}" for w, h in zip(rows["width"], rows["height"])], return_counts=True)
+    sizes, counts = np.unique(np.stack([rows["width"], rows["height"]], axis=1).reshape(-1, 2), axis=0,
+                              return_counts=True)
+    res = {f"{w}x{h}": int(c) for (w, h), c in zip(sizes.tolist(), counts)}
     fxn = np.round(rows["fx"].astype(np.float64) / rows["width"], 4)
     fxn_vals, fxn_counts = np.unique(fxn, return_counts=True)
     labelled = labelled_flags(rows)
@@ -98,7 +111,7 @@ def index_stats(unit: Unit, rows: dict[str, np.ndarray]) -> dict[str, Any]:
     return {
         "name": unit.name, "manifest": str(unit.manifest), "dataset": m.dataset, "split": m.split,
         "key_pattern": unit.key_pattern, "frames": int(len(rows["key"])),
-        "resolutions": {str(r): int(c) for r, c in zip(res, counts)},
+        "resolutions": dict(sorted(res.items())),
         "fx_over_width": {"values": fxn_vals.tolist(), "counts": fxn_counts.tolist(), **summary(fxn)},
         "hfov_deg": summary(np.degrees(2 * np.arctan(0.5 / fxn))) if len(fxn) else summary(fxn),
         "valid_fraction": {"edges": VALID_FRACTION_EDGES.tolist(), "counts": vf_counts.tolist(),
@@ -187,12 +200,18 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
     if not any(len(r["key"]) for r in rows.values()):
         raise InputError(f"{', '.join(str(u.manifest) for u in units)}: no written samples, so no statistics can "
                          "be computed (`vortex-data inspect manifest` lists the rejected frames and why)")
+    # Near-duplicates are searched between manifests (units that share one share its frames), so
+    # frames are hashed only when there are at least two.
+    labels = manifest_labels(units)
+    hash_frames = len(set(labels.values())) > 1
     by_shard: dict[Path, list[tuple[str, str | None]]] = {}
+    hash_as: dict[Path, str] = {}
     for u in units:
         for shard in load_manifest(u.manifest).shard_paths():
             by_shard.setdefault(shard, []).append((u.name, u.key_pattern))
-    tasks = [ShardTask(s, tuple(srcs)) for s, srcs in by_shard.items()]
-    accs = scan_shards(tasks, workers=workers, progress=progress)
+            hash_as.setdefault(shard, labels[u.name])
+    tasks = [ShardTask(s, tuple(srcs), hash_as[s] if hash_frames else None) for s, srcs in by_shard.items()]
+    accs, hashed = scan_shards(tasks, workers=workers, progress=progress)
     sources = []
     for u in units:
         acc = accs.get(u.name, Accumulator())
@@ -231,26 +250,42 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
                                  mixture.batching if mixture is not None else "random"),
     }
 
-    hashes: dict[str, tuple[list[str], np.ndarray]] = {}
-    for u in units:
-        # Units that share a manifest share its frames; compare manifests, not units.
-        label = Path(u.manifest).name
-        keys, hs = hashes.get(label, ([], np.zeros((0, 1), np.uint64)))
-        acc = accs.get(u.name, Accumulator())
-        seen = set(keys)
-        new = [i for i, k in enumerate(acc.keys) if k not in seen]
-        if new:
-            add = acc.hash_array()[new]
-            hs = add if len(keys) == 0 else np.concatenate([hs, add])
-            keys = keys + [acc.keys[i] for i in new]
-        hashes[label] = (keys, hs)
-    dups = find_duplicates(hashes, dup_threshold)
+    compared = {}
+    for label in dict.fromkeys(labels.values()):
+        keys = [rows[u.name]["key"] for u in units if labels[u.name] == label]
+        compared[label] = len(keys[0]) if len(keys) == 1 else len(np.unique(np.concatenate(keys)))
+    dups = find_duplicates({k: (h.frame_keys(), h.array()) for k, h in hashed.items()}, dup_threshold)
+    far = {u.name: aligned(rows[u.name]["key"], accs.get(u.name, Accumulator()), u.manifest) for u in units}
     return {
         "class_names": list(CLASS_NAMES), "sources": sources, "mixture": mix,
-        "duplicates": {"threshold_bits": dup_threshold, "compared": {k: len(v[0]) for k, v in hashes.items()},
+        "duplicates": {"threshold_bits": dup_threshold, "compared": compared,
                        "pairs": [d.as_dict() for d in dups]},
-        "gallery": gallery.select(units, rows, workers, seed),
+        "gallery": gallery.select(units, rows, far, seed),
     }
+
+
+def manifest_labels(units: list[Unit]) -> dict[str, str]:
+    """Unit name -> the name its manifest goes by in the near-duplicate search: the file name,
+    or the path where two different manifests share a file name."""
+    paths = {u.name: Path(u.manifest).resolve() for u in units}
+    names: dict[str, set[Path]] = {}
+    for p in paths.values():
+        names.setdefault(p.name, set()).add(p)
+    return {u.name: Path(u.manifest).name if len(names[paths[u.name].name]) == 1 else str(u.manifest)
+            for u in units}
+
+
+def aligned(keys: np.ndarray, acc: Accumulator, manifest: Path) -> np.ndarray:
+    """The scan's far-depth shares in the index's row order (the same order unless the index
+    was rewritten); every key of the index must have been scanned."""
+    got, far = acc.frame_keys(), acc.far_shares()
+    if len(got) == len(keys) and np.array_equal(got, keys):
+        return far
+    order = np.argsort(got)
+    pos = np.minimum(np.searchsorted(got, keys, sorter=order), max(len(got) - 1, 0))
+    if len(got) == 0 or not np.array_equal(got[order[pos]], keys):
+        raise InputError(f"{manifest}: the shards do not hold the samples the index lists; run `vortex-data verify` on it")
+    return far[order[pos]]
 
 
 def write_outputs(stats: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -1,7 +1,7 @@
 """The report's gallery: a few frames of every source, drawn RGB | depth | labels.
 
 Per source: the frame with the least valid depth (from the index), the frame with the largest
-share of depth beyond ``FAR_M`` (a depth-only pass over the shards, one worker per shard) and a
+share of depth beyond ``FAR_M`` (counted by the statistics' one pass over the shards) and a
 few frames drawn at random with a seed, so the same inputs always give the same gallery.
 :func:`select` runs with the statistics and stores its choice (keys, shards, figures) in
 stats.json; :func:`render` reads just those samples back and draws them. Images are JPEG
@@ -12,22 +12,17 @@ so the report stays one file of bounded size (<= 4 MB of gallery for 8 sources).
 from __future__ import annotations
 
 import html
-import os
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ..format.manifest import load_manifest
-from ..format.schema import CLASS_NAMES, DEPTH_SCALE_MM, SchemaError, decode_sample
-from ..format.tar_index import TAR_ERRORS, iter_samples
-from ..pool import die_with_parent
+from ..format.schema import CLASS_NAMES, DEPTH_SCALE_MM, decode_sample
 from ..stream.shard_reader import ShardReader
 from ..views import PALETTE, colour_bar_png, data_uri, encode_jpeg, triptych
+from .scan import FAR_M
 
-FAR_M = 10.0
-"""'Far' depth: beyond the trainer's max_depth (recipe v6), so those pixels teach it nothing."""
 RANDOM_FRAMES = 3
 STRIP_HEIGHT = 180
 BUDGET_PER_SOURCE = 512 * 1024
@@ -35,66 +30,32 @@ BUDGET_PER_SOURCE = 512 * 1024
 _QUALITIES = (80, 65, 50, 35)
 
 
-def _far_shares(shard: str, keys: frozenset[str]) -> dict[str, float]:
-    """Share of valid pixels beyond FAR_M for the listed samples of one shard (depth decoded only)."""
-    out = {}
-    far_mm = FAR_M * DEPTH_SCALE_MM
-    try:
-        for key, members in iter_samples(shard):
-            if key in keys:
-                d = decode_sample(members, key, with_rgb=False, fill_seg=False)["depth_mm"]
-                valid = int(np.count_nonzero(d))
-                out[key] = float(np.count_nonzero(d > far_mm)) / valid if valid else 0.0
-    except (*TAR_ERRORS, OSError, ValueError) as e:
-        raise SchemaError(f"{shard}: {e}") from None
-    return out
-
-
-def far_shares(wanted: dict[str, set[str]], workers: int = 1) -> dict[str, float]:
-    """key -> far-depth share for every key of every shard in ``wanted`` (shard -> keys)."""
-    jobs = [(s, frozenset(k)) for s, k in wanted.items()]
-    out: dict[str, float] = {}
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            out.update(_far_shares(*job))
-        return out
-    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        for res in pool.map(_far_shares, *zip(*jobs)):
-            out.update(res)
-    return out
-
-
-def select(units: list[Any], rows: dict[str, dict[str, np.ndarray]], workers: int = 1,
+def select(units: list[Any], rows: dict[str, dict[str, np.ndarray]], far: dict[str, np.ndarray],
            seed: int = 0) -> list[dict[str, Any]]:
-    """The frames to show per source (JSON-able): least valid depth, most far depth, random ones."""
-    shard_of: dict[str, dict[str, str]] = {}
-    wanted: dict[str, set[str]] = {}
-    for u in units:
-        base = load_manifest(u.manifest).path.parent
-        r = rows[u.name]
-        shard_of[u.name] = {k: str((base / s).resolve()) for k, s in zip(r["key"], r["shard"])}
-        for k, s in shard_of[u.name].items():
-            wanted.setdefault(s, set()).add(k)
-    far = far_shares(wanted, workers)
+    """The frames to show per source (JSON-able): least valid depth, most far depth, random ones.
+
+    rows: the index columns per source; far: each row's share of valid depth beyond FAR_M
+    (from the statistics' pass over the shards, :mod:`scan`)."""
     out = []
     for u in units:
         r = rows[u.name]
-        keys = [str(k) for k in r["key"]]
-        if not keys:
+        n = len(r["key"])
+        if not n:
             out.append({"name": u.name, "frames": []})
             continue
+        base = load_manifest(u.manifest).path.parent
         vf = np.asarray(r["valid_fraction"], np.float64)
-        fs = np.array([far[k] for k in keys])
+        fs = far[u.name]
         picks: list[tuple[int, str]] = [(int(np.argmin(vf)), "least valid depth")]
         i_far = int(np.argmax(fs))
         if fs[i_far] > 0 and i_far != picks[0][0]:
             picks.append((i_far, f"most depth beyond {FAR_M:g} m"))
         # Seeded by (seed, source name), so adding a source does not change another's frames.
         rng = np.random.default_rng([seed, zlib.crc32(u.name.encode())])
-        rest = [i for i in range(len(keys)) if i not in {p for p, _ in picks}]
+        rest = np.delete(np.arange(n), sorted({p for p, _ in picks}))
         picks += [(int(i), "random") for i in sorted(rng.choice(rest, min(RANDOM_FRAMES, len(rest)), replace=False))]
         out.append({"name": u.name, "frames": [
-            {"key": keys[i], "shard": shard_of[u.name][keys[i]], "why": why,
+            {"key": r["key"][i].decode(), "shard": str((base / r["shard"][i].decode()).resolve()), "why": why,
              "valid_fraction": float(vf[i]), "far_share": float(fs[i]), "has_seg": bool(r["has_seg"][i])}
             for i, why in picks]})
     return out

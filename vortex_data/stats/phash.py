@@ -12,10 +12,13 @@ only a few bits; flips, rotations and crops off-centre by more than a few percen
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from . import hamming_index
 
 CANONICAL_FRACTION = 0.56
 """Side of the canonical centre window, as a fraction of the image side."""
@@ -31,22 +34,45 @@ DEFAULT_THRESHOLD = 6
 different frames of similar-looking rooms rarely come below ~8."""
 
 
+WINDOWS = ((CANONICAL_FRACTION, 0.0, 0.0),
+           *((f, dy, dx) for f in VARIANT_FRACTIONS for dy in VARIANT_SHIFTS for dx in VARIANT_SHIFTS))
+"""(side fraction, dy, dx) of every hashed window: the canonical first, then the variants."""
+
+
 def phash(grey: np.ndarray) -> np.uint64:
     """64-bit DCT perceptual hash of a 2-D uint8 image (bit i = coefficient i > median)."""
-    small = cv2.resize(grey, (HASH_SIZE, HASH_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
-    low = cv2.dct(small)[:8, :8].ravel()
+    small = cv2.resize(grey, (HASH_SIZE, HASH_SIZE), interpolation=cv2.INTER_AREA)
+    return _phash_batch(small[None].astype(np.float32))[0]
+
+
+def _phash_batch(small: np.ndarray) -> np.ndarray:
+    """(n, 32, 32) float32 images -> (n,) uint64 pHashes, in two cv2.dct calls for all n.
+
+    A 2-D cv2.dct is its 1-D transform over the rows, then over the columns; doing the rows of
+    all n images at once, then the 8 lowest-frequency columns of each, gives the very same
+    float32 coefficients (tests/test_stats.py compares with one cv2.dct per image), so the bits
+    do not depend on which way they were computed.
+    """
+    n = len(small)
+    rows = cv2.dct(small.reshape(n * HASH_SIZE, HASH_SIZE), flags=cv2.DCT_ROWS).reshape(n, HASH_SIZE, HASH_SIZE)
+    cols = np.ascontiguousarray(rows[:, :, :8].transpose(0, 2, 1)).reshape(n * 8, HASH_SIZE)
+    low = cv2.dct(cols, flags=cv2.DCT_ROWS).reshape(n, 8, HASH_SIZE)[:, :, :8].transpose(0, 2, 1).reshape(n, 64)
     # The DC term tracks overall brightness only; leaving it out of the median keeps the
-    # threshold about structure.
-    bits = low > np.median(low[1:])
-    return np.uint64(int(np.packbits(bits).view(">u8")[0]))
+    # threshold about structure. The median of 63 values is the 32nd smallest, exactly.
+    median = np.partition(low[:, 1:], 31, axis=1)[:, 31]
+    return np.packbits(low > median[:, None], axis=1).view(">u8")[:, 0].astype(np.uint64)
 
 
-def _window(grey: np.ndarray, frac: float, dy: float, dx: float) -> np.ndarray:
-    h, w = grey.shape
-    ch, cw = max(1, round(h * frac)), max(1, round(w * frac))
-    y0 = min(max(0, round((h - ch) / 2 + dy * h)), h - ch)
-    x0 = min(max(0, round((w - cw) / 2 + dx * w)), w - cw)
-    return grey[y0:y0 + ch, x0:x0 + cw]
+@functools.lru_cache(maxsize=64)
+def _window_bounds(h: int, w: int) -> tuple[tuple[int, int, int, int], ...]:
+    """(y0, y1, x0, x1) of every window in WINDOWS for an h x w image (cached: frames share sizes)."""
+    out = []
+    for frac, dy, dx in WINDOWS:
+        ch, cw = max(1, round(h * frac)), max(1, round(w * frac))
+        y0 = min(max(0, round((h - ch) / 2 + dy * h)), h - ch)
+        x0 = min(max(0, round((w - cw) / 2 + dx * w)), w - cw)
+        out.append((y0, y0 + ch, x0, x0 + cw))
+    return tuple(out)
 
 
 def frame_hashes(rgb: np.ndarray) -> np.ndarray:
@@ -56,9 +82,11 @@ def frame_hashes(rgb: np.ndarray) -> np.ndarray:
     (VARIANT_FRACTIONS x VARIANT_SHIFTS^2) window, for matching against another frame's canonical.
     """
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    windows = [(CANONICAL_FRACTION, 0.0, 0.0)]
-    windows += [(f, dy, dx) for f in VARIANT_FRACTIONS for dy in VARIANT_SHIFTS for dx in VARIANT_SHIFTS]
-    return np.array([phash(_window(grey, *w)) for w in windows], np.uint64)
+    bounds = _window_bounds(*grey.shape)
+    small = np.empty((len(bounds), HASH_SIZE, HASH_SIZE), np.float32)
+    for i, (y0, y1, x0, x1) in enumerate(bounds):
+        small[i] = cv2.resize(grey[y0:y1, x0:x1], (HASH_SIZE, HASH_SIZE), interpolation=cv2.INTER_AREA)
+    return _phash_batch(small)
 
 
 def _canonical_vs_variants(canon: np.ndarray, variants: np.ndarray, chunk_bytes: int) -> np.ndarray:
@@ -97,24 +125,77 @@ class DuplicatePair:
                 "key_b": self.key_b, "hamming_bits": self.distance}
 
 
-def find_duplicates(hashes: dict[str, tuple[list[str], np.ndarray]], threshold: int = DEFAULT_THRESHOLD,
-                    block_bytes: int = 1 << 24) -> list[DuplicatePair]:
+def pair_distances(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray,
+                   chunk: int = 1 << 16) -> np.ndarray:
+    """min_hamming(a[ia[i]], b[ib[i]]) for each i (the listed pairs only)."""
+    out = np.empty(len(ia), np.int64)
+    for s in range(0, len(ia), chunk):
+        x, y = a[ia[s:s + chunk]], b[ib[s:s + chunk]]
+        ab = np.bitwise_count(x[:, :1] ^ y[:, 1:]).min(axis=1)
+        ba = np.bitwise_count(y[:, :1] ^ x[:, 1:]).min(axis=1)
+        out[s:s + chunk] = np.minimum(ab, ba)
+    return out
+
+
+def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRESHOLD, block_bytes: int = 1 << 24,
+               bands: int | None = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (i, j, distance) with min_hamming(a[i], b[j]) <= threshold, sorted by (i, j).
+
+    a (n, 1+V), b (m, 1+V) from frame_hashes. A pair matches when a's canonical is within the
+    threshold of one of b's windows or the other way round, so candidates are looked up both ways
+    (:mod:`hamming_index`) and each is checked with the exact distance. bands: -1 chooses the plan
+    from the sizes, None compares all pairs (a block of rows at a time), k uses k bands.
+    """
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    v = a.shape[1] - 1
+    if bands == -1:
+        bands = hamming_index.choose_bands([(len(a), len(b) * v), (len(b), len(a) * v)], threshold)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if bands is None:
+        rows = max(1, block_bytes // max(1, 8 * len(b)))
+        for s in range(0, len(a), rows):
+            dist = min_hamming(a[s:s + rows], b, chunk_bytes=block_bytes)
+            r, c = np.nonzero(dist <= threshold)
+            found.append((r + s, c, dist[r, c]))
+    else:
+        for qa, ta, flip in ((a, b, False), (b, a, True)):
+            canon, windows = qa[:, 0], np.ascontiguousarray(ta[:, 1:])
+            flat = windows.ravel()
+            for qi, entry in hamming_index.candidates(canon, windows, threshold, bands):
+                # The window that collided decides: a pair within the threshold through window w
+                # has w's entry among the candidates. The pair's distance only for those.
+                near = np.bitwise_count(canon[qi] ^ flat[entry]) <= threshold
+                qi, ti = qi[near], entry[near] // v
+                ia, ib = (ti, qi) if flip else (qi, ti)
+                found.append((ia, ib, pair_distances(a, b, ia, ib)))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ia, ib, d = (np.concatenate(x).astype(np.int64) for x in zip(*found))
+    # Found both ways or in several blocks: each pair once, in (i, j) order.
+    _, first = np.unique(ia * len(b) + ib, return_index=True)
+    return ia[first], ib[first], d[first]
+
+
+def find_duplicates(hashes: dict[str, tuple[np.ndarray, np.ndarray]], threshold: int = DEFAULT_THRESHOLD,
+                    block_bytes: int = 1 << 24, bands: int | None = -1) -> list[DuplicatePair]:
     """Near-duplicate frames between *different* sources.
 
-    hashes: source name -> (keys, (n, K) uint64 crop hashes). Returns pairs with distance
-    <= threshold, closest first. Frames within one source are not compared with each other.
-    The distance matrix is computed a block of rows at a time and only the pairs under the
-    threshold are kept, so memory stays near ``block_bytes`` whatever the sources' sizes.
+    hashes: source name -> (keys (str, or UTF-8 bytes), (n, K) uint64 crop hashes). Returns
+    pairs with distance <= threshold, closest first. Frames within one source are not compared
+    with each other. Memory stays bounded whatever the sources' sizes (:func:`near_pairs`);
+    keys are only looked up for the pairs found.
     """
     names = sorted(hashes)
     pairs: list[DuplicatePair] = []
     for i, na in enumerate(names):
         for nb in names[i + 1:]:
             (ka, ha), (kb, hb) = hashes[na], hashes[nb]
-            rows = max(1, block_bytes // max(1, 8 * len(hb)))
-            for s in range(0, len(ha), rows):
-                dist = min_hamming(ha[s:s + rows], hb, chunk_bytes=block_bytes)
-                for r, c in zip(*np.nonzero(dist <= threshold)):
-                    pairs.append(DuplicatePair(na, ka[s + r], nb, kb[c], int(dist[r, c])))
+            for r, c, d in zip(*near_pairs(ha, hb, threshold, block_bytes, bands)):
+                pairs.append(DuplicatePair(na, _text(ka[r]), nb, _text(kb[c]), int(d)))
     pairs.sort(key=lambda p: (p.distance, p.source_a, p.key_a, p.source_b, p.key_b))
     return pairs
+
+
+def _text(key: str | bytes) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
