@@ -21,6 +21,7 @@ from vortex_data.format.tar_index import make_key
 from vortex_data.convert.shards import BuildConfig, build_shards
 from vortex_data.convert.base import Converter, Enumeration, FrameRef
 from vortex_data.stats import compute_stats, write_outputs
+from vortex_data.stats import hamming_index, phash
 from vortex_data.stats.phash import frame_hashes, min_hamming
 from vortex_data.stats.mixture_risk import p_labelless_iid, read_mixture, simulate_labelless_iid
 from vortex_data.stats import gallery, scan
@@ -183,6 +184,93 @@ def test_hash_distance_separates_copy_from_other_frames():
     h = np.stack([frame_hashes(x) for x in (base, copy, other)])
     d = min_hamming(h, h)
     assert d[0, 1] <= 6 < d[0, 2]
+
+
+def _reference_frame_hashes(rgb: np.ndarray) -> np.ndarray:
+    """The hashes as first written: one resize, cv2.dct and np.median per window."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    out = []
+    for frac, dy, dx in phash.WINDOWS:
+        ch, cw = max(1, round(h * frac)), max(1, round(w * frac))
+        y0 = min(max(0, round((h - ch) / 2 + dy * h)), h - ch)
+        x0 = min(max(0, round((w - cw) / 2 + dx * w)), w - cw)
+        small = cv2.resize(grey[y0:y0 + ch, x0:x0 + cw], (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+        low = cv2.dct(small)[:8, :8].ravel()
+        out.append(int(np.packbits(low > np.median(low[1:])).view(">u8")[0]))
+    return np.array(out, np.uint64)
+
+
+def test_batched_hashes_equal_one_window_at_a_time():
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(40)]
+    frames += [rng.integers(0, 256, (int(rng.integers(1, 200)), int(rng.integers(1, 200)), 3), dtype=np.uint8)
+               for _ in range(40)]
+    frames += [np.zeros((48, 64, 3), np.uint8), np.full((7, 5, 3), 200, np.uint8), scene(3)[0][0]]
+    for f in frames:
+        assert np.array_equal(phash.frame_hashes(f), _reference_frame_hashes(f)), f.shape
+
+
+def test_batched_hashes_equal_one_window_at_a_time_on_real_frames(nyu_photos, samples_dir):
+    paths = sorted(nyu_photos.rglob("rgb_*.jpg")) + sorted((samples_dir / "sunrgbd").glob("*.jpg"))
+    for p in paths:
+        rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        for f in (rgb, rgb[20:-30, 10:-40], cv2.resize(rgb, (300, 211))):
+            assert np.array_equal(phash.frame_hashes(f), _reference_frame_hashes(f)), p
+
+
+def _smooth(rng: np.random.Generator) -> np.ndarray:
+    return cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (80, 60), interpolation=cv2.INTER_CUBIC)
+
+
+def _edited(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
+    """A crop, brightness change and noise of a frame, resized to another size."""
+    y, x = int(rng.integers(0, 4)), int(rng.integers(0, 5))
+    out = rgb[y:rgb.shape[0] - int(rng.integers(0, 4)), x:rgb.shape[1] - int(rng.integers(0, 5))].astype(np.int64)
+    out = out + int(rng.integers(-25, 26)) + rng.integers(-4, 5, out.shape)
+    return cv2.resize(np.clip(out, 0, 255).astype(np.uint8), (int(rng.integers(60, 100)), int(rng.integers(45, 75))))
+
+
+def test_banded_search_finds_exactly_the_pairs_all_pairs_finds():
+    rng = np.random.default_rng(11)
+    a = [_smooth(rng) for _ in range(160)]
+    b = [_smooth(rng) for _ in range(120)] + [_edited(rng, a[int(i)]) for i in rng.choice(160, 40, replace=False)]
+    b = [b[i] for i in rng.permutation(len(b))]
+    ha, hb = (np.stack([phash.frame_hashes(f) for f in x]) for x in (a, b))
+    for t in (0, 3, 6, 9):
+        want = phash.near_pairs(ha, hb, t, bands=None)
+        for k in (2, 3, 4, t + 1):
+            got = phash.near_pairs(ha, hb, t, bands=k)
+            assert all(np.array_equal(x, y) for x, y in zip(want, got)), (t, k)
+        if t == 6:
+            assert len(want[0]) >= 20  # most planted copies are within the default threshold
+    keys_a, keys_b = [f"a/{i}" for i in range(len(a))], np.array([f"b/{i}".encode() for i in range(len(b))])
+    by_bands = phash.find_duplicates({"a": (keys_a, ha), "b": (keys_b, hb)}, bands=3)
+    assert by_bands == phash.find_duplicates({"a": (keys_a, ha), "b": (keys_b, hb)}, bands=None)
+
+
+def test_banded_search_on_random_hashes_with_planted_bit_flips():
+    rng = np.random.default_rng(2)
+    for trial in range(12):
+        a = rng.integers(0, 2**64, (int(rng.integers(0, 400)), 46), dtype=np.uint64, endpoint=False)
+        b = rng.integers(0, 2**64, (int(rng.integers(1, 400)), 46), dtype=np.uint64, endpoint=False)
+        for _ in range(min(len(a), len(b)) // 3):  # copies within 0..8 bits, either way round
+            i, j, w = int(rng.integers(len(a))), int(rng.integers(len(b))), int(rng.integers(1, 46))
+            flip = np.uint64(sum(1 << int(f) for f in rng.choice(64, int(rng.integers(0, 9)), replace=False)))
+            if rng.random() < 0.5:
+                b[j, w] = a[i, 0] ^ flip
+            else:
+                a[i, w] = b[j, 0] ^ flip
+        t = int(rng.integers(0, 11))
+        want = phash.near_pairs(a, b, t, bands=None)
+        for k in {1 if t < 3 else 2, 3, t // 2 + 1, t + 1}:
+            assert all(np.array_equal(x, y) for x, y in zip(want, phash.near_pairs(a, b, t, bands=k))), (trial, t, k)
+
+
+def test_choose_bands_prefers_all_pairs_when_small_and_bands_when_large():
+    assert hamming_index.choose_bands([(5, 5 * 45), (5, 5 * 45)], 6) is None
+    assert hamming_index.choose_bands([(50_000, 50_000 * 45)] * 2, 6) in (3, 4)
+    assert hamming_index.choose_bands([(50_000, 50_000 * 45)] * 2, 63) is None
 
 
 class _Collect(HTMLParser):
