@@ -28,6 +28,8 @@ MAX_ITEMS = 1 << 21
 DIRECT_BITS = 22
 """Bands up to this wide get a bucket array (2^w counts and starts); wider ones a sorted table."""
 DIRECT_NS, PROBE_NS, CANDIDATE_NS, PAIR_NS = 20.0, 200.0, 20.0, 2.0
+SETUP_NS, BUCKET_NS = 50_000.0, 3.0
+"""Fixed costs per band and table block: the calls themselves, and a bucket array's 2^w entries."""
 """Rough costs on one core (a table lookup, checking one candidate pair, one XOR-popcount in
 the all-pairs comparison): they only choose between plans, so only their ratios matter."""
 
@@ -60,7 +62,8 @@ def plan_cost(k: int, n_query: int, n_table: int, t: int) -> float:
     probes = sum(_ball(w, r) * (DIRECT_NS if w <= DIRECT_BITS else PROBE_NS) for _, w in bands(k))
     collide = min(1.0, sum(_ball(w, r) / 2.0 ** w for _, w in bands(k)))
     table_blocks = -(-n_table // MAX_ITEMS)
-    return n_query * probes * table_blocks + n_query * n_table * collide * CANDIDATE_NS
+    setup = sum(SETUP_NS + (2 ** w * BUCKET_NS if w <= DIRECT_BITS else 0) for _, w in bands(k)) * table_blocks
+    return setup + n_query * probes * table_blocks + n_query * n_table * collide * CANDIDATE_NS
 
 
 def choose_bands(directions: list[tuple[int, int]], t: int) -> int | None:
