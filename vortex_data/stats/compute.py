@@ -69,19 +69,30 @@ def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
 
 
 def index_rows(unit: Unit) -> dict[str, np.ndarray]:
-    m = load_manifest(unit.manifest)
-    names = ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy")
-    try:  # only the columns used (not the member maps), and the class counts without Python lists
-        import pyarrow.parquet as pq
+    """The index columns the statistics use, as numpy arrays (keys and shards as UTF-8 bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        table = pq.read_table(m.index_path(), columns=[*names, "class_pixels"])
+    m = load_manifest(unit.manifest)
+    names = ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy",
+             "class_pixels")
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in names}
+    try:  # only the columns used (not the member maps), a row group at a time, no Python object per row
+        index = pq.ParquetFile(m.index_path())
+        for group in range(index.num_row_groups):  # the least memory of Arrow's ways to read a file
+            batch = index.read_row_group(group, columns=list(names), use_threads=False)
+            for c in names:
+                col = batch.column(c).combine_chunks()
+                parts[c].append(_bytes_column(col) if c in ("key", "shard") else
+                                np.asarray(col.flatten(), np.int64).reshape(-1, NUM_CLASSES) if c == "class_pixels"
+                                else col.to_numpy(zero_copy_only=False).copy())
     except OSError as e:
         raise InputError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
-    # Keys and shards as numpy bytes, not a Python str per row (~100 MB at 1M rows).
-    cols = {c: _bytes_column(table.column(c)) if c in ("key", "shard") else table.column(c).to_numpy()
-            for c in names}
-    cls = table.column("class_pixels").combine_chunks()
-    cols["class_pixels"] = np.asarray(cls.flatten(), np.int64).reshape(-1, NUM_CLASSES)
+    # Arrow keeps freed buffers in its pool; what was read is copied out, so give them back.
+    pa.default_memory_pool().release_unused()
+    empty = {"key": np.zeros(0, "S1"), "shard": np.zeros(0, "S1"), "class_pixels": np.zeros((0, NUM_CLASSES), np.int64)}
+    cols = {c: _concat(p) if p else empty[c] if c in empty else
+            np.zeros(0, index.schema_arrow.field(c).type.to_pandas_dtype()) for c, p in parts.items()}
     if unit.key_pattern:
         pattern = re.compile(unit.key_pattern)
         keep = np.fromiter((bool(pattern.search(k.decode())) for k in cols["key"]), bool, len(cols["key"]))
@@ -89,12 +100,31 @@ def index_rows(unit: Unit) -> dict[str, np.ndarray]:
     return cols
 
 
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    if parts and parts[0].dtype.kind == "S":  # bytes of different widths: the widest
+        return np.concatenate([p.astype(max(p.dtype for p in parts)) for p in parts])
+    return np.concatenate(parts)
+
+
 def _bytes_column(col: Any) -> np.ndarray:
-    """A Parquet string column as a numpy bytes array (UTF-8), a chunk at a time."""
+    """A string column of a record batch as a numpy bytes array (UTF-8, fixed width), built from
+    Arrow's offsets and data buffers: no Python object per row."""
     import pyarrow as pa
 
-    parts = [np.array(c.cast(pa.binary()).to_pylist(), dtype=bytes) for c in col.chunks if len(c)]
-    return np.concatenate(parts) if parts else np.zeros(0, "S1")
+    n = len(col)
+    if not n:
+        return np.zeros(0, "S1")
+    wide = pa.types.is_large_string(col.type) or pa.types.is_large_binary(col.type)
+    offs = np.frombuffer(col.buffers()[1], np.int64 if wide else np.int32, n + 1, col.offset * (8 if wide else 4))
+    offs = offs.astype(np.int64)
+    data = np.frombuffer(col.buffers()[2], np.uint8)[offs[0]:offs[-1]]
+    lens = np.diff(offs)
+    out = np.zeros((n, max(1, int(lens.max()))), np.uint8)
+    starts = offs[:-1] - offs[0]
+    for j in range(out.shape[1]):  # a byte position at a time: memory O(rows), not O(bytes)
+        has = lens > j
+        out[has, j] = data[starts[has] + j]
+    return out.view(f"S{out.shape[1]}").ravel()
 
 
 def index_stats(unit: Unit, rows: dict[str, np.ndarray]) -> dict[str, Any]:
