@@ -10,8 +10,10 @@ process so its peak RSS is its own:
 * make_loader: time, RSS added, the size of the spec pickled to each DataLoader worker, and the
   time of a second make_loader in the same process (what another rank on the node pays);
 * the mixture loader (batch 16, ``--shuffle`` global or blocks, an epoch of 4,096 samples drawn from the N):
-  per-batch time in epochs 0 and 1, in-process and with ``--workers`` persistent workers; worker
-  RSS (total and private) after epoch 1; file opens per 1,000 samples;
+  per-batch time in epochs 0 and 1, in-process and with ``--workers`` persistent workers; a
+  worker's memory after epoch 1 as RSS, PSS and USS (its private pages: a forked worker's RSS
+  and even its anonymous RSS count the pages it still shares with the main process); file opens
+  per 1,000 samples (with ``--shuffle blocks`` the loader's default lanes, one per worker);
 * ``vortex-data verify`` and ``vortex-data stats`` (1 worker, up to ``--stats-max``): time and peak RSS;
 
 then the growth exponent of each figure between consecutive sizes (log ratio of the figure over
@@ -97,14 +99,13 @@ def phase_build(d: Path, n: int) -> dict:
     return {"build_s": time.perf_counter() - t, "build_peak_mb": peak_rss_mb()}
 
 
-def _rss_mb(pid: int) -> tuple[float, float]:
-    """(RSS, private anonymous RSS) of a process in MB."""
+def _rss_mb(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, USS) of a process in MB, from /proc/<pid>/smaps_rollup."""
     fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         k, _, v = line.partition(":")
-        fields[k] = v
-    kb = lambda k: float(fields.get(k, "0 kB").split()[0])  # noqa: E731
-    return kb("VmRSS") / 1024, kb("RssAnon") / 1024
+        fields[k] = float(v.split()[0]) / 1024
+    return fields["Rss"], fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]
 
 
 def _epoch_times(loader, epochs: int = 2) -> tuple[list[float], int]:
@@ -151,7 +152,8 @@ def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict
     kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == os.getpid()]
     rss = [_rss_mb(p) for p in kids]
     res["worker_rss_mb"] = max((r[0] for r in rss), default=float("nan"))
-    res["worker_anon_mb"] = max((r[1] for r in rss), default=float("nan"))
+    res["worker_pss_mb"] = max((r[1] for r in rss), default=float("nan"))
+    res["worker_uss_mb"] = max((r[2] for r in rss), default=float("nan"))
     loader.close()
     return res
 
@@ -198,7 +200,8 @@ COLUMNS = [("build_s", "build s", "{:.1f}"), ("build_peak_mb", "build MB", "{:.0
            ("make_loader_again_s", "again s", "{:.2f}"),
            ("spec_kb", "spec KB", "{:.1f}"), ("batch0_ms", "ms/batch e0", "{:.1f}"),
            ("batch1_ms", "e1", "{:.1f}"), ("wbatch0_ms", "workers e0", "{:.1f}"), ("wbatch1_ms", "e1", "{:.1f}"),
-           ("worker_rss_mb", "worker MB", "{:.0f}"), ("worker_anon_mb", "private", "{:.0f}"),
+           ("worker_rss_mb", "worker MB", "{:.0f}"), ("worker_pss_mb", "PSS", "{:.0f}"),
+           ("worker_uss_mb", "USS", "{:.0f}"),
            ("opens_per_1k", "opens/1k", "{:.1f}"), ("verify_s", "verify s", "{:.1f}"),
            ("verify_peak_mb", "MB", "{:.0f}"), ("stats_s", "stats s", "{:.1f}"), ("stats_peak_mb", "MB", "{:.0f}")]
 
