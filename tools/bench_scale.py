@@ -3,7 +3,7 @@
 Usage:  python tools/bench_scale.py [--sizes 10000 50000 200000] [--work DIR] [--workers 2]
 
 For each size N it builds a dataset of N tiny frames (8x8, JPEG RGB + depth + labels) through the
-package's own writer (default shard size, 256 samples a shard) and prints, each phase in a fresh
+package's own writer (default shard size, 256 samples a shard; ``--shard-samples`` for others) and prints, each phase in a fresh
 process so its peak RSS is its own:
 
 * build-shards: time and peak RSS (the writer's pool processes included);
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import numpy as np  # noqa: E402
 
+from vortex_data.convert.shards import DEFAULT_SHARD_SAMPLES  # noqa: E402
 from vortex_data.format.schema import Sample  # noqa: E402
 
 from vortex_data.format.geometry import Intrinsics
@@ -89,13 +90,13 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024
 
 
-def phase_build(d: Path, n: int) -> dict:
+def phase_build(d: Path, n: int, shard_samples: int) -> dict:
     from vortex_data.convert.shards import BuildConfig, build_shards
 
     (d / "src").mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     build_shards(TinyConverter(d / "src", n), BuildConfig(out_dir=d / "shards", manifest_dir=d / "manifests",
-                                                          workers=1, progress=False))
+                                                          shard_samples=shard_samples, workers=1, progress=False))
     return {"build_s": time.perf_counter() - t, "build_peak_mb": peak_rss_mb()}
 
 
@@ -188,9 +189,9 @@ def phase_stats(d: Path, n: int) -> dict:
 PHASES = {"build": phase_build, "loader": phase_loader, "verify": phase_verify, "stats": phase_stats}
 
 
-def run_phase(name: str, d: Path, n: int, workers: int, shuffle: str) -> dict:
+def run_phase(name: str, d: Path, n: int, workers: int, shuffle: str, shard_samples: int) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--dir", str(d), "--sizes", str(n), "--workers", str(workers),
-           "--shuffle", shuffle]
+           "--shuffle", shuffle, "--shard-samples", str(shard_samples)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -231,12 +232,14 @@ def main() -> None:
     ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     ap.add_argument("--shuffle", choices=("global", "blocks"), default="global",
                     help="the loader's training order (make_loader(shuffle=...))")
+    ap.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES,
+                    help=f"samples per shard of the built datasets (default {DEFAULT_SHARD_SAMPLES}, the writer's)")
     ap.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
-        print(json.dumps(PHASES[args.phase](args.dir, args.sizes[0], *(
-            (args.workers, args.shuffle) if args.phase == "loader" else ()))))
+        extra = {"loader": (args.workers, args.shuffle), "build": (args.shard_samples,)}.get(args.phase, ())
+        print(json.dumps(PHASES[args.phase](args.dir, args.sizes[0], *extra)))
         return
     tmp = None
     if args.work is None:
@@ -244,13 +247,13 @@ def main() -> None:
         args.work = Path(tmp.name)
     rows: dict[int, dict] = {}
     for n in args.sizes:
-        d = args.work / f"n{n}"
+        d = args.work / (f"n{n}" if args.shard_samples == DEFAULT_SHARD_SAMPLES else f"n{n}-s{args.shard_samples}")
         rows[n] = {"samples": n}
         phases = args.phases if "build" in args.phases or (d / "manifests").is_dir() else ["build", *args.phases]
         for ph in phases:
             if ph == "stats" and n > args.stats_max:
                 continue
-            rows[n].update(run_phase(ph, d, n, args.workers, args.shuffle))
+            rows[n].update(run_phase(ph, d, n, args.workers, args.shuffle, args.shard_samples))
             print(f"{n:>9,} {ph}: " + ", ".join(f"{k}={v:.3g}" for k, v in rows[n].items() if k != "samples"),
                   flush=True)
     print()
