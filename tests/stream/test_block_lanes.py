@@ -84,3 +84,17 @@ def test_a_resumed_run_keeps_the_saved_lanes_at_any_worker_count(built, tmp_path
     assert [k for b in second for k in b["key"]] == full[12:12 + len(full) - 12]
     with pytest.raises(InputError, match="batch size"):
         make_loader(mix(built), **{**kw, "batch_size": 4}).load_state_dict(state)
+
+
+def test_listing_only_the_shards_taken_gives_the_general_order():
+    from vortex_data.stream.block_shuffle import shard_order, shard_spans
+
+    rng = np.random.default_rng(1)
+    for t in range(200):
+        n = int(rng.integers(1, 300))
+        shard_of = np.sort(rng.integers(0, int(rng.integers(1, 30)), n))  # gaps and empty shards included
+        take = int(rng.integers(0, n + 1))
+        general = shard_order(shard_of, np.random.default_rng(t), take)
+        assert np.array_equal(general, shard_order(shard_of, np.random.default_rng(t), take, shard_spans(shard_of)))
+        assert len(general) == take
+    assert shard_spans(np.array([0, 0, 2, 1, 1])) is None  # not shard after shard: the general case

@@ -39,11 +39,35 @@ from .mixture import EpochPlan, MixtureError, quotas, rng_for
 DEFAULT_BLOCK = 8192
 
 
-def shard_order(shard_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One pass over a source's samples: its shards in random order, each shard's samples in file order."""
-    shard_of = np.asarray(shard_of)
-    n_shards = int(shard_of.max()) + 1 if len(shard_of) else 0
-    return np.argsort(rng.permutation(n_shards)[shard_of], kind="stable")
+def shard_spans(shard_of: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first sample, samples) of each shard when the samples lie shard after shard (as the
+    writer lists them), else None. Checked a chunk at a time: no array the size of the source."""
+    n = len(shard_of)
+    for lo in range(0, max(0, n - 1), chunk):
+        a = np.asarray(shard_of[lo:lo + chunk + 1])
+        if (a[1:] < a[:-1]).any():
+            return None
+    edges = np.searchsorted(shard_of, np.arange(int(shard_of[-1]) + 2 if n else 1))
+    return edges[:-1], np.diff(edges)
+
+
+def shard_order(shard_of: np.ndarray, rng: np.random.Generator, take: int | None = None,
+                spans: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """One pass over a source's samples: its shards in random order, each shard's samples in file
+    order; only the first ``take``. With ``spans`` (:func:`shard_spans`) it lists just the shards
+    it takes, so a worker drawing an epoch much smaller than the source holds nothing the source's
+    size (the same order as the general case)."""
+    take = len(shard_of) if take is None else take
+    n_shards = int(np.max(shard_of)) + 1 if len(shard_of) else 0
+    perm = rng.permutation(n_shards)
+    if spans is None:
+        return np.argsort(perm[np.asarray(shard_of)], kind="stable")[:take]
+    first, count = spans
+    order = np.argsort(perm, kind="stable")  # shards by rank
+    used = order[:int(np.searchsorted(np.cumsum(count[order]), take)) + 1]
+    lens = count[used]
+    ends = np.cumsum(lens)
+    return (np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(first[used] - ends + lens, lens))[:take]
 
 
 def _lane_blocks(counts: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,8 +99,9 @@ def plan_epoch_blocks(shard_of: Sequence[np.ndarray], weights: Sequence[float], 
         if n <= 0:
             raise MixtureError(f"source {s} has no samples but a quota of {k}")
         passes = -(-k // n) if k else 0
-        listed = np.concatenate([shard_order(shards, rng_for(seed, "blocks", epoch, s, p)) for p in range(passes)]
-                                or [np.zeros(0, np.int64)])[:k]
+        spans = shard_spans(shards)
+        listed = np.concatenate([shard_order(shards, rng_for(seed, "blocks", epoch, s, p), min(n, k - p * n), spans)
+                                 for p in range(passes)] or [np.zeros(0, np.int64)])
         counts = np.bincount(lane[labels == s], minlength=lanes)
         order = _lane_blocks(counts, block_size, rng_for(seed, "blocks-inside", epoch, s))
         mine = where[start:start + k]
