@@ -3,15 +3,17 @@
 Usage:  python tools/bench_scale.py [--sizes 10000 50000 200000] [--work DIR] [--workers 2]
 
 For each size N it builds a dataset of N tiny frames (8x8, JPEG RGB + depth + labels) through the
-package's own writer (default shard size, 256 samples a shard) and prints, each phase in a fresh
+package's own writer (default shard size, 256 samples a shard; ``--shard-samples`` for others) and prints, each phase in a fresh
 process so its peak RSS is its own:
 
 * build-shards: time and peak RSS (the writer's pool processes included);
 * make_loader: time, RSS added, the size of the spec pickled to each DataLoader worker, and the
   time of a second make_loader in the same process (what another rank on the node pays);
 * the mixture loader (batch 16, ``--shuffle`` global or blocks, an epoch of 4,096 samples drawn from the N):
-  per-batch time in epochs 0 and 1, in-process and with ``--workers`` persistent workers; worker
-  RSS (total and private) after epoch 1; file opens per 1,000 samples;
+  per-batch time in epochs 0 and 1, in-process and with ``--workers`` persistent workers; a
+  worker's memory after epoch 1 as RSS, PSS and USS (its private pages: a forked worker's RSS
+  and even its anonymous RSS count the pages it still shares with the main process); file opens
+  per 1,000 samples (with ``--shuffle blocks`` the loader's default lanes, one per worker);
 * ``vortex-data verify`` and ``vortex-data stats`` (1 worker, up to ``--stats-max``): time and peak RSS;
 
 then the growth exponent of each figure between consecutive sizes (log ratio of the figure over
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import numpy as np  # noqa: E402
 
+from vortex_data.convert.shards import DEFAULT_SHARD_SAMPLES  # noqa: E402
 from vortex_data.format.schema import Sample  # noqa: E402
 
 from vortex_data.format.geometry import Intrinsics
@@ -87,24 +90,23 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024
 
 
-def phase_build(d: Path, n: int) -> dict:
+def phase_build(d: Path, n: int, shard_samples: int) -> dict:
     from vortex_data.convert.shards import BuildConfig, build_shards
 
     (d / "src").mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     build_shards(TinyConverter(d / "src", n), BuildConfig(out_dir=d / "shards", manifest_dir=d / "manifests",
-                                                          workers=1, progress=False))
+                                                          shard_samples=shard_samples, workers=1, progress=False))
     return {"build_s": time.perf_counter() - t, "build_peak_mb": peak_rss_mb()}
 
 
-def _rss_mb(pid: int) -> tuple[float, float]:
-    """(RSS, private anonymous RSS) of a process in MB."""
+def _rss_mb(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, USS) of a process in MB, from /proc/<pid>/smaps_rollup."""
     fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         k, _, v = line.partition(":")
-        fields[k] = v
-    kb = lambda k: float(fields.get(k, "0 kB").split()[0])  # noqa: E731
-    return kb("VmRSS") / 1024, kb("RssAnon") / 1024
+        fields[k] = float(v.split()[0]) / 1024
+    return fields["Rss"], fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]
 
 
 def _epoch_times(loader, epochs: int = 2) -> tuple[list[float], int]:
@@ -151,7 +153,8 @@ def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict
     kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == os.getpid()]
     rss = [_rss_mb(p) for p in kids]
     res["worker_rss_mb"] = max((r[0] for r in rss), default=float("nan"))
-    res["worker_anon_mb"] = max((r[1] for r in rss), default=float("nan"))
+    res["worker_pss_mb"] = max((r[1] for r in rss), default=float("nan"))
+    res["worker_uss_mb"] = max((r[2] for r in rss), default=float("nan"))
     loader.close()
     return res
 
@@ -186,9 +189,9 @@ def phase_stats(d: Path, n: int) -> dict:
 PHASES = {"build": phase_build, "loader": phase_loader, "verify": phase_verify, "stats": phase_stats}
 
 
-def run_phase(name: str, d: Path, n: int, workers: int, shuffle: str) -> dict:
+def run_phase(name: str, d: Path, n: int, workers: int, shuffle: str, shard_samples: int) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--dir", str(d), "--sizes", str(n), "--workers", str(workers),
-           "--shuffle", shuffle]
+           "--shuffle", shuffle, "--shard-samples", str(shard_samples)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -198,7 +201,8 @@ COLUMNS = [("build_s", "build s", "{:.1f}"), ("build_peak_mb", "build MB", "{:.0
            ("make_loader_again_s", "again s", "{:.2f}"),
            ("spec_kb", "spec KB", "{:.1f}"), ("batch0_ms", "ms/batch e0", "{:.1f}"),
            ("batch1_ms", "e1", "{:.1f}"), ("wbatch0_ms", "workers e0", "{:.1f}"), ("wbatch1_ms", "e1", "{:.1f}"),
-           ("worker_rss_mb", "worker MB", "{:.0f}"), ("worker_anon_mb", "private", "{:.0f}"),
+           ("worker_rss_mb", "worker MB", "{:.0f}"), ("worker_pss_mb", "PSS", "{:.0f}"),
+           ("worker_uss_mb", "USS", "{:.0f}"),
            ("opens_per_1k", "opens/1k", "{:.1f}"), ("verify_s", "verify s", "{:.1f}"),
            ("verify_peak_mb", "MB", "{:.0f}"), ("stats_s", "stats s", "{:.1f}"), ("stats_peak_mb", "MB", "{:.0f}")]
 
@@ -228,12 +232,14 @@ def main() -> None:
     ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     ap.add_argument("--shuffle", choices=("global", "blocks"), default="global",
                     help="the loader's training order (make_loader(shuffle=...))")
+    ap.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES,
+                    help=f"samples per shard of the built datasets (default {DEFAULT_SHARD_SAMPLES}, the writer's)")
     ap.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
-        print(json.dumps(PHASES[args.phase](args.dir, args.sizes[0], *(
-            (args.workers, args.shuffle) if args.phase == "loader" else ()))))
+        extra = {"loader": (args.workers, args.shuffle), "build": (args.shard_samples,)}.get(args.phase, ())
+        print(json.dumps(PHASES[args.phase](args.dir, args.sizes[0], *extra)))
         return
     tmp = None
     if args.work is None:
@@ -241,13 +247,13 @@ def main() -> None:
         args.work = Path(tmp.name)
     rows: dict[int, dict] = {}
     for n in args.sizes:
-        d = args.work / f"n{n}"
+        d = args.work / (f"n{n}" if args.shard_samples == DEFAULT_SHARD_SAMPLES else f"n{n}-s{args.shard_samples}")
         rows[n] = {"samples": n}
         phases = args.phases if "build" in args.phases or (d / "manifests").is_dir() else ["build", *args.phases]
         for ph in phases:
             if ph == "stats" and n > args.stats_max:
                 continue
-            rows[n].update(run_phase(ph, d, n, args.workers, args.shuffle))
+            rows[n].update(run_phase(ph, d, n, args.workers, args.shuffle, args.shard_samples))
             print(f"{n:>9,} {ph}: " + ", ".join(f"{k}={v:.3g}" for k, v in rows[n].items() if k != "samples"),
                   flush=True)
     print()

@@ -16,6 +16,7 @@ arguments, reads the source indices and builds the :class:`~vortex_data.stream.p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Iterator, Sequence
 
@@ -121,9 +122,12 @@ class StreamLoader:
         """``samples``: global plan positions of ``epoch`` consumed; ``epoch_samples``: the plan's
         length. world_size / batch_size are recorded for messages only: any may resume it."""
         s = self.spec
-        return {"version": STATE_VERSION, "epoch": self.epoch, "samples": self.position,
-                "epoch_samples": s.plan_len(self.epoch), "seed": s.seed, "fingerprint": self.fingerprint,
-                "world_size": s.world_size, "batch_size": s.batch_size}
+        state = {"version": STATE_VERSION, "epoch": self.epoch, "samples": self.position,
+                 "epoch_samples": s.plan_len(self.epoch), "seed": s.seed, "fingerprint": self.fingerprint,
+                 "world_size": s.world_size, "batch_size": s.batch_size}
+        if s.train and s.shuffle == "blocks":
+            state["shuffle_lanes"] = s.shuffle_lanes  # part of the plan: a resumed run keeps it
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``, saved at any world size, batch size or worker count. Refuses a
@@ -143,10 +147,22 @@ class StreamLoader:
             if state.get(k) != mine:
                 raise InputError(f"loader state has {k}={state.get(k)!r}, this loader has {mine!r}")
         epoch, samples = int(state["epoch"]), int(state["samples"])
-        if self.spec.batching != "random" and int(state.get("batch_size", 0)) != self.spec.batch_size and samples:
+        if self.spec.train and self.spec.shuffle == "blocks":
+            # The lanes were fixed when the run started (its ranks x workers); keep them, so the
+            # plan is the saved run's whatever this run's worker count (only locality changes).
+            lanes = int(state.get("shuffle_lanes", 1))  # a state from before lanes: the plan without them
+            if lanes != self.spec.shuffle_lanes:
+                log.info("loader state: keeping the saved run's %d shuffle lanes (this loader has %d readers)",
+                         lanes, self.spec.world_size * max(1, self.num_workers))
+                self.spec = dataclasses.replace(self.spec, shuffle_lanes=lanes)
+                self._dl = None
+        by_batch = self.spec.batching != "random" or (self.spec.shuffle == "blocks" and self.spec.shuffle_lanes > 1)
+        if by_batch and int(state.get("batch_size", 0)) != self.spec.batch_size and samples:
             # The plan is composed in blocks of the batch size: another size is another plan.
+            how = (f"{self.spec.batching} batching composes" if self.spec.batching != "random"
+                   else "the block shuffle's lanes deal out")
             raise InputError(f"loader state was saved at batch size {state.get('batch_size')}, this loader has "
-                             f"{self.spec.batch_size}; {self.spec.batching} batching composes the epoch in blocks "
+                             f"{self.spec.batch_size}; {how} the epoch in blocks "
                              f"of the batch size, so resume mid-epoch at the same batch size (any world size)")
         n = self.spec.plan_len(epoch)
         if epoch < 0 or not 0 <= samples <= n:
@@ -186,7 +202,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
                 decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None,
                 batching: str | None = None, shuffle: str = "global",
-                shuffle_block: int = DEFAULT_BLOCK) -> StreamLoader:
+                shuffle_block: int = DEFAULT_BLOCK, shuffle_lanes: int | None = None) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -224,7 +240,10 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     (shards in random order cut into blocks of ``shuffle_block`` samples, each shuffled inside:
     a bounded set of shards at a time, for remote shards behind a node cache smaller than the
     dataset; see :mod:`vortex_data.stream.block_shuffle`). Quotas, batch counts and resume are the same;
-    only with batching='random'.
+    only with batching='random'. shuffle_lanes (blocks only; default ``world_size * num_workers``,
+    the readers of this run): the plan deals each shard to one lane, so that each reader opens
+    its own shards; a resumed run keeps the saved run's lanes, and a run with the same seed and
+    another worker count gets another (equally valid) order unless it passes the same lanes.
     cache_dir / cache_bytes: where remote (``pipe:``/http) shards and the sources' memory-mapped
     per-sample arrays are cached and how large the shard cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.stream.shard_cache`).
@@ -239,6 +258,10 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         raise InputError(f"shuffle must be one of {SHUFFLE}, got {shuffle!r}")
     if shuffle_block < 1:
         raise InputError(f"shuffle_block must be positive, got {shuffle_block}")
+    if shuffle_lanes is None:
+        shuffle_lanes = world_size * max(1, num_workers) if shuffle == "blocks" else 1
+    if shuffle_lanes < 1:
+        raise InputError(f"shuffle_lanes must be positive, got {shuffle_lanes}")
     if not 0 <= rank < world_size:
         raise InputError(f"rank {rank} outside world size {world_size}")
     if batch_size <= 0:
@@ -267,6 +290,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         trim_pad=world_size == 1, window_batches=max(1, window_batches), mean=tuple(mean), std=tuple(std),
         cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
         cache_bytes=cache_bytes, batching=batching, shuffle=shuffle, shuffle_block=shuffle_block,
+        shuffle_lanes=shuffle_lanes,
         strata_order=labelled_first([ix.manifest for ix in indices]) if batching == "stratified" else None,
     )
     _say_unchecked(indices)

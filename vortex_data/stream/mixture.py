@@ -161,10 +161,13 @@ def source_draws(size: int, quota: int, seed: int, epoch: int, source: int) -> t
     if size <= 0:
         raise MixtureError(f"source {source} has no samples but a quota of {quota}")
     passes = -(-quota // size) if quota else 0
-    idx = [rng_for(seed, "draw", epoch, source, p).permutation(size) for p in range(passes)]
-    flat = np.concatenate(idx)[:quota] if idx else np.zeros(0, np.int64)
-    rep = np.repeat(np.arange(passes), size)[:quota] if passes else np.zeros(0, np.int64)
-    return flat.astype(np.int64), rep.astype(np.int64)
+    # Only what the quota takes is kept: a worker builds this every epoch, and temporaries the
+    # size of the source (8 MB per pass at 1M samples) stay in its heap after they are freed.
+    flat = np.empty(quota, np.int64)
+    for p in range(passes):
+        take = min(size, quota - p * size)
+        flat[p * size:p * size + take] = rng_for(seed, "draw", epoch, source, p).permutation(size)[:take]
+    return flat, np.arange(quota, dtype=np.int64) // size
 
 
 @dataclass(frozen=True)

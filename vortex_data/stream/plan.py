@@ -95,13 +95,15 @@ class LoaderSpec:
     shuffle: str = "global"
     """Training order: 'global' (one uniform permutation) or 'blocks' (:mod:`vortex_data.stream.block_shuffle`)."""
     shuffle_block: int = DEFAULT_BLOCK
+    shuffle_lanes: int = 1
+    """Readers the block plan deals shards to (:mod:`vortex_data.stream.block_shuffle`); part of the plan."""
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan: the mixture plan when training, one ordered pass otherwise."""
         sizes = [len(ix) for ix in self.indices]
         if self.train and self.shuffle == "blocks":
             return plan_epoch_blocks([ix.shard_of for ix in self.indices], self.weights, self.epoch_size,
-                                     self.seed, epoch, self.shuffle_block)
+                                     self.seed, epoch, self.shuffle_block, self.shuffle_lanes, self.batch_size)
         if self.train:
             return plan_batched(sizes, self.weights, self.epoch_size, self.seed, epoch, self.batching,
                                 self.batch_size, self.strata_order)
