@@ -174,6 +174,7 @@ def test_planted_duplicate_found_and_nothing_else(built):
     _, _, _, stats = built
     pairs = stats["duplicates"]["pairs"]
     assert [(p["key_a"], p["key_b"]) for p in pairs] == [("alpha/train/f000", "beta/train/f000")]
+    assert stats["duplicates"]["pairs_found"] == 1
 
 
 def test_hash_distance_separates_copy_from_other_frames():
@@ -247,6 +248,10 @@ def test_banded_search_finds_exactly_the_pairs_all_pairs_finds():
     keys_a, keys_b = [f"a/{i}" for i in range(len(a))], np.array([f"b/{i}".encode() for i in range(len(b))])
     by_bands = phash.find_duplicates({"a": (keys_a, ha), "b": (keys_b, hb)}, bands=3)
     assert by_bands == phash.find_duplicates({"a": (keys_a, ha), "b": (keys_b, hb)}, bands=None)
+    assert by_bands[1] == len(by_bands[0]) == len(phash.near_pairs(ha, hb, 6, bands=None)[0])
+    # Only the closest are kept, in (distance, keys) order, and all are counted.
+    few = phash.find_duplicates({"a": (keys_a, ha), "b": (keys_b, hb)}, bands=3, max_pairs=5)
+    assert few == (by_bands[0][:5], by_bands[1])
 
 
 def test_banded_search_on_random_hashes_with_planted_bit_flips():

@@ -284,12 +284,12 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
     for label in dict.fromkeys(labels.values()):
         keys = [rows[u.name]["key"] for u in units if labels[u.name] == label]
         compared[label] = len(keys[0]) if len(keys) == 1 else len(np.unique(np.concatenate(keys)))
-    dups = find_duplicates({k: (h.frame_keys(), h.array()) for k, h in hashed.items()}, dup_threshold)
+    dups, found = find_duplicates({k: (h.frame_keys(), h.array()) for k, h in hashed.items()}, dup_threshold)
     far = {u.name: aligned(rows[u.name]["key"], accs.get(u.name, Accumulator()), u.manifest) for u in units}
     return {
         "class_names": list(CLASS_NAMES), "sources": sources, "mixture": mix,
         "duplicates": {"threshold_bits": dup_threshold, "compared": compared,
-                       "pairs": [d.as_dict() for d in dups]},
+                       "pairs": [d.as_dict() for d in dups], "pairs_found": found},
         "gallery": gallery.select(units, rows, far, seed),
     }
 

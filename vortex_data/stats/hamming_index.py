@@ -23,7 +23,7 @@ from math import comb
 
 import numpy as np
 
-MAX_ITEMS = 1 << 21
+MAX_ITEMS = 1 << 20
 """Table entries, probes or candidates held at once (each a few 8-byte words)."""
 DIRECT_BITS = 22
 """Bands up to this wide get a bucket array (2^w counts and starts); wider ones a sorted table."""
@@ -79,9 +79,10 @@ def choose_bands(directions: list[tuple[int, int]], t: int) -> int | None:
 
 
 def candidates(query: np.ndarray, table: np.ndarray, t: int, k: int,
-               max_items: int = MAX_ITEMS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(query row, table entry) pairs, table entries numbered in table.ravel() order, such that
-    every pair with Hamming(query[i], table.ravel()[e]) <= t is among them.
+               max_items: int = MAX_ITEMS) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """(query rows, table entries, band) blocks, table entries numbered in table.ravel() order,
+    such that every pair with Hamming(query[i], table.ravel()[e]) <= t is among them, found
+    through each band in which the two are within t // k bits (once per such band).
 
     query: (n,) uint64; table: (m, V) uint64. Yields int64 arrays of at most about max_items pairs.
     """
@@ -91,14 +92,14 @@ def candidates(query: np.ndarray, table: np.ndarray, t: int, k: int,
     table_rows = max(1, max_items // v)
     for t0 in range(0, m, table_rows):
         flat = table[t0:t0 + table_rows].ravel()
-        for s, w in bands(k):
+        for band, (s, w) in enumerate(bands(k)):
             flips = flip_masks(w, t // k)
             vals = (flat >> np.uint64(s)) & np.uint64((1 << w) - 1)
             order = np.argsort(vals, kind="stable")
             entries = order + t0 * v
             if w <= DIRECT_BITS:  # a bucket per band value: a lookup is an index, not a binary search
-                count = np.bincount(vals.astype(np.int64), minlength=1 << w)
-                start = np.cumsum(count) - count
+                count = np.bincount(vals.astype(np.int64), minlength=1 << w).astype(np.int32)
+                start = (np.cumsum(count, dtype=np.int64) - count).astype(np.int32)
             else:
                 vals = vals[order]
             query_rows = max(1, max_items // len(flips))
@@ -113,7 +114,8 @@ def candidates(query: np.ndarray, table: np.ndarray, t: int, k: int,
                     n = np.searchsorted(vals, probe, "right") - lo
                 hit = np.nonzero(n)[0]
                 if len(hit):
-                    yield from _expand(hit // len(flips) + q0, lo[hit], n[hit], entries, max_items)
+                    for qi, e in _expand(hit // len(flips) + q0, lo[hit], n[hit], entries, max_items):
+                        yield qi, e, band
 
 
 def _expand(owner: np.ndarray, lo: np.ndarray, count: np.ndarray, entries: np.ndarray,

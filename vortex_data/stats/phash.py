@@ -13,7 +13,9 @@ only a few bits; flips, rotations and crops off-centre by more than a few percen
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -125,21 +127,26 @@ class DuplicatePair:
                 "key_b": self.key_b, "hamming_bits": self.distance}
 
 
+MAX_PAIRS = 100_000
+"""Pairs kept (the closest): sources that share scenes, or frames too plain to tell apart, can
+match millions of times, and a list of every one would not fit in memory; their count is kept."""
+
+
 def pair_distances(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray,
-                   chunk: int = 1 << 16) -> np.ndarray:
-    """min_hamming(a[ia[i]], b[ib[i]]) for each i (the listed pairs only)."""
-    out = np.empty(len(ia), np.int64)
+                   chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """(min_hamming(a[ia[i]], b[ib[i]]), a's canonical against b's windows only) for each i."""
+    out, ab_out = np.empty(len(ia), np.int64), np.empty(len(ia), np.int64)
     for s in range(0, len(ia), chunk):
         x, y = a[ia[s:s + chunk]], b[ib[s:s + chunk]]
         ab = np.bitwise_count(x[:, :1] ^ y[:, 1:]).min(axis=1)
         ba = np.bitwise_count(y[:, :1] ^ x[:, 1:]).min(axis=1)
-        out[s:s + chunk] = np.minimum(ab, ba)
-    return out
+        out[s:s + chunk], ab_out[s:s + chunk] = np.minimum(ab, ba), ab
+    return out, ab_out
 
 
-def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRESHOLD, block_bytes: int = 1 << 24,
-               bands: int | None = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (i, j, distance) with min_hamming(a[i], b[j]) <= threshold, sorted by (i, j).
+def near_pair_blocks(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRESHOLD, block_bytes: int = 1 << 24,
+                     bands: int | None = -1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Blocks of (i, j, distance), every pair with min_hamming(a[i], b[j]) <= threshold exactly once.
 
     a (n, 1+V), b (m, 1+V) from frame_hashes. A pair matches when a's canonical is within the
     threshold of one of b's windows or the other way round, so candidates are looked up both ways
@@ -147,55 +154,91 @@ def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRESHOLD,
     from the sizes, None compares all pairs (a block of rows at a time), k uses k bands.
     """
     if len(a) == 0 or len(b) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return
     v = a.shape[1] - 1
     if bands == -1:
         bands = hamming_index.choose_bands([(len(a), len(b) * v), (len(b), len(a) * v)], threshold)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     if bands is None:
         rows = max(1, block_bytes // max(1, 8 * len(b)))
         for s in range(0, len(a), rows):
             dist = min_hamming(a[s:s + rows], b, chunk_bytes=block_bytes)
             r, c = np.nonzero(dist <= threshold)
-            found.append((r + s, c, dist[r, c]))
-    else:
-        for qa, ta, flip in ((a, b, False), (b, a, True)):
-            canon, windows = qa[:, 0], np.ascontiguousarray(ta[:, 1:])
-            flat = windows.ravel()
-            for qi, entry in hamming_index.candidates(canon, windows, threshold, bands):
-                # The window that collided decides: a pair within the threshold through window w
-                # has w's entry among the candidates. The pair's distance only for those.
-                near = np.bitwise_count(canon[qi] ^ flat[entry]) <= threshold
-                qi, ti = qi[near], entry[near] // v
-                ia, ib = (ti, qi) if flip else (qi, ti)
-                found.append((ia, ib, pair_distances(a, b, ia, ib)))
+            yield r + s, c, dist[r, c]
+        return
+    layout = hamming_index.bands(bands)
+    for qa, ta, flip in ((a, b, False), (b, a, True)):
+        canon, windows = qa[:, 0], np.ascontiguousarray(ta[:, 1:])
+        flat = windows.ravel()
+        for qi, entry, band in hamming_index.candidates(canon, windows, threshold, bands):
+            x = canon[qi] ^ flat[entry]
+            near = np.bitwise_count(x) <= threshold
+            qi, entry, x = qi[near], entry[near], x[near]
+            ti, w = entry // v, entry % v
+            # One witness per pair, so each is yielded once without remembering what was seen: the
+            # first window of the frame within the threshold, found through the first band within
+            # threshold // bands bits of it; and the second direction only yields pairs the first
+            # could not see.
+            first_window = np.argmax(np.bitwise_count(canon[qi, None] ^ windows[ti]) <= threshold, axis=1)
+            band_bits = np.stack([np.bitwise_count((x >> np.uint64(sh)) & np.uint64((1 << wd) - 1))
+                                  for sh, wd in layout], axis=1)
+            first_band = np.argmax(band_bits <= threshold // bands, axis=1)
+            keep = (first_window == w) & (first_band == band)
+            ia, ib = (ti[keep], qi[keep]) if flip else (qi[keep], ti[keep])
+            d, ab = pair_distances(a, b, ia, ib)
+            if flip:
+                seen = ab <= threshold
+                ia, ib, d = ia[~seen], ib[~seen], d[~seen]
+            yield ia, ib, d
+
+
+def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRESHOLD, block_bytes: int = 1 << 24,
+               bands: int | None = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (i, j, distance) with min_hamming(a[i], b[j]) <= threshold, sorted by (i, j)
+    (all held at once: :func:`find_duplicates` keeps only the closest)."""
+    found = list(near_pair_blocks(a, b, threshold, block_bytes, bands))
     if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     ia, ib, d = (np.concatenate(x).astype(np.int64) for x in zip(*found))
-    # Found both ways or in several blocks: each pair once, in (i, j) order.
-    _, first = np.unique(ia * len(b) + ib, return_index=True)
-    return ia[first], ib[first], d[first]
+    order = np.lexsort((ib, ia))
+    return ia[order], ib[order], d[order]
 
 
-def find_duplicates(hashes: dict[str, tuple[np.ndarray, np.ndarray]], threshold: int = DEFAULT_THRESHOLD,
-                    block_bytes: int = 1 << 24, bands: int | None = -1) -> list[DuplicatePair]:
-    """Near-duplicate frames between *different* sources.
+def find_duplicates(hashes: dict[str, tuple[Any, np.ndarray]], threshold: int = DEFAULT_THRESHOLD,
+                    block_bytes: int = 1 << 24, bands: int | None = -1,
+                    max_pairs: int = MAX_PAIRS) -> tuple[list[DuplicatePair], int]:
+    """Near-duplicate frames between *different* sources: (the closest max_pairs pairs, closest
+    first, and how many pairs there are in all).
 
-    hashes: source name -> (keys (str, or UTF-8 bytes), (n, K) uint64 crop hashes). Returns
-    pairs with distance <= threshold, closest first. Frames within one source are not compared
-    with each other. Memory stays bounded whatever the sources' sizes (:func:`near_pairs`);
-    keys are only looked up for the pairs found.
+    hashes: source name -> (keys (str, or UTF-8 bytes), (n, K) uint64 crop hashes). Frames within
+    one source are not compared with each other. Memory stays bounded whatever the sources' sizes
+    and however many pairs match; keys are only looked up for the pairs kept.
     """
     names = sorted(hashes)
     pairs: list[DuplicatePair] = []
+    total = 0
     for i, na in enumerate(names):
         for nb in names[i + 1:]:
             (ka, ha), (kb, hb) = hashes[na], hashes[nb]
-            for r, c, d in zip(*near_pairs(ha, hb, threshold, block_bytes, bands)):
-                pairs.append(DuplicatePair(na, _text(ka[r]), nb, _text(kb[c]), int(d)))
+            ka, kb = _as_bytes(ka), _as_bytes(kb)
+            kept = [np.zeros(0, np.int64)] * 3
+            for block in near_pair_blocks(ha, hb, threshold, block_bytes, bands):
+                total += len(block[0])
+                kept = [np.concatenate([k, x]) for k, x in zip(kept, block)]
+                if len(kept[0]) > 2 * max_pairs:
+                    kept = _closest(kept, ka, kb, max_pairs)
+            for r, c, d in zip(*_closest(kept, ka, kb, max_pairs)):
+                pairs.append(DuplicatePair(na, ka[r].decode(), nb, kb[c].decode(), int(d)))
     pairs.sort(key=lambda p: (p.distance, p.source_a, p.key_a, p.source_b, p.key_b))
-    return pairs
+    return pairs[:max_pairs], total
 
 
-def _text(key: str | bytes) -> str:
-    return key.decode() if isinstance(key, bytes) else str(key)
+def _closest(found: list[np.ndarray], ka: np.ndarray, kb: np.ndarray, n: int) -> list[np.ndarray]:
+    """The n pairs first in (distance, key a, key b) order (UTF-8 bytes sort as the text does)."""
+    ia, ib, d = found
+    order = np.lexsort((kb[ib], ka[ia], d))[:n]
+    return [ia[order], ib[order], d[order]]
+
+
+def _as_bytes(keys: Any) -> np.ndarray:
+    keys = np.asarray(keys)
+    return keys if keys.dtype.kind == "S" else np.array([str(k).encode() for k in keys])

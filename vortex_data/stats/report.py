@@ -188,7 +188,9 @@ def _tables(s: dict[str, Any]) -> str:
             f"Catches re-encoded, resized and border-cropped copies (e.g. NYU frames inside SUN RGB-D); "
             f"not flips, rotations or large off-centre crops. Frames hashed: "
             f"{html.escape(', '.join(f'{k}: {v}' for k, v in d['compared'].items()))}. "
-            f"<b>{len(pairs)} pair(s)</b> found.</p>",
+            f"<b>{d.get('pairs_found', len(pairs))} pair(s)</b> found"
+            + (f" (stats.json keeps the closest {len(pairs)})" if d.get("pairs_found", 0) > len(pairs) else "")
+            + ".</p>",
             _table(["source A", "key A", "source B", "key B", "differing bits"],
                    [[p["source_a"], p["key_a"], p["source_b"], p["key_b"], p["hamming_bits"]] for p in pairs[:500]])]
     if len(pairs) > 500:
