@@ -28,6 +28,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,9 @@ def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict
     mix = Mixture((Source("tiny", manifest, 1.0),), EPOCH, "scale")
     res: dict[str, Any] = {}
     kw = {} if shuffle == "global" else {"shuffle": shuffle}
+    # A fresh cache folder: make_loader's first call builds the mapped index there, as the first
+    # loader of a job on a node does (the default folder may still hold another run's).
+    kw["cache_dir"] = tempfile.mkdtemp(prefix="bench-scale-cache-")
     rss0 = _rss_mb(os.getpid())[0]
     t = time.perf_counter()
     loader = make_loader(mix, batch_size=BATCH, size=(SIDE, SIDE), num_workers=0, profile=True, **kw)
@@ -168,6 +172,7 @@ def phase_loader(d: Path, n: int, workers: int, shuffle: str = "global") -> dict
     res["worker_pss_mb"] = max((r[1] for r in rss), default=float("nan"))
     res["worker_private_mb"] = max((r[2] for r in rss), default=float("nan"))
     loader.close()
+    shutil.rmtree(kw["cache_dir"], ignore_errors=True)
     return res
 
 
