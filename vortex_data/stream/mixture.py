@@ -169,7 +169,8 @@ def source_draws(size: int, quota: int, seed: int, epoch: int, source: int) -> t
     dtype = np.int32 if size < 2**31 else np.int64
     for p in range(passes):
         take = min(size, quota - p * size)
-        perm = rng_for(seed, "draw", epoch, source, p).permutation(np.arange(size, dtype=dtype))
+        perm = np.arange(size, dtype=dtype)
+        rng_for(seed, "draw", epoch, source, p).shuffle(perm)  # in place: permutation() would copy it
         flat[p * size:p * size + take] = perm[:take]
     return flat, np.arange(quota, dtype=np.int64) // size
 
