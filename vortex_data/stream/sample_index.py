@@ -310,7 +310,8 @@ def build_arrays(manifest: str, key_pattern: str | None) -> tuple[dict[str, Any]
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(io.BytesIO(read_bytes(join_url(manifest, index_rel))))
+            url = join_url(manifest, index_rel)  # a local index is mapped, not read into a copy first
+            pf = pq.ParquetFile(io.BytesIO(read_bytes(url)) if is_remote(url) else local_path(url), memory_map=True)
             names = pf.schema_arrow.names
             columns = [c for c in ("key", "shard", CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN)
                        if c in names]
