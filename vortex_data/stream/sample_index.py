@@ -389,11 +389,9 @@ def load_source_index(manifest: str, root: str | os.PathLike, name: str | None =
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         del arrays
-        import pyarrow as pa
+        from .workers import return_freed_memory
 
-        # Hand Arrow's freed buffers back to the system: DataLoader workers forked from this
-        # process would otherwise each count the reading's high-water mark in their memory.
-        pa.default_memory_pool().release_unused()
+        return_freed_memory()
     ix = SourceIndex(name or "", d, manifest)
     if not name:
         ix.name = str(ix.meta.get("dataset") or Path(manifest).stem)
