@@ -85,3 +85,15 @@ def test_unknown_recipe_lists_only_mixture_recipes():
     from vortex_data.stream.mixture import MixtureError, resolve_mixture
     with pytest.raises(MixtureError, match=r"no recipe 'stage9'; shipped: stage1, stage2$"):
         resolve_mixture("stage9")
+
+
+def test_source_draws_are_whole_fresh_permutations_cut_to_the_quota():
+    # The documented rule, written the obvious way: plans (and so resumed checkpoints) must not
+    # change when source_draws saves memory.
+    from vortex_data.stream.mixture import rng_for, source_draws
+
+    for size, quota in ((1, 3), (7, 0), (7, 5), (7, 7), (7, 20), (1000, 999), (1000, 2500)):
+        passes = -(-quota // size)
+        want = np.concatenate([rng_for(4, "draw", 2, 1, p).permutation(size) for p in range(passes)] or [[]])[:quota]
+        idx, rep = source_draws(size, quota, 4, 2, 1)
+        assert idx.tolist() == want.tolist() and rep.tolist() == (np.arange(quota) // size).tolist()

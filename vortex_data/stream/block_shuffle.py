@@ -47,7 +47,8 @@ def shard_spans(shard_of: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray,
         a = np.asarray(shard_of[lo:lo + chunk + 1])
         if (a[1:] < a[:-1]).any():
             return None
-    edges = np.searchsorted(shard_of, np.arange(int(shard_of[-1]) + 2 if n else 1))
+    # The needles in the array's own dtype: otherwise numpy converts the whole array first.
+    edges = np.searchsorted(shard_of, np.arange(int(shard_of[-1]) + 2 if n else 1, dtype=np.asarray(shard_of[:0]).dtype))
     return edges[:-1], np.diff(edges)
 
 

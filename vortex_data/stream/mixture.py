@@ -162,11 +162,16 @@ def source_draws(size: int, quota: int, seed: int, epoch: int, source: int) -> t
         raise MixtureError(f"source {source} has no samples but a quota of {quota}")
     passes = -(-quota // size) if quota else 0
     # Only what the quota takes is kept: a worker builds this every epoch, and temporaries the
-    # size of the source (8 MB per pass at 1M samples) stay in its heap after they are freed.
+    # size of the source stay in its heap after they are freed. Shuffling an int32 range draws
+    # the same permutation as permutation(size) (the swaps do not depend on the dtype) in half
+    # the memory: 4 MB at 1M samples.
     flat = np.empty(quota, np.int64)
+    dtype = np.int32 if size < 2**31 else np.int64
     for p in range(passes):
         take = min(size, quota - p * size)
-        flat[p * size:p * size + take] = rng_for(seed, "draw", epoch, source, p).permutation(size)[:take]
+        perm = np.arange(size, dtype=dtype)
+        rng_for(seed, "draw", epoch, source, p).shuffle(perm)  # in place: permutation() would copy it
+        flat[p * size:p * size + take] = perm[:take]
     return flat, np.arange(quota, dtype=np.int64) // size
 
 

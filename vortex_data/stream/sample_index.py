@@ -1,7 +1,7 @@
 """A source's per-sample arrays in memory-mapped files: one copy per node, not one per worker.
 
 What the loader needs per sample (key, shard number, each member's extension, data offset, size
-and XXH3-64, labelled flag) is turned, once, from the manifest's Parquet index into flat NumPy
+and XXH3-64) is turned, once, from the manifest's Parquet index into flat NumPy
 arrays (``.npy``) in a folder ``.index/`` of the node's cache (:func:`vortex_data.stream.shard_cache.node_cache_dir`),
 named by a hash of the manifest, its index file and the key pattern. Every DataLoader worker and
 every rank on the node maps the same files read-only, so the pages live once in the page cache;
@@ -10,7 +10,7 @@ does not grow with the number of samples. A second loader (another rank, a resta
 cache) finds the folder and only maps it.
 
 Layout (``n`` samples, ``m`` members in all): ``shard`` int32 (n); ``key_end`` int64 (n+1) into
-``key_bytes`` uint8 (UTF-8 keys back to back); ``has_seg`` bool (n); ``member_end`` int64 (n+1)
+``key_bytes`` uint8 (UTF-8 keys back to back); ``member_end`` int64 (n+1)
 into ``ext`` int16 (m, into ``meta.json``'s ``exts``), ``offset`` int64 (m, -1 where the index
 has none), ``size`` int64 (m), ``xxh3`` uint64 (m) and ``checked`` bool (n, the sample's
 checksums are in the index). ``meta.json`` also lists the shard URLs.
@@ -35,8 +35,8 @@ from ..format.integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN
 from ..format.manifest import ManifestError, is_remote, join_url, load_manifest, local_path, read_bytes
 from ..format.tar_index import sample_keys
 
-FORMAT = 2
-ARRAYS = ("shard", "key_end", "key_bytes", "has_seg", "member_end", "ext", "offset", "size", "xxh3", "checked")
+FORMAT = 3
+ARRAYS = ("shard", "key_end", "key_bytes", "member_end", "ext", "offset", "size", "xxh3", "checked")
 
 
 class SampleIndexError(InputError):
@@ -138,10 +138,6 @@ class SourceIndex:
         return self.arrays["shard"]
 
     @property
-    def has_seg(self) -> np.ndarray:
-        return self.arrays["has_seg"]
-
-    @property
     def keys(self) -> _Keys:
         return _Keys(self)
 
@@ -200,13 +196,11 @@ def _strings(col) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _map_parts(col):
-    """An Arrow map column -> (offsets n+1 from 0, keys as chunked Arrow strings, values uint64, all valid).
-
-    Chunk by chunk, without ``combine_chunks``: at 1M samples that would copy 3M keys and values
-    per column, most of a fresh process's make_loader time."""
+    """An Arrow map column -> (offsets n+1 from 0, keys as chunked Arrow strings, values uint64, all
+    valid), chunk by chunk: ``combine_chunks`` would copy 3M keys and values a column at 1M samples."""
     import pyarrow as pa
 
-    ends, keys, items, base, valid = [np.zeros(1, np.int64)], [], [], 0, True
+    ends, keys, items, base = [np.zeros(1, np.int64)], [], [np.zeros(0, np.uint64)], 0
     for c in col.chunks:
         o = np.asarray(c.offsets).astype(np.int64)
         lo, hi = int(o[0]), int(o[-1])
@@ -214,9 +208,8 @@ def _map_parts(col):
         base += hi - lo
         keys.append(c.keys.slice(lo, hi - lo))
         items.append(c.items.slice(lo, hi - lo).to_numpy(zero_copy_only=False))
-        valid = valid and c.null_count == 0
-    values = np.concatenate(items).astype(np.uint64, copy=False) if items else np.zeros(0, np.uint64)
-    return np.concatenate(ends), pa.chunked_array(keys, pa.string()), values, valid
+    values = np.concatenate(items).astype(np.uint64, copy=False)
+    return np.concatenate(ends), pa.chunked_array(keys, pa.string()), values, col.null_count == 0
 
 
 def _from_table(table, columns: list[str]) -> dict[str, Any]:
@@ -224,8 +217,6 @@ def _from_table(table, columns: list[str]) -> dict[str, Any]:
     n = table.num_rows
     out: dict[str, Any] = {}
     out["key_end"], out["key_bytes"] = _strings(table.column("key"))
-    out["has_seg"] = (np.asarray(table.column("has_seg").fill_null(False)).astype(bool) if "has_seg" in columns
-                      else np.zeros(n, bool))
     full = OFFSET_COLUMN in columns and CHECKSUM_COLUMN in columns
     if full:
         o_off, o_keys, o_val, o_ok = _map_parts(table.column(OFFSET_COLUMN))
@@ -300,7 +291,7 @@ def _take(arrays: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
     out["member_end"] = np.concatenate([[0], np.cumsum(mlens)]).astype(np.int64)
     for k in ("ext", "offset", "size", "xxh3"):
         out[k] = arrays[k][members]
-    for k in ("shard", "has_seg", "checked"):
+    for k in ("shard", "checked"):
         out[k] = arrays[k][rows]
     return out
 
@@ -319,9 +310,10 @@ def build_arrays(manifest: str, key_pattern: str | None) -> tuple[dict[str, Any]
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(io.BytesIO(read_bytes(join_url(manifest, index_rel))))
+            url = join_url(manifest, index_rel)  # a local index is mapped, not read into a copy first
+            pf = pq.ParquetFile(io.BytesIO(read_bytes(url)) if is_remote(url) else local_path(url), memory_map=True)
             names = pf.schema_arrow.names
-            columns = [c for c in ("key", "shard", "has_seg", CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN)
+            columns = [c for c in ("key", "shard", CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN)
                        if c in names]
             table = pf.read(columns=columns)
             arrays = _from_table(table, columns)
@@ -397,11 +389,9 @@ def load_source_index(manifest: str, root: str | os.PathLike, name: str | None =
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         del arrays
-        import pyarrow as pa
+        from .workers import return_freed_memory
 
-        # Hand Arrow's freed buffers back to the system: DataLoader workers forked from this
-        # process would otherwise each count the reading's high-water mark in their memory.
-        pa.default_memory_pool().release_unused()
+        return_freed_memory()
     ix = SourceIndex(name or "", d, manifest)
     if not name:
         ix.name = str(ix.meta.get("dataset") or Path(manifest).stem)

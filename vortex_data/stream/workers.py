@@ -34,6 +34,21 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def return_freed_memory() -> None:
+    """Give the memory a one-off job freed (building a mapped index: ~110 MB at 1M samples) back
+    to the system: Arrow's pool and glibc's heap (``malloc_trim``) would otherwise keep it in the
+    main process for the rest of the run."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a worker ignores stop signals that are not its parent's.
 
