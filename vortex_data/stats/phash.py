@@ -8,6 +8,8 @@ the other. Searching windows tolerates a border crop, with or without a resize (
 a ~40 px border cut to 561x427): the central 50 % of the NYU frame and the central 56 % of the
 SUN frame cover nearly the same scene. JPEG re-encoding, mild blur and brightness changes move
 only a few bits; flips, rotations and crops off-centre by more than a few percent are not caught.
+The search finds exactly the pairs an all-pairs comparison would, through banded lookups
+(:mod:`hamming_index`) rather than by comparing every pair.
 """
 
 from __future__ import annotations
