@@ -28,10 +28,10 @@ MAX_ITEMS = 1 << 20
 DIRECT_BITS = 22
 """Bands up to this wide get a bucket array (2^w counts and starts); wider ones a sorted table."""
 DIRECT_NS, PROBE_NS, CANDIDATE_NS, PAIR_NS = 20.0, 200.0, 20.0, 2.0
-SETUP_NS, BUCKET_NS = 50_000.0, 3.0
-"""Fixed costs per band and table block: the calls themselves, and a bucket array's 2^w entries."""
 """Rough costs on one core (a table lookup, checking one candidate pair, one XOR-popcount in
 the all-pairs comparison): they only choose between plans, so only their ratios matter."""
+SETUP_NS, BUCKET_NS = 50_000.0, 3.0
+"""Fixed costs per band and table block: the calls themselves, and a bucket array's 2^w entries."""
 
 
 def bands(k: int) -> list[tuple[int, int]]:
