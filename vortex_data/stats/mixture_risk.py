@@ -96,12 +96,6 @@ def p_labelless_quota(weights: list[float], labelled_fraction: list[float], batc
     return p
 
 
-def labelled_order(labelled: list[np.ndarray]) -> list[int]:
-    """Sources by labelled fraction, highest first: the order the loader deals stratified seats in."""
-    fr = [float(f.mean()) if len(f) else 0.0 for f in labelled]
-    return sorted(range(len(fr)), key=lambda s: (-fr[s], s))
-
-
 def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: int, epoch_size: int,
                       batching: str, epochs: int = 4, seed: int = 0) -> dict[str, Any]:
     """The loader's own epoch plans (:func:`vortex_data.stream.batching.plan_batched`, the given batching)
@@ -109,12 +103,12 @@ def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: i
     (exact for those plans, not a model of them), and whether stratified batching rules such a
     batch out by construction (the fully labelled sources, dealt as one run, have at least one
     seat in every full batch)."""
-    from ..stream.batching import plan_batched, source_quotas, stratified_counts
+    from ..stream.batching import by_fraction, plan_batched, source_quotas, stratified_counts
 
     sizes = [len(f) for f in labelled]
     if not sizes or min(sizes) == 0 or epoch_size < batch:
         return {"batching": batching, "plan_labelless": None, "plan_epochs": 0, "by_construction": False}
-    order = labelled_order(labelled)
+    order = list(by_fraction([float(f.mean()) if len(f) else 0.0 for f in labelled]))
     empty = total = 0
     for e in range(epochs):
         plan = plan_batched(sizes, weights, epoch_size, seed, e, batching, batch, order)

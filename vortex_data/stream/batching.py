@@ -116,6 +116,12 @@ def plan_batched(sizes: Sequence[int], weights: Sequence[float], epoch_size: int
     return _stratified(sizes, q, batch_size, seed, epoch, order)
 
 
+def by_fraction(fractions: Sequence[float]) -> tuple[int, ...]:
+    """Source numbers by labelled fraction, highest first (ties: mixture order): the order
+    stratified batching deals extra seats in, wherever the fractions come from."""
+    return tuple(sorted(range(len(fractions)), key=lambda s: (-fractions[s], s)))
+
+
 def labelled_first(manifests: Sequence[str]) -> tuple[int, ...]:
     """Sources ordered by the labelled fraction their manifests record (``totals.labelled``),
     highest first, so stratified batching deals the labelled sources' seats as one run. A
@@ -126,5 +132,4 @@ def labelled_first(manifests: Sequence[str]) -> tuple[int, ...]:
             return t["labelled"] / max(1, t["written"])
         except (ManifestError, KeyError, TypeError):
             return -1.0
-    fr = [fraction(m) for m in manifests]
-    return tuple(sorted(range(len(fr)), key=lambda s: (-fr[s], s)))
+    return by_fraction([fraction(m) for m in manifests])

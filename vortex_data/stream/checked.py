@@ -25,9 +25,10 @@ from .shard_reader import ShardReader
 MAX_REPLACEMENT_TRIES = 8
 
 
-def checked_sample(ix: SourceIndex, i: int, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
-    """Sample ``i`` of ``ix`` with its members checked against the index's checksums (when it has them)."""
-    key, url = ix.key(i), ix.shards[int(ix.shard_of[i])]
+def checked_sample(ix: SourceIndex, i: int, key: str, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
+    """Sample ``i`` of ``ix`` (its ``key``, which the caller has already decoded to find the members)
+    with its members checked against the index's checksums (when it has them)."""
+    url = ix.shards[int(ix.shard_of[i])]
     checksums = ix.checksums
     sums = checksums[i] if checksums is not None else None
     if sums is not None:
@@ -52,7 +53,8 @@ class CheckedSamples:
         src, idx = int(plan.source[p]), int(plan.index[p])
         ix = self.spec.indices[src]
         try:
-            return checked_sample(ix, idx, raw[(src, ix.key(idx))], int(plan.repeat[p]), src)  # type: ignore[arg-type]
+            key = ix.key(idx)
+            return checked_sample(ix, idx, key, raw[(src, key)], int(plan.repeat[p]), src)  # type: ignore[arg-type]
         except SampleError as e:
             if self.spec.on_error != "skip":
                 raise
@@ -71,7 +73,7 @@ class CheckedSamples:
             key = ix.key(alt)
             try:
                 members = self.reader.read_group(ix.shards[int(ix.shard_of[alt])], [key], {key: ix.spans(alt)})[key]
-                smp = checked_sample(ix, alt, members, int(plan.repeat[p]), src)
+                smp = checked_sample(ix, alt, key, members, int(plan.repeat[p]), src)
             except SampleError:
                 continue
             self._skipped.append(f"{bad}; replaced by {key!r}")
