@@ -260,18 +260,16 @@ def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, 
     """The scene of every frame of a manifest (None and why when its index records none)."""
     import re
 
-    import pyarrow.parquet as pq
-
     from .format.manifest import ManifestError, load_manifest
 
     if not manifest.is_file():
         return None, f"no manifest {manifest.name}"
     try:
         m = load_manifest(manifest)
-        names = pq.read_schema(m.index_path()).names
-        if SCENE_COLUMN not in names:
+        index = m.index_file()
+        if SCENE_COLUMN not in index.schema_arrow.names:
             return None, f"{m.index_path().name} records no scenes; rebuild NYU with a vortex-data that does"
-        t = pq.read_table(m.index_path(), columns=["key", SCENE_COLUMN])
+        t = index.read(columns=["key", SCENE_COLUMN])
     except (ManifestError, OSError) as e:
         return None, str(e)
     keys, scenes = t.column("key").to_pylist(), t.column(SCENE_COLUMN).to_pylist()

@@ -8,7 +8,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 from .format.integrity import CHECKSUM_COLUMN, SampleError, check_members
 from .format.manifest import Manifest, is_remote, load_manifest, sha256_file
@@ -115,7 +114,7 @@ class _IndexByShard:
     def __init__(self, m: Manifest):
         import numpy as np
 
-        pf = pq.ParquetFile(m.index_path())
+        pf = m.index_file()
         cols = ["key", "shard"] + [c for c in (CHECKSUM_COLUMN,) if c in pf.schema_arrow.names]
         self.table = pf.read(columns=cols)
         self.rows = self.table.num_rows

@@ -171,8 +171,12 @@ class Manifest:
     def index_path(self) -> Path:
         return self._dir() / self.index_name
 
-    def read_index(self) -> pa.Table:
-        return pq.read_table(self.index_path())
+    def index_file(self) -> pq.ParquetFile:
+        """The Parquet index, opened memory-mapped (its schema, row groups, columns on demand)."""
+        return pq.ParquetFile(self.index_path(), memory_map=True)
+
+    def read_index(self, columns: list[str] | None = None) -> pa.Table:
+        return self.index_file().read(columns=columns)
 
     def _dir(self) -> Path:
         if self.path is None:

@@ -70,15 +70,14 @@ def plan_units(manifests: list[Path], mixture: Mixture | None) -> list[Unit]:
 
 def index_rows(unit: Unit) -> dict[str, np.ndarray]:
     """The index columns the statistics use, as numpy arrays (keys and shards as UTF-8 bytes)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from ..stream.workers import return_freed_memory
 
     m = load_manifest(unit.manifest)
     names = ("key", "shard", "width", "height", "valid_fraction", "has_seg", "ignore_pixels", "fx", "fy",
              "class_pixels")
     parts: dict[str, list[np.ndarray]] = {c: [] for c in names}
     try:  # only the columns used (not the member maps), a row group at a time, no Python object per row
-        index = pq.ParquetFile(m.index_path())
+        index = m.index_file()
         for group in range(index.num_row_groups):  # the least memory of Arrow's ways to read a file
             batch = index.read_row_group(group, columns=list(names), use_threads=False)
             for c in names:
@@ -88,8 +87,7 @@ def index_rows(unit: Unit) -> dict[str, np.ndarray]:
                                 else col.to_numpy(zero_copy_only=False).copy())
     except OSError as e:
         raise InputError(f"{m.index_path()}: cannot read the Parquet index ({e})") from None
-    # Arrow keeps freed buffers in its pool; what was read is copied out, so give them back.
-    pa.default_memory_pool().release_unused()
+    return_freed_memory()  # what was read is copied out: Arrow's pool would keep its buffers
     empty = {"key": np.zeros(0, "S1"), "shard": np.zeros(0, "S1"), "class_pixels": np.zeros((0, NUM_CLASSES), np.int64)}
     cols = {c: _concat(p) if p else empty[c] if c in empty else
             np.zeros(0, index.schema_arrow.field(c).type.to_pandas_dtype()) for c, p in parts.items()}
@@ -109,18 +107,15 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 def _bytes_column(col: Any) -> np.ndarray:
     """A string column of a record batch as a numpy bytes array (UTF-8, fixed width), built from
     Arrow's offsets and data buffers: no Python object per row."""
-    import pyarrow as pa
+    from ..stream.sample_index import string_buffers
 
     n = len(col)
     if not n:
         return np.zeros(0, "S1")
-    wide = pa.types.is_large_string(col.type) or pa.types.is_large_binary(col.type)
-    offs = np.frombuffer(col.buffers()[1], np.int64 if wide else np.int32, n + 1, col.offset * (8 if wide else 4))
-    offs = offs.astype(np.int64)
-    data = np.frombuffer(col.buffers()[2], np.uint8)[offs[0]:offs[-1]]
-    lens = np.diff(offs)
+    end, data = string_buffers(col)
+    lens = np.diff(end)
     out = np.zeros((n, max(1, int(lens.max()))), np.uint8)
-    starts = offs[:-1] - offs[0]
+    starts = end[:-1]
     for j in range(out.shape[1]):  # a byte position at a time: memory O(rows), not O(bytes)
         has = lens > j
         out[has, j] = data[starts[has] + j]

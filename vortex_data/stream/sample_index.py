@@ -183,7 +183,7 @@ def _identity(url: str) -> str:
     return f"{os.path.abspath(url)}\0{st.st_size}\0{st.st_mtime_ns}"
 
 
-def _strings(col) -> tuple[np.ndarray, np.ndarray]:
+def string_buffers(col) -> tuple[np.ndarray, np.ndarray]:
     """An Arrow string column -> (end offsets n+1 starting at 0, UTF-8 bytes), without Python objects."""
     import pyarrow as pa
 
@@ -216,7 +216,7 @@ def _from_table(table, columns: list[str]) -> dict[str, Any]:
     """The arrays from an index table (vectorised when every row has offsets and checksums)."""
     n = table.num_rows
     out: dict[str, Any] = {}
-    out["key_end"], out["key_bytes"] = _strings(table.column("key"))
+    out["key_end"], out["key_bytes"] = string_buffers(table.column("key"))
     full = OFFSET_COLUMN in columns and CHECKSUM_COLUMN in columns
     if full:
         o_off, o_keys, o_val, o_ok = _map_parts(table.column(OFFSET_COLUMN))
