@@ -1,6 +1,7 @@
-"""How DataLoader worker processes behave: allocator policy and stop signals.
+"""How the loader's processes behave: allocator policy and stop signals.
 
-Nothing here changes what a batch contains; it keeps workers fast (freed memory reused) and makes
+Nothing here changes what a batch contains; it keeps workers fast (freed memory reused), gives a
+one-off job's memory back in the main process (:func:`return_freed_memory`) and makes
 the main process the one that decides when to stop (Slurm signals every process of a step),
 while the main process can still end its workers.
 """
