@@ -307,7 +307,7 @@ class TumConverter(Converter):
             else:
                 why = f"there are no {partner} frames"
             out.append(Rejection(f"{self.sequence}/{e.path}", self.split, "unpaired",
-                                 f"{self.src / e.path} ({e.where}): {what} frame at {e.stamp} s has no {partner} frame "
+                                 f"{self.src / e.path}{f' ({e.where})' if e.where != e.path else ''}: {what} frame at {e.stamp} s has no {partner} frame "
                                  f"within --max-dt {self.max_dt} s; {why}", e.path))
         return out
 
