@@ -210,7 +210,7 @@ def test_camera_file_and_its_errors(tmp_path):
         load_camera(tmp_path / "nope.toml")
 
 
-def test_cli_options_and_refusals(seq, tmp_path):
+def test_cli_options_and_refusals(seq, tmp_path, capsys):
     cls = get_converter("tum")
     parser = argparse.ArgumentParser()
     cls.add_arguments(parser.add_argument_group("tum"))
@@ -223,3 +223,8 @@ def test_cli_options_and_refusals(seq, tmp_path):
         TumConverter(seq, "fr1", max_dt=0)
     with pytest.raises(InputError, match="not a TUM sequence"):
         TumConverter(tmp_path, "fr1").enumerate(None)
+    # From the command line: one line naming the flag and the choices, exit 2.
+    from vortex_data.cli import main
+    assert main(["build-shards", "--dataset", "tum", "--src", str(seq), "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --camera" in err[0] and "fr1" in err[0]
