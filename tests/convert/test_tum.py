@@ -68,7 +68,7 @@ def nearest_in_turn(first: list[float], second: list[float], max_difference: flo
 
 
 def converter_pairs(conv: TumConverter) -> list[tuple[float, float]]:
-    return sorted((float(f.payload[0]), float(f.payload[1])) for f in conv.enumerate(None).frames)
+    return sorted((float(f.payload[1]), float(f.payload[2])) for f in conv.enumerate(None).frames)
 
 
 def test_association_equals_associate_py_on_the_fixture(seq):
@@ -111,7 +111,8 @@ def test_every_frame_written_or_rejected_with_a_reason(seq):
     assert by_kind == ["depth"] * 2 + ["rgb"] * 3  # two dropped depth frames + the contested one; 2 orphan depths
     contested = [r for r in en.rejected if "paired with a closer" in r.reason]
     assert len(contested) == 2 and all("--max-dt 0.02" in r.reason for r in contested)
-    assert en.report["pairs"] == len(en.frames) and en.report["colour_unpaired"] == 3
+    rep = en.report["sequences"][seq.name]
+    assert rep["pairs"] == len(en.frames) and rep["colour_unpaired"] == 3 and rep["layout"] == "lists"
 
 
 def test_comments_bad_lines_and_duplicates_are_counted(seq, tmp_path):
@@ -147,7 +148,7 @@ def test_depth_mm_is_the_png_divided_by_5(seq):
         np.testing.assert_array_equal(s.depth_mm, np.rint(png / 5).astype(np.uint16))
         rgb = cv2.cvtColor(cv2.imread(str(seq / ref.files[0])), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(s.rgb, rgb)
-        assert s.meta["scene"] == seq.name and s.key == f"tum/train/{seq.name}/{ref.payload[0].replace('.', '_')}"
+        assert s.meta["scene"] == seq.name and s.key == f"tum/train/{seq.name}/{ref.payload[1].replace('.', '_')}"
     # fr1 is for 640x480: its intrinsics are rescaled to the 160x120 images; distortion recorded.
     assert s.intrinsics.fx == pytest.approx(517.3 / 4) and s.intrinsics.cy == pytest.approx((255.3 + 0.5) / 4 - 0.5)
     assert s.meta["distortion"] == list(CAMERAS["fr1"].distortion) and s.meta["tum_depth_correction"] == 1.035
@@ -168,13 +169,30 @@ def test_build_writes_one_split_with_the_sequence_as_scene(seq, tmp_path):
 def test_ros_export_names_parse_as_nanoseconds(ros):
     conv = TumConverter(ros, str(ros / "camera.toml"))
     en = conv.enumerate(None)
-    assert en.report["layout"] == "folders" and len(en.frames) == 7 and len(en.rejected) == 5
+    assert en.report["sequences"]["corridor_run1"]["layout"] == "folders"
+    assert len(en.frames) == 7 and len(en.rejected) == 5
     s = conv.load(en.frames[0])
     assert s.meta["color_timestamp"] == "1712345678.004047286"
     assert abs(s.meta["dt_s"]) < 0.02
     png = cv2.imread(str(ros / en.frames[0].files[1]), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(s.depth_mm, png)  # depth_scale 1000: the PNG is millimetres
     assert s.intrinsics.fx == pytest.approx(131.25) and s.meta["scene"] == "corridor_run1"
+
+
+def test_a_folder_of_sequences_keeps_each_its_scene(seq, ros, tmp_path):
+    parent = tmp_path / "recordings"
+    shutil.copytree(seq, parent / seq.name)
+    shutil.copytree(ros, parent / ros.name)
+    (parent / "notes").mkdir()  # not a sequence: ignored
+    conv = TumConverter(parent, "ros-default")
+    en = conv.enumerate(None)
+    assert sorted(en.report["sequences"]) == sorted([seq.name, ros.name]) and len(en.frames) == 14
+    assert all(f.files[0].split("/")[0] in (seq.name, ros.name) for f in en.frames)
+    assert {r.file.split("/")[0] for r in en.rejected} == {seq.name, ros.name} and len(en.rejected) == 10
+    scenes = {conv.load(f).meta["scene"] for f in (en.frames[0], en.frames[-1])}
+    assert scenes == {seq.name, ros.name}
+    with pytest.raises(InputError, match="nor a folder of them"):
+        TumConverter(parent / "notes", "fr1").enumerate(None)
 
 
 @pytest.mark.parametrize("stem, ns", [

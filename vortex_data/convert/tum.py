@@ -1,6 +1,7 @@
 """TUM RGB-D sequences and ROS-style frame folders -> uniform samples (docs/tum.md).
 
-``--src`` is one sequence, in either layout (detected):
+``--src`` is one sequence, or a folder whose subfolders are sequences, in either layout (detected
+per sequence):
 
 * TUM RGB-D: ``rgb.txt`` and ``depth.txt`` list ``timestamp path`` lines (``#`` comments), the
   images under ``rgb/`` and ``depth/``. Read as TUM's ``associate.py`` reads them (fields split on
@@ -17,8 +18,8 @@ depth, ...). So colour entries + depth entries = 2 x pairs + unpaired + duplicat
 
 Depth is a 16-bit PNG holding ``depth_scale`` units per metre (TUM: 5000, so mm = PNG / 5),
 0 = missing. Intrinsics come from ``--camera``: TUM's published cameras by name or a TOML file.
-A sample's ``scene`` is the sequence (the folder's name); a whole sequence goes to one split
-(``--sequence-split``), so one sequence never lands in both training and evaluation.
+A sample's ``scene`` is its sequence (the sequence folder's name); a build writes every sequence
+to one split (``--sequence-split``), so a sequence never lands in both training and evaluation.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..errors import InputError
 from ..format.geometry import Intrinsics
 from ..format.schema import Sample, depth_to_mm
 from ..format.tar_index import make_key
-from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame
+from .base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from .image_files import read_image
 from .timestamps import associate, duplicate_times, stamped_files
 
@@ -147,14 +148,15 @@ class _Entry:
     time: float | int
     """Seconds as associate.py parses them (float) for lists; nanoseconds (int) for folders."""
     path: str
-    """Image file relative to the sequence folder."""
+    """Image file relative to --src."""
     where: str
     """Where it was listed, for messages: 'rgb.txt line 7' or 'color/1.5.png'."""
 
 
-def read_file_list(path: Path, seq: str, split: str, rejected: list[Rejection]) -> list[_Entry]:
+def read_file_list(path: Path, prefix: str, seq: str, split: str, rejected: list[Rejection]) -> list[_Entry]:
     """associate.py's read_file_list: ``timestamp path`` lines -> entries in file order; the
-    lines it drops or overwrites are appended to ``rejected`` instead of vanishing."""
+    lines it drops or overwrites are appended to ``rejected`` instead of vanishing. ``prefix``:
+    the sequence folder relative to --src ('' or 'name/')."""
     try:
         text = path.read_text(errors="surrogateescape")
     except FileNotFoundError:
@@ -175,45 +177,60 @@ def read_file_list(path: Path, seq: str, split: str, rejected: list[Rejection]) 
         if not ok:
             rejected.append(Rejection(f"{seq}/{where}", split, "bad-line",
                                       f"{path} line {n}: expected 'timestamp path', got {line.strip()[:80]!r}",
-                                      path.name))
+                                      prefix + path.name))
             continue
         if t in by_time:
             old = by_time[t]
             rejected.append(Rejection(f"{seq}/{old.path}", split, "duplicate-timestamp",
                                       f"{path} {old.where}: timestamp {old.stamp} is listed again on line {n}, "
                                       "whose image is used (as associate.py does)", old.path))
-        by_time[t] = _Entry(fields[0], t, fields[1], where)
+        by_time[t] = _Entry(fields[0], t, prefix + fields[1], where)
     return list(by_time.values())
 
 
-def read_stamped_folder(src: Path, sub: str, exts: tuple[str, ...], seq: str, split: str,
+def read_stamped_folder(src: Path, sub: str, exts: tuple[str, ...], prefix: str, seq: str, split: str,
                         rejected: list[Rejection]) -> list[_Entry]:
     """The images of ``src/sub`` timed by their names; the unnamed, unreadable and duplicated are
-    appended to ``rejected``."""
+    appended to ``rejected``. ``prefix``: ``src`` relative to --src ('' or 'name/')."""
     found = stamped_files(src / sub, exts)
     for name in found.unstamped:
         rejected.append(Rejection(f"{seq}/{sub}/{name}", split, "bad-name",
                                   f"{src / sub / name}: no timestamp in the file name (expected <sec>.<nsec>)",
-                                  f"{sub}/{name}"))
+                                  f"{prefix}{sub}/{name}"))
     for name, why in found.unreadable:
         rejected.append(Rejection(f"{seq}/{sub}/{name}", split, "unreadable", f"{src / sub / name}: cannot be read ({why})",
-                                  f"{sub}/{name}"))
+                                  f"{prefix}{sub}/{name}"))
     dup = set(duplicate_times([t for t, _ in found.stamped]))
     entries, seen = [], set()
     for t, name in found.stamped:  # by name: the first name of a time is kept
         if t in dup and t in seen:
             rejected.append(Rejection(f"{seq}/{sub}/{name}", split, "duplicate-timestamp",
-                                      f"{src / sub / name}: another image in {sub}/ has the same time", f"{sub}/{name}"))
+                                      f"{src / sub / name}: another image in {sub}/ has the same time",
+                                      f"{prefix}{sub}/{name}"))
             continue
         seen.add(t)
-        entries.append(_Entry(Path(name).stem, t, f"{sub}/{name}", f"{sub}/{name}"))
+        entries.append(_Entry(Path(name).stem, t, f"{prefix}{sub}/{name}", f"{sub}/{name}"))
     return entries
+
+
+def layout_of(folder: Path) -> str | None:
+    """'lists' (rgb.txt + depth.txt), 'folders' (color/ + depth/) or None (not a sequence)."""
+    if (folder / "rgb.txt").is_file() or (folder / "depth.txt").is_file():
+        return "lists"
+    if (folder / COLOR_DIR).is_dir() and (folder / DEPTH_DIR).is_dir():
+        return "folders"
+    return None
+
+
+def _seconds(t: float | int) -> float:
+    """A time difference in seconds: floats are seconds already, integers nanoseconds."""
+    return float(t) if isinstance(t, float) else int(t) / 1e9
 
 
 class TumConverter(Converter):
     name: ClassVar[str] = "tum"
     description: ClassVar[str] = ("TUM RGB-D sequences (rgb.txt/depth.txt) and ROS-style color/ + depth/ folders "
-                                  "of <sec>.<nsec> images; one sequence per build")
+                                  "of <sec>.<nsec> images; one sequence or a folder of them")
     splits: ClassVar[tuple[str, ...]] = SPLITS
 
     def __init__(self, src: Path, camera: str | Path | None, max_dt: float = DEFAULT_MAX_DT, split: str = "train"):
@@ -230,7 +247,6 @@ class TumConverter(Converter):
         self.camera = load_camera(camera)
         self.max_dt = float(max_dt)
         self.split = split
-        self.sequence = self.src.resolve().name
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -242,7 +258,7 @@ class TumConverter(Converter):
                            help="tum: largest colour/depth time difference of a pair, seconds (default 0.02, as "
                                 "associate.py)")
         group.add_argument("--sequence-split", choices=SPLITS, default="train",
-                           help="tum: the split the whole sequence goes to (default train)")
+                           help="tum: the split every frame of the sequences goes to (default train)")
 
     @classmethod
     def from_args(cls, src: Path, args: argparse.Namespace) -> "TumConverter":
@@ -252,47 +268,58 @@ class TumConverter(Converter):
     def options(self) -> dict[str, Any]:
         return {"camera": asdict(self.camera), "max_dt": self.max_dt, "sequence_split": self.split}
 
-    def layout(self) -> str:
-        """'lists' (rgb.txt + depth.txt) or 'folders' (color/ + depth/)."""
-        if (self.src / "rgb.txt").is_file() or (self.src / "depth.txt").is_file():
-            return "lists"
-        if (self.src / COLOR_DIR).is_dir() and (self.src / DEPTH_DIR).is_dir():
-            return "folders"
+    def sequences(self) -> list[tuple[Path, str, str]]:
+        """(folder, its path relative to --src as a prefix, name) of each sequence: --src itself,
+        or else each of its subfolders that is one, by name."""
         if not self.src.is_dir():
-            raise InputError(f"{self.src}: no such folder (--src is one TUM sequence folder)")
-        raise InputError(f"{self.src}: not a TUM sequence (needs rgb.txt and depth.txt) nor a ROS-style export "
-                         f"(needs {COLOR_DIR}/ and {DEPTH_DIR}/ with <sec>.<nsec> images)")
+            raise InputError(f"{self.src}: no such folder (--src is a TUM sequence folder or a folder of them)")
+        if layout_of(self.src):
+            return [(self.src, "", self.src.resolve().name)]
+        entries, err = scan_folder(self.src)
+        if err is not None:
+            raise InputError(f"{self.src}: cannot be listed ({os_reason(err)})")
+        found = [(p, f"{p.name}/", p.name) for p in entries if p.is_dir() and layout_of(p)]
+        if not found:
+            raise InputError(f"{self.src}: not a TUM sequence (needs rgb.txt and depth.txt) nor a ROS-style export "
+                             f"(needs {COLOR_DIR}/ and {DEPTH_DIR}/ with <sec>.<nsec> images), nor a folder of them")
+        return found
 
     def enumerate(self, splits: set[str] | None) -> Enumeration:
         if splits is not None and self.split not in splits:
-            return Enumeration([], [], {"note": f"this sequence is split {self.split!r} (--sequence-split)"})
-        seq, split = self.sequence, self.split
+            return Enumeration([], [], {"note": f"these sequences are split {self.split!r} (--sequence-split)"})
+        frames: list[FrameRef] = []
         rejected: list[Rejection] = []
-        layout = self.layout()
+        report: dict[str, Any] = {}
+        for folder, prefix, seq in self.sequences():
+            f, r, report[seq] = self._enumerate_sequence(folder, prefix, seq)
+            frames += f
+            rejected += r
+        return Enumeration(frames, rejected, {"camera": self.camera.name, "sequences": report})
+
+    def _enumerate_sequence(self, folder: Path, prefix: str, seq: str):
+        split = self.split
+        rejected: list[Rejection] = []
+        layout = layout_of(folder)
         if layout == "lists":
-            color = read_file_list(self.src / "rgb.txt", seq, split, rejected)
-            depth = read_file_list(self.src / "depth.txt", seq, split, rejected)
+            color = read_file_list(folder / "rgb.txt", prefix, seq, split, rejected)
+            depth = read_file_list(folder / "depth.txt", prefix, seq, split, rejected)
             max_diff: float | int = self.max_dt
         else:
-            color = read_stamped_folder(self.src, COLOR_DIR, COLOR_EXTS, seq, split, rejected)
-            depth = read_stamped_folder(self.src, DEPTH_DIR, (".png",), seq, split, rejected)
+            color = read_stamped_folder(folder, COLOR_DIR, COLOR_EXTS, prefix, seq, split, rejected)
+            depth = read_stamped_folder(folder, DEPTH_DIR, (".png",), prefix, seq, split, rejected)
             max_diff = round(self.max_dt * 1e9)  # integer nanoseconds: exact
         pairs = associate([e.time for e in color], [e.time for e in depth], max_diff)
         frames = [FrameRef(split, f"{seq}/{color[i].stamp}", (color[i].path, depth[j].path),
-                           payload=(color[i].stamp, depth[j].stamp, self._seconds(color[i].time - depth[j].time)))
+                           payload=(seq, color[i].stamp, depth[j].stamp, _seconds(color[i].time - depth[j].time)))
                   for i, j in pairs]
-        rejected += self._unpaired(color, depth, {i for i, _ in pairs}, "colour", "depth", max_diff)
-        rejected += self._unpaired(depth, color, {j for _, j in pairs}, "depth", "colour", max_diff)
-        report = {"sequence": seq, "layout": layout, "camera": self.camera.name,
-                  "colour_frames": len(color), "depth_frames": len(depth), "pairs": len(pairs),
+        rejected += self._unpaired(seq, color, depth, {i for i, _ in pairs}, "colour", "depth", max_diff)
+        rejected += self._unpaired(seq, depth, color, {j for _, j in pairs}, "depth", "colour", max_diff)
+        report = {"layout": layout, "colour_frames": len(color), "depth_frames": len(depth), "pairs": len(pairs),
                   "colour_unpaired": len(color) - len(pairs), "depth_unpaired": len(depth) - len(pairs)}
-        return Enumeration(frames, rejected, report)
+        return frames, rejected, report
 
-    def _seconds(self, t: float | int) -> float:
-        return float(t) if isinstance(t, float) else int(t) / 1e9
-
-    def _unpaired(self, mine: list[_Entry], other: list[_Entry], paired: set[int], what: str, partner: str,
-                  max_diff: float | int) -> list[Rejection]:
+    def _unpaired(self, seq: str, mine: list[_Entry], other: list[_Entry], paired: set[int], what: str,
+                  partner: str, max_diff: float | int) -> list[Rejection]:
         other_times = np.sort(np.asarray([e.time for e in other]))
         out = []
         for i, e in enumerate(mine):
@@ -301,19 +328,20 @@ class TumConverter(Converter):
             if other_times.size:
                 k = int(np.searchsorted(other_times, e.time))
                 near = min(abs(e.time - other_times[m]) for m in (k - 1, k) if 0 <= m < other_times.size)
-                why = (f"the nearest {partner} frame, {self._seconds(near):.4f} s away, is paired with a closer "
+                why = (f"the nearest {partner} frame, {_seconds(near):.4f} s away, is paired with a closer "
                        f"{what} frame" if near < max_diff else
-                       f"the nearest {partner} frame is {self._seconds(near):.4f} s away")
+                       f"the nearest {partner} frame is {_seconds(near):.4f} s away")
             else:
                 why = f"there are no {partner} frames"
-            out.append(Rejection(f"{self.sequence}/{e.path}", self.split, "unpaired",
-                                 f"{self.src / e.path}{f' ({e.where})' if e.where != e.path else ''}: {what} frame at {e.stamp} s has no {partner} frame "
+            where = f" ({e.where})" if not e.path.endswith(e.where) else ""
+            out.append(Rejection(f"{seq}/{e.path}", self.split, "unpaired",
+                                 f"{self.src / e.path}{where}: {what} frame at {e.stamp} s has no {partner} frame "
                                  f"within --max-dt {self.max_dt} s; {why}", e.path))
         return out
 
     def load(self, ref: FrameRef) -> Sample:
         color_rel, depth_rel = ref.files
-        color_stamp, depth_stamp, dt = ref.payload
+        seq, color_stamp, depth_stamp, dt = ref.payload
         bgr = read_image(self.src / color_rel, cv2.IMREAD_COLOR, color_rel)
         raw = read_image(self.src / depth_rel, cv2.IMREAD_UNCHANGED, depth_rel)
         if raw.dtype != np.uint16 or raw.ndim != 2:
@@ -336,7 +364,7 @@ class TumConverter(Converter):
             rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
             depth_mm=conv.depth_mm,
             intrinsics=intrinsics,
-            meta={"source_files": list(ref.files), "scene": self.sequence, "sequence": self.sequence,
+            meta={"source_files": list(ref.files), "scene": seq, "sequence": seq,
                   "color_timestamp": color_stamp, "depth_timestamp": depth_stamp, "dt_s": dt,
                   "camera": cam.name, "distortion": list(cam.distortion), "undistorted": False,
                   "depth_scale": cam.depth_scale, "tum_depth_correction": cam.depth_correction},
