@@ -43,7 +43,8 @@ from .image_files import read_image
 from .timestamps import associate, duplicate_times, stamped_files
 
 DEFAULT_MAX_DT = 0.02
-"""associate.py's default --max_difference, in seconds (half a frame interval at 30 Hz is 0.0167)."""
+"""associate.py's default --max_difference, in seconds: at 30 Hz frames are 0.033 s apart, so a
+frame's own partner is within it and a neighbour's only when the clocks drift by > 13 ms."""
 SPLITS = ("train", "val", "test", "eval")
 COLOR_DIR, DEPTH_DIR = "color", "depth"
 COLOR_EXTS = (".png", ".jpg", ".jpeg")
@@ -198,8 +199,8 @@ def read_stamped_folder(src: Path, sub: str, exts: tuple[str, ...], prefix: str,
                                   f"{src / sub / name}: no timestamp in the file name (expected <sec>.<nsec>)",
                                   f"{prefix}{sub}/{name}"))
     for name, why in found.unreadable:
-        rejected.append(Rejection(f"{seq}/{sub}/{name}", split, "unreadable", f"{src / sub / name}: cannot be read ({why})",
-                                  f"{prefix}{sub}/{name}"))
+        rejected.append(Rejection(f"{seq}/{sub}/{name}", split, "unreadable",
+                                  f"{src / sub / name}: cannot be read ({why})", f"{prefix}{sub}/{name}"))
     dup = set(duplicate_times([t for t, _ in found.stamped]))
     entries, seen = [], set()
     for t, name in found.stamped:  # by name: the first name of a time is kept
