@@ -83,8 +83,8 @@ class TumCamera:
 
 # The TUM benchmark's camera page ("Intrinsic Camera Calibration of the Kinect"): the colour
 # cameras of the Freiburg 1, 2 and 3 Kinects (d0..d4 in OpenCV order), and the ROS default set
-# TUM recommends for the depth images as published (pre-registered by OpenNI, whose undistortion
-# of depth "is not trivial"). ds: the depth scale error TUM measured for the fr1 and fr2 sensors.
+# TUM's point-cloud recipe uses for the depth images as published (already registered to colour
+# by OpenNI). ds: the depth scale error TUM measured for the fr1 and fr2 sensors.
 CAMERAS: dict[str, TumCamera] = {
     "ros-default": TumCamera("ros-default", 525.0, 525.0, 319.5, 239.5, 5000.0, size=(640, 480)),
     "fr1": TumCamera("fr1", 517.3, 516.5, 318.6, 255.3, 5000.0, (0.2624, -0.9531, -0.0054, 0.0026, 1.1633), 1.035,
@@ -253,7 +253,7 @@ class TumConverter(Converter):
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--camera", default=None,
                            help=f"tum: intrinsics and depth scale: a TOML file or one of {', '.join(CAMERAS)} "
-                                "(TUM's published cameras; ros-default = 525/525/319.5/239.5, which TUM recommends "
+                                "(TUM's published cameras; ros-default = 525/525/319.5/239.5, what TUM uses "
                                 "for its pre-registered depth)")
         group.add_argument("--max-dt", type=float, default=DEFAULT_MAX_DT,
                            help="tum: largest colour/depth time difference of a pair, seconds (default 0.02, as "
