@@ -21,6 +21,7 @@ DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("nyu", "vortex_data.fixtures.nyu:write_demo_nyu_source", []),
     ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
     ("femto", "vortex_data.fixtures.femto:write_demo_femto", []),
+    ("tum", "vortex_data.fixtures.tum:write_demo_tum", ["--camera", "ros-default"]),
 ]
 
 

@@ -311,6 +311,36 @@ def test_dump_errors(dump, tmp_path):
         conv.load(en.frames[0])
 
 
+# Each naming a frame dump may use: (colour name, depth name) for a capture at `us` microseconds.
+DUMP_NAMINGS = {
+    "prefix_us": lambda sec, ns: (f"color_{sec * 10**6 + ns // 1000}.jpg", f"depth_{sec * 10**6 + ns // 1000}.png"),
+    "plain_us": lambda sec, ns: (f"{sec * 10**6 + ns // 1000}.jpg", f"{sec * 10**6 + ns // 1000}.png"),
+    # ROS export: <sec>.<nsec>, nanoseconds zero-padded to 9 digits (the old reader took the last
+    # digit run, '000123456', as 123456 us and lost the seconds).
+    "sec_nsec": lambda sec, ns: (f"{sec}.{ns:09d}.jpg", f"{sec}.{ns:09d}.png"),
+}
+
+
+@pytest.mark.parametrize("naming", sorted(DUMP_NAMINGS))
+def test_dump_timestamps_from_each_naming(dump, tmp_path, naming):
+    rec = tmp_path / naming
+    shutil.copytree(dump, rec)
+    shutil.rmtree(rec / "truth")
+    # Captures 1 s + 123 us apart, so seconds and sub-millisecond digits both matter.
+    stamps = [(1712345678 + k, 123_456 + k * 123_000) for k in range(2)]
+    for sub in ("color", "depth"):
+        for old, (sec, ns) in zip(sorted((rec / sub).iterdir()), stamps):
+            names = DUMP_NAMINGS[naming](sec, ns)
+            old.rename(rec / sub / names[0 if sub == "color" else 1])
+    conv = FemtoConverter(rec, pair_tol_ms=1)
+    en = conv.enumerate(None)
+    assert not en.rejected and len(en.frames) == 2
+    want = [sec * 10**6 + ns // 1000 for sec, ns in stamps]
+    assert [f.payload[0].depth_us for f in en.frames] == want
+    assert [f.payload[0].color_us for f in en.frames] == want
+    assert conv.load(en.frames[1]).meta["time_s"] == pytest.approx(1.000123)
+
+
 def test_real_femto_bolt_calibration_files(samples_dir):
     cal = folder_calibration(samples_dir / "femto_bolt")
     assert cal.color.fx == pytest.approx(2246.03) and cal.color.size == (3840, 2160)

@@ -16,6 +16,7 @@ CONVERTERS: dict[str, str] = {
     "femto": "vortex_data.convert.femto:FemtoConverter",
     "nyu": "vortex_data.convert.nyu:NyuConverter",
     "sunrgbd": "vortex_data.convert.sunrgbd:SunRgbdConverter",
+    "tum": "vortex_data.convert.tum:TumConverter",
 }
 
 

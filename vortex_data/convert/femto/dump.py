@@ -7,59 +7,40 @@ Layout (docs/femto.md)::
     <folder>/rgb_camera_info.json, depth_camera_info.json, extrinsic_depth_to_color.json
              (or one calibration.json; see calib.folder_calibration)
 
-The timestamp is the last run of digits in the file name, in microseconds. Calibrations for
+The timestamp is read from the file name by the package's one rule (timestamps.stamp_from_name):
+``<sec>.<nsec>`` (a ROS export, ``1712345678.123456789.png``) or, failing that, the last run of
+digits in microseconds (``color_<timestamp_us>``). Calibrations for
 another size of the same aspect ratio (e.g. the factory 3840x2160 colour calibration for 1280x720
 dumps) are rescaled to the stored images.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ..base import os_reason, scan_folder
+from ...errors import InputError
+from ..base import scan_folder
 from ..image_files import ImageError, decode_image, read_image
+from ..timestamps import StampedFolder, duplicate_times, stamped_files
 from .calib import FemtoCalibration, folder_calibration
 from .recording import Capture, CaptureData, RecordingError, pair_by_time
 
 COLOR_DIR, DEPTH_DIR = "color", "depth"
 COLOR_EXTS = (".jpg", ".jpeg", ".png")
-_DIGITS = re.compile(r"(\d+)(?!.*\d)")
 
 
 def is_frame_dump(folder: Path) -> bool:
     return (folder / COLOR_DIR).is_dir() and (folder / DEPTH_DIR).is_dir()
 
 
-def _stamped(folder: Path, exts: tuple[str, ...]) -> tuple[list[tuple[int, Any]], list[str], list[tuple[str, str]]]:
-    """(timestamp_us, file name) for every image in folder, names without a timestamp, and
-    (name, why) for image names that are no readable file (symlink loop, dangling link, folder)."""
-    out, bad, unreadable = [], [], []
-    entries, err = scan_folder(folder)
-    if err is not None:
-        raise RecordingError(f"{folder}: cannot be listed ({os_reason(err)})")
-    for p in entries:
-        if p.suffix.lower() not in exts:
-            continue
-        try:
-            if not stat.S_ISREG(os.stat(p).st_mode):
-                unreadable.append((p.name, "not a regular file"))
-                continue
-        except OSError as e:
-            unreadable.append((p.name, os_reason(e)))  # ELOOP for a symlink loop, ENOENT for a dangling link
-            continue
-        m = _DIGITS.search(p.stem)
-        if m:
-            out.append((int(m.group(1)), p.name))
-        else:
-            bad.append(p.name)
-    return out, bad, unreadable
+def _us(found: StampedFolder) -> list[tuple[int, str]]:
+    """(microseconds, name): the captures' unit. Nanoseconds below a microsecond are dropped
+    (they never separate two frames of one stream)."""
+    return [(t // 1000, name) for t, name in found.stamped]
 
 
 class DumpRecording:
@@ -95,19 +76,21 @@ class DumpRecording:
     def captures(self) -> list[Capture]:
         if not is_frame_dump(self.path):
             raise RecordingError(f"{self.path}: not a frame dump (needs '{COLOR_DIR}/' and '{DEPTH_DIR}/' folders)")
-        depth, bad_d, unread_d = _stamped(self.path / DEPTH_DIR, (".png",))
-        color, bad_c, unread_c = _stamped(self.path / COLOR_DIR, COLOR_EXTS)
-        self.unstamped = [f"{DEPTH_DIR}/{n}" for n in bad_d] + [f"{COLOR_DIR}/{n}" for n in bad_c]
-        self.unreadable = [(f"{DEPTH_DIR}/{n}", why) for n, why in unread_d] + \
-                          [(f"{COLOR_DIR}/{n}", why) for n, why in unread_c]
-        if not depth and not color:
+        try:
+            found = {sub: stamped_files(self.path / sub, exts)
+                     for sub, exts in ((DEPTH_DIR, (".png",)), (COLOR_DIR, COLOR_EXTS))}
+        except InputError as e:
+            raise RecordingError(str(e)) from None
+        self.unstamped = [f"{sub}/{n}" for sub, f in found.items() for n in f.unstamped]
+        self.unreadable = [(f"{sub}/{n}", why) for sub, f in found.items() for n, why in f.unreadable]
+        if not found[DEPTH_DIR].stamped and not found[COLOR_DIR].stamped:
             raise RecordingError(f"{self.path}: no images in {COLOR_DIR}/ or {DEPTH_DIR}/")
-        for stamps, sub in ((depth, DEPTH_DIR), (color, COLOR_DIR)):
-            times = [t for t, _ in stamps]
-            if len(set(times)) != len(times):
-                dup = sorted({t for t in times if times.count(t) > 1})[:3]
-                raise RecordingError(f"{self.path / sub}: several images share timestamps {dup}")
-        caps = pair_by_time(depth, color, self.pair_tol_us)
+        stamps = {sub: _us(f) for sub, f in found.items()}
+        for sub, s in stamps.items():
+            dup = duplicate_times([t for t, _ in s])
+            if dup:
+                raise RecordingError(f"{self.path / sub}: several images share timestamps {dup[:3]} (us)")
+        caps = pair_by_time(stamps[DEPTH_DIR], stamps[COLOR_DIR], self.pair_tol_us)
         return [Capture(c.index, c.depth_us, c.color_us, c.depth_loc, c.color_loc,
                         tuple(f for f in (c.depth_loc and f"{DEPTH_DIR}/{c.depth_loc}",
                                           c.color_loc and f"{COLOR_DIR}/{c.color_loc}") if f))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..image_files import decode_image
+from ..timestamps import associate
 from .calib import FemtoCalibration
 
 
@@ -62,30 +63,21 @@ class Recording(Protocol):
 
 
 def pair_by_time(depth: list[tuple[int, Any]], color: list[tuple[int, Any]], tol_us: int) -> list[Capture]:
-    """Pair depth and colour frames one-to-one by nearest timestamp within tol_us.
+    """Pair depth and colour frames one-to-one by timestamp within tol_us (inclusive), by the one
+    pairing rule of the package (timestamps.associate: greedy by smallest difference).
 
     Each input frame appears in exactly one Capture; frames without a partner get a Capture
     with the other side None (the converter rejects those with a reason), so nothing is dropped.
     """
     d = sorted(depth, key=lambda x: x[0])
     c = sorted(color, key=lambda x: x[0])
-    c_times = np.array([t for t, _ in c], dtype=np.int64)
-    used = np.zeros(len(c), bool)
-    pairs: list[tuple[int, Any, int | None, Any]] = []
-    for t, loc in d:
-        j = None
-        if len(c):
-            k = int(np.searchsorted(c_times, t))
-            cands = [i for i in (k - 1, k) if 0 <= i < len(c) and not used[i] and abs(int(c_times[i]) - t) <= tol_us]
-            if cands:
-                j = min(cands, key=lambda i: abs(int(c_times[i]) - t))
-        if j is None:
-            pairs.append((t, loc, None, None))
-        else:
-            used[j] = True
-            pairs.append((t, loc, int(c_times[j]), c[j][1]))
-    caps = [(t, dloc, ct, cloc) for t, dloc, ct, cloc in pairs]
-    caps += [(None, None, int(c_times[i]), c[i][1]) for i in np.nonzero(~used)[0]]
+    # Integer microseconds: |a - b| <= tol is |a - b| < tol + 1.
+    pairs = associate([t for t, _ in d], [t for t, _ in c], tol_us + 1)
+    used = {j for _, j in pairs}
+    caps = [(d[i][0], d[i][1], c[j][0], c[j][1]) for i, j in pairs]
+    paired = {i for i, _ in pairs}
+    caps += [(t, loc, None, None) for i, (t, loc) in enumerate(d) if i not in paired]
+    caps += [(None, None, t, loc) for j, (t, loc) in enumerate(c) if j not in used]
     caps.sort(key=lambda x: (x[0] if x[0] is not None else x[2], x[0] is None))
     return [Capture(i, dt, ct, dl, cl) for i, (dt, dl, ct, cl) in enumerate(caps)]
 
