@@ -246,3 +246,23 @@ def test_the_module_api_the_raw_converter_uses(labelled):
     ns.allow_eval_scenes = True
     assert evs.from_args(ns, "nyu-raw") is None
     assert "nyu-sync" in get_converter("nyu-sync").name
+
+
+def test_stats_flags_a_training_manifest_sharing_an_evaluation_room(tree, labelled, tmp_path):
+    from vortex_data.convert.nyu.converter import NyuConverter
+    from vortex_data.stats.compute import plan_units, scene_leakage
+
+    mat, splits = labelled
+    nyu = build_shards(NyuConverter(mat, split_scheme="official", splits_file=splits),
+                       BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", workers=1, progress=False))
+    test_manifest = next(p for p in nyu.manifests if load_manifest(p).split == "test")
+    cli_build(tree, tmp_path / "leaky", "--allow-eval-scenes")
+    cli_build(tree, tmp_path / "clean", "--labelled", str(mat), "--splits-file", str(splits), "--eval-split",
+              "official")
+    leaky, clean = (tmp_path / d / "m/nyu-sync-train.json" for d in ("leaky", "clean"))
+    (got,) = scene_leakage(plan_units([leaky, test_manifest], None))
+    # the two kitchen_0028b frames trained on; the two test frames are of kitchen_0028a, the same room
+    assert got == {"pair": "nyu-sync-train/nyu-test", "frames": 2, "leaked_frames": 2, "shared_places": 1,
+                   "unknown_because": None}
+    (got,) = scene_leakage(plan_units([clean, test_manifest], None))
+    assert got["leaked_frames"] == 0
