@@ -137,7 +137,8 @@ def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int
 def check_leakage(pairs: list[tuple[str, list[str] | None, list[str] | None, str]], fail: bool) -> Check:
     """pairs: (label, train scenes or None, other split's scenes or None, why unknown)."""
     if not pairs:
-        return Check("leakage", "unknown", "no NYU source in the mixture (nothing to check)", {})
+        return Check("leakage", "unknown", "no NYU training source with an NYU val/test manifest beside it "
+                     "(nothing to check)", {})
     parts, values, status = [], {}, "ok"
     for label, train, other, why in pairs:
         if train is None or other is None:

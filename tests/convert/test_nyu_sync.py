@@ -99,7 +99,12 @@ def test_a_list_selects_exactly_its_frames_and_counts_add_up(tree, tmp_path):
              "/a/rgb_00001.jpg /b/sync_depth_00001.png 518.8579"]
     lst = write_list(tmp_path / "train.txt", lines)
     m = build(NyuSyncConverter(root, list_file=lst, eval_scenes=ALLOW), tmp_path)
-    assert sorted(shard_samples(m)) == ["nyu-sync/train/kitchen_0028b/00000", "nyu-sync/train/office_0003/00001"]
+    got = shard_samples(m)
+    assert sorted(got) == ["nyu-sync/train/kitchen_0028b/00000", "nyu-sync/train/office_0003/00001"]
+    for key, s in got.items():
+        scene, n = key.split("/")[-2:]
+        png = cv2.imread(str(root / sync_paths(scene, int(n))[1]), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(s["depth_mm"], png)
     codes = {r["reason"].split(":")[1]: r["code"] for r in m.rejected}
     assert codes == {"4": "duplicate", "5": "missing-file", "6": "bad-focal", "7": "bad-list-line",
                      "8": "bad-list-line"}
