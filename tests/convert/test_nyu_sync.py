@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -250,7 +251,12 @@ def test_the_module_api_the_raw_converter_uses(labelled):
         evs.from_args(ns, "nyu-raw")
     ns.allow_eval_scenes = True
     assert evs.from_args(ns, "nyu-raw") is None
-    assert "nyu-sync" in get_converter("nyu-sync").name
+    ns.allow_eval_scenes, ns.exclude_scenes, ns.eval_split = False, Path("x.txt"), "official"
+    with pytest.raises(evs.InputError, match="--eval-split, --splits-file only apply with --labelled"):
+        evs.from_args(ns, "nyu-raw")
+    assert get_converter("nyu-sync") is NyuSyncConverter
+    conv = NyuSyncConverter(".", eval_scenes=e)
+    assert pickle.loads(pickle.dumps(conv)).eval_scenes == e  # converters travel to worker processes
 
 
 def test_stats_flags_a_training_manifest_sharing_an_evaluation_room(tree, labelled, tmp_path):

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 from ...errors import InputError
 from ..base import FrameRef, Rejection
-from .splits import place_of
+from .splits import place_of, split_scenes
 
 NYU_DATASETS = ("nyu", "nyu-raw", "nyu-sync")
 """Datasets whose ``scene`` values are NYU scene names, comparable with one another."""
@@ -98,12 +98,19 @@ def from_args(args: argparse.Namespace, dataset: str) -> EvalScenes | None:
             f"labelled test/val frames come from, so training on them leaks those rooms into the score. Give "
             f"--labelled nyu_depth_v2_labeled.mat (its scenes and splits) or --exclude-scenes FILE (one scene per "
             f"line), or --allow-eval-scenes to keep every scene knowingly")
-    return load(labelled=labelled, exclude_file=listed, eval_split=getattr(args, "eval_split", "both"),
+    if labelled is None:
+        given = [f for f, v, default in (("--eval-split", getattr(args, "eval_split", "both"), "both"),
+                                         ("--split-seed", getattr(args, "split_seed", 0), 0),
+                                         ("--splits-file", getattr(args, "splits_file", None), None)) if v != default]
+        if given:
+            raise InputError(f"{dataset}: {', '.join(given)} only apply with --labelled (they choose its evaluation "
+                             "frames)")
+    return from_sources(labelled=labelled, exclude_file=listed, eval_split=getattr(args, "eval_split", "both"),
                 split_seed=getattr(args, "split_seed", 0), splits_file=getattr(args, "splits_file", None),
                 allowed=allowed)
 
 
-def load(labelled: Path | None = None, exclude_file: Path | None = None, eval_split: str = "both",
+def from_sources(labelled: Path | None = None, exclude_file: Path | None = None, eval_split: str = "both",
          split_seed: int = 0, splits_file: Path | None = None, allowed: bool = False) -> EvalScenes:
     """EvalScenes from a labelled ``.mat`` and/or a scene list (at least one)."""
     if eval_split not in EVAL_SPLITS:
@@ -145,8 +152,7 @@ def labelled_eval_scenes(path: Path, eval_split: str, split_seed: int = 0,
             continue
         conv = NyuConverter(path, split_scheme=scheme, split_seed=split_seed,
                             splits_file=splits_file if scheme == "official" else None)
-        scenes = conv.scene_names()
-        out[why] = sorted({scenes[i - 1] for i in conv.split_indices()[held_out]})
+        out[why] = split_scenes(conv.scene_names(), conv.split_indices())[held_out]
     return out
 
 
