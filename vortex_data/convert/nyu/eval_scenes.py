@@ -79,7 +79,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="with --labelled: the evaluation frames whose scenes are left out: the official "
                             "654-frame test split, the scenes80 val split, or both (default)")
     group.add_argument("--split-seed", type=int, default=0,
-                       help="with --labelled: seed of the scenes80 split the labelled frames were built with (default 0)")
+                       help="with --labelled: seed of the scenes80 split the labelled frames were built with "
+                            "(default 0)")
     group.add_argument("--splits-file", type=Path, default=None,
                        help="with --labelled: splits.mat or JSON overriding the shipped official split")
     group.add_argument("--allow-eval-scenes", action="store_true",
@@ -106,12 +107,12 @@ def from_args(args: argparse.Namespace, dataset: str) -> EvalScenes | None:
             raise InputError(f"{dataset}: {', '.join(given)} only apply with --labelled (they choose its evaluation "
                              "frames)")
     return from_sources(labelled=labelled, exclude_file=listed, eval_split=getattr(args, "eval_split", "both"),
-                split_seed=getattr(args, "split_seed", 0), splits_file=getattr(args, "splits_file", None),
-                allowed=allowed)
+                        split_seed=getattr(args, "split_seed", 0), splits_file=getattr(args, "splits_file", None),
+                        allowed=allowed)
 
 
 def from_sources(labelled: Path | None = None, exclude_file: Path | None = None, eval_split: str = "both",
-         split_seed: int = 0, splits_file: Path | None = None, allowed: bool = False) -> EvalScenes:
+                 split_seed: int = 0, splits_file: Path | None = None, allowed: bool = False) -> EvalScenes:
     """EvalScenes from a labelled ``.mat`` and/or a scene list (at least one)."""
     if eval_split not in EVAL_SPLITS:
         raise InputError(f"--eval-split must be one of {EVAL_SPLITS}, got {eval_split!r}")
@@ -126,9 +127,9 @@ def from_sources(labelled: Path | None = None, exclude_file: Path | None = None,
         if eval_split != "official":
             origin["split_seed"] = int(split_seed)
         if eval_split != "scenes80":
-            origin["splits_file"] = "shipped" if splits_file is None else str(splits_file)
+            origin["splits_file"] = "shipped" if splits_file is None else Path(splits_file).name
     if exclude_file is not None:
-        origin["exclude_scenes"] = str(exclude_file)
+        origin["exclude_scenes"] = Path(exclude_file).name
         for s in read_scene_list(Path(exclude_file)):
             whys.setdefault(place_of(s), []).append(f"listed in {Path(exclude_file).name}")
     if labelled is None and exclude_file is None:
@@ -161,7 +162,8 @@ def read_scene_list(path: Path) -> list[str]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the scene list ({e}); give a text file, one scene name per line") from None
+        raise InputError(f"{path}: cannot read the scene list ({e}); give a text file, one scene name per "
+                         "line") from None
     names = [line.split("#", 1)[0].strip().strip("/") for line in text.splitlines()]
     bad = [n for n in names if n and not re.fullmatch(r"[A-Za-z0-9_\-]+", n)]
     if bad:

@@ -87,7 +87,8 @@ class NyuSyncConverter(Converter):
                                     "<scene>/sync_depth_N.png)")
         unknown = sorted((splits or set()) - set(self.splits))
         if unknown:
-            raise InputError(f"nyu-sync has the split {SPLIT!r} only (the export holds training captures), not {unknown}")
+            raise InputError(f"nyu-sync has the split {SPLIT!r} only (the export holds training captures), "
+                             f"not {unknown}")
         on_disk, rejected = self._walk()
         report: dict[str, Any] = {}
         if self.list_file is not None:
