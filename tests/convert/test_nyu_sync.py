@@ -259,7 +259,7 @@ def test_the_module_api_the_raw_converter_uses(labelled):
     assert pickle.loads(pickle.dumps(conv)).eval_scenes == e  # converters travel to worker processes
 
 
-def test_stats_flags_a_training_manifest_sharing_an_evaluation_room(tree, labelled, tmp_path):
+def test_stats_flags_a_training_manifest_sharing_an_evaluation_room(tree, labelled, tmp_path, capsys):
     from vortex_data.convert.nyu.converter import NyuConverter
     from vortex_data.stats.compute import plan_units, scene_leakage
 
@@ -277,3 +277,8 @@ def test_stats_flags_a_training_manifest_sharing_an_evaluation_room(tree, labell
                    "unknown_because": None}
     (got,) = scene_leakage(plan_units([clean, test_manifest], None))
     assert got["leaked_frames"] == 0
+    assert main(["stats", str(leaky), str(test_manifest), "--out", str(tmp_path / "r"), "--workers", "1",
+                 "--no-progress"]) == 0
+    assert "NYU scene leakage nyu-sync-train/nyu-test: 2 of 2 evaluation frames" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r/stats.json").read_text())["scene_leakage"][0]["leaked_frames"] == 2
+    assert "<h2>NYU scene leakage</h2>" in (tmp_path / "r/report.html").read_text()
