@@ -106,12 +106,30 @@ def test_nyu_leakage_is_counted_when_the_indexes_record_scenes(sets, tmp_path, c
     add_scenes(root / "manifests/nyu-val.json", ["office_0002"] * 2 + ["bedroom_0003"] * 4)
     code, checks, _ = run(["--recipe", recipe(root, tmp_path), "--needed-rate", "1"], tmp_path, capsys)
     assert code == 0 and checks["leakage"]["status"] == "warn"
-    assert checks["leakage"]["values"]["nyu train/val"] == {"leaked_frames": 2, "frames": 6}
+    assert checks["leakage"]["values"]["nyu train/nyu val"] == {"leaked_frames": 2, "frames": 6}
     code, checks, _ = run(["--recipe", recipe(root, tmp_path), "--needed-rate", "1", "--fail-on-leakage"],
                           tmp_path, capsys)
     assert code == 1 and checks["leakage"]["status"] == "fail"
     assert scene_leakage(["a", "b"], ["c", "d"]) == (0, 2)
     assert scene_leakage(["kitchen_0001a"], ["kitchen_0001b", "office_0002"]) == (1, 2)  # one room, two captures
+
+
+def test_a_raw_capture_source_trained_on_an_evaluation_room_is_flagged(sets, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(sets, root)
+    build(root, "nyu-sync", 6, 4)
+    add_scenes(root / "manifests/nyu-train.json", ["kitchen_0001"] * 6 + ["office_0002"] * 6)
+    add_scenes(root / "manifests/nyu-val.json", ["bedroom_0003"] * 4 + ["study_0004"] * 2)
+    add_scenes(root / "manifests/nyu-sync-train.json", ["bedroom_0003b"] * 3 + ["living_room_0009"] * 3)
+    mix = recipe(root, tmp_path, sources=(("nyu", 0.5), ("nyu-sync", 0.5)))
+    code, checks, text = run(["--recipe", mix, "--needed-rate", "1", "--fail-on-leakage"], tmp_path, capsys)
+    values = checks["leakage"]["values"]
+    assert values["nyu train/nyu val"] == {"leaked_frames": 0, "frames": 6}
+    # bedroom_0003b is another capture of bedroom_0003, whose frames are in val
+    assert values["nyu-sync train/nyu val"] == {"leaked_frames": 4, "frames": 6}
+    assert code == 1 and checks["leakage"]["status"] == "fail" and "nyu-sync train/nyu val: 4 of 6" in text
 
 
 def test_walltime_arithmetic():

@@ -12,8 +12,9 @@ names, on the node the job got, it reports:
             device present with ``--measure-steps``).
 * labels    P(a training batch holds no labelled sample), from the indexes (the formulas of
             ``vortex-data stats``).
-* leakage   NYU frames in val/test whose scene also appears in train, when the indexes record
-            scenes (a ``scene`` column); otherwise "unknown".
+* leakage   NYU frames in val/test whose scene (room) is also in the training manifest of any NYU
+            source (the labelled set's own train, raw captures: nyu-sync, nyu-raw), when the
+            indexes record scenes (a ``scene`` column); otherwise "unknown".
 * walltime  whether the remaining steps fit the time left (``--time-limit`` or
             ``SLURM_JOB_END_TIME``), at the step time the two rates give.
 
@@ -35,9 +36,6 @@ import numpy as np
 
 from .cpus import usable_cpus
 from .errors import InputError
-
-SCENE_COLUMN = "scene"
-
 
 @dataclass
 class Check:
@@ -139,7 +137,8 @@ def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int
 def check_leakage(pairs: list[tuple[str, list[str] | None, list[str] | None, str]], fail: bool) -> Check:
     """pairs: (label, train scenes or None, other split's scenes or None, why unknown)."""
     if not pairs:
-        return Check("leakage", "unknown", "no NYU source in the mixture (nothing to check)", {})
+        return Check("leakage", "unknown", "no NYU training source with an NYU val/test manifest beside it "
+                     "(nothing to check)", {})
     parts, values, status = [], {}, "ok"
     for label, train, other, why in pairs:
         if train is None or other is None:
@@ -256,54 +255,17 @@ def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int, str, lis
     return [u.weight for u in units], labelled, mix.epoch_size, batching, [u.name for u in units]
 
 
-def _scenes(manifest: Path, key_pattern: str | None) -> tuple[list[str] | None, str]:
-    """The scene of every frame of a manifest (None and why when its index records none)."""
-    import re
-
-    from .format.manifest import ManifestError, load_manifest
-
-    if not manifest.is_file():
-        return None, f"no manifest {manifest.name}"
-    try:
-        m = load_manifest(manifest)
-        index = m.index_file()
-        if SCENE_COLUMN not in index.schema_arrow.names:
-            return None, f"{m.index_path().name} records no scenes; rebuild NYU with a vortex-data that does"
-        t = index.read(columns=["key", SCENE_COLUMN])
-    except (ManifestError, OSError) as e:
-        return None, str(e)
-    keys, scenes = t.column("key").to_pylist(), t.column(SCENE_COLUMN).to_pylist()
-    if all(s is None for s in scenes):  # the column exists in every index; only some sources fill it
-        return None, f"{m.index_path().name} records no scenes"
-    if key_pattern:
-        scenes = [s for k, s in zip(keys, scenes) if re.search(key_pattern, k)]
-    if any(s is None for s in scenes):
-        return None, f"{m.index_path().name} lacks the scene of some frames"
-    return [str(s) for s in scenes], ""
-
-
 def leakage_inputs(cfg: Any) -> list[tuple[str, list[str] | None, list[str] | None, str]]:
-    """For each NYU source of the mixture and each of its val/test manifests present: (label,
-    train scenes, that split's scenes, why unknown)."""
-    from .format.manifest import load_manifest
+    """Every NYU source's train manifest against every NYU source's val/test manifest present
+    (a raw-capture source against the labelled set's evaluation frames too): (label, train
+    scenes, that split's scenes, why unknown), from :func:`eval_scenes.leakage_pairs`."""
+    from .convert.nyu.eval_scenes import Side, leakage_pairs
 
     mix, units = _train_units(cfg)
-    out = []
-    for s, u in zip(mix.sources, units):
-        try:
-            dataset = load_manifest(u.manifest).dataset
-        except (OSError, ValueError):
-            continue
-        if dataset != "nyu":
-            continue
-        train, why_train = _scenes(u.manifest, s.key_pattern)
-        for split in ("val", "test"):
-            other_path = Path(mix.manifest_path(s, split))
-            if not other_path.is_file():
-                continue
-            other, why = _scenes(other_path, s.key_pattern)
-            out.append((f"{s.name} train/{split}", train, other, why_train or why))
-    return out
+    train = [Side(f"{s.name} train", u.manifest, s.key_pattern) for s, u in zip(mix.sources, units)]
+    held_out = [Side(f"{s.name} {split}", Path(mix.manifest_path(s, split)), s.key_pattern)
+                for s in mix.sources for split in ("val", "test")]
+    return leakage_pairs(train, [h for h in held_out if h.manifest.is_file()])
 
 
 # ---------------------------------------------------------------- the whole run

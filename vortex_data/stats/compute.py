@@ -286,7 +286,26 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "duplicates": {"threshold_bits": dup_threshold, "compared": compared,
                        "pairs": [d.as_dict() for d in dups], "pairs_found": found},
         "gallery": gallery.select(units, rows, far, seed),
+        "scene_leakage": scene_leakage(units),
     }
+
+
+def scene_leakage(units: list[Unit]) -> list[dict[str, Any]]:
+    """For each NYU training manifest given and each NYU val/test manifest given: the evaluation
+    frames whose room is also trained on (the check preflight runs, :mod:`..convert.nyu.eval_scenes`)."""
+    from ..convert.nyu.eval_scenes import Side, leakage_pairs
+    from ..convert.nyu.splits import shared_places
+
+    split = {u.name: load_manifest(u.manifest).split for u in units}
+    train = [Side(u.name, u.manifest, u.key_pattern) for u in units if split[u.name] == "train"]
+    held_out = [Side(u.name, u.manifest, u.key_pattern) for u in units if split[u.name] in ("val", "test")]
+    out = []
+    for label, tr, ho, why in leakage_pairs(train, held_out):
+        shared = None if tr is None or ho is None else shared_places(tr, ho)
+        out.append({"pair": label, "frames": None if ho is None else len(ho),
+                    "leaked_frames": None if shared is None else shared["frames"],
+                    "shared_places": None if shared is None else shared["scenes"], "unknown_because": why or None})
+    return out
 
 
 def manifest_labels(units: list[Unit]) -> dict[str, str]:
@@ -371,4 +390,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"P(batch of {risk['batch_size']} without labels): {risk['closed_form_iid']:.4g} (iid closed form), "
           f"{quota}, {plan}; "
           f"{len(stats['duplicates']['pairs'])} cross-source near-duplicate pairs")
+    for leak in stats["scene_leakage"]:
+        print(f"NYU scene leakage {leak['pair']}: " + (f"unknown ({leak['unknown_because']})"
+              if leak["leaked_frames"] is None else f"{leak['leaked_frames']} of {leak['frames']} evaluation "
+              f"frames are of rooms also in training ({leak['shared_places']} rooms)"))
     return 0

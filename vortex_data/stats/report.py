@@ -195,6 +195,14 @@ def _tables(s: dict[str, Any]) -> str:
                    [[p["source_a"], p["key_a"], p["source_b"], p["key_b"], p["hamming_bits"]] for p in pairs[:500]])]
     if len(pairs) > 500:
         out.append(f"<p>... and {len(pairs) - 500} more in stats.json.</p>")
+    if s.get("scene_leakage"):
+        out += ["<h2>NYU scene leakage</h2>",
+                "<p>Evaluation frames (val/test manifests) whose room is also in a training manifest, from the "
+                "indexes' scene column; captures of one room (kitchen_0028a/b) count as one room.</p>",
+                _table(["training / evaluation", "evaluation frames", "of rooms also trained on", "rooms"],
+                       [[x["pair"], _f(x["frames"], "d"), "unknown: " + str(x["unknown_because"])
+                         if x["leaked_frames"] is None else x["leaked_frames"], _f(x["shared_places"], "d")]
+                        for x in s["scene_leakage"]])]
     return "\n".join(out)
 
 
