@@ -248,10 +248,10 @@ def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
 
 def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int, str, list[str]]:
     """Weights, each source's labelled flags from its index, epoch size, batching, source names."""
-    from .stats.compute import index_rows, labelled_flags
+    from .stream.batching import read_labelled_flags
 
     mix, units = _train_units(cfg)
-    labelled = [labelled_flags(index_rows(u)) for u in units]
+    labelled = [read_labelled_flags(str(u.manifest), u.key_pattern) for u in units]  # as the loader reads them
     batching = getattr(cfg, "batching", None) or mix.batching
     return [u.weight for u in units], labelled, mix.epoch_size, batching, [u.name for u in units]
 

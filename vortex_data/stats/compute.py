@@ -150,8 +150,11 @@ def index_stats(unit: Unit, rows: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def labelled_flags(rows: dict[str, np.ndarray]) -> np.ndarray:
-    """A sample is labelled when it has a label map with at least one non-ignore pixel."""
-    return rows["has_seg"].astype(bool) & (rows["class_pixels"].sum(axis=1) > 0)
+    """A sample is labelled when it has a label map with at least one non-ignore pixel (the
+    loader's and preflight's definition: :func:`vortex_data.stream.batching.labelled_flags`)."""
+    from ..stream.batching import labelled_flags as flags
+
+    return flags(rows["has_seg"], rows["class_pixels"])
 
 
 def pixel_stats(acc: Accumulator) -> dict[str, Any]:

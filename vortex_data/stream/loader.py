@@ -291,7 +291,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
         cache_bytes=cache_bytes, batching=batching, shuffle=shuffle, shuffle_block=shuffle_block,
         shuffle_lanes=shuffle_lanes,
-        strata_order=labelled_first([ix.manifest for ix in indices]) if batching == "stratified" else None,
+        strata_order=(labelled_first([ix.manifest for ix in indices], [s.key_pattern for s in mix.sources])
+                      if batching == "stratified" else None),
     )
     _say_unchecked(indices)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
