@@ -276,3 +276,25 @@ def test_stratified_order_comes_from_the_index_not_the_manifests_total(sets, tmp
     assert lo.spec.strata_order == labelled_order(flags) == (0, 2, 1, 3)
     batches = list(lo)
     assert len(batches) == 8 and all(bool(b["has_seg"].any()) for b in batches)
+
+
+def test_per_source_source_smaller_than_a_batch_is_named_at_start(sets, caplog):
+    """sunrgbd has 5 samples (diode 7): each of its per_source batches of 8 holds them 1.6 times on average;
+    the loader says so when it is made (the rule preflight and stats use), and not for stratified."""
+    import logging
+
+    from vortex_data.stream.batching import repeats_in_batch
+
+    assert repeats_in_batch(["a", "b"], [5, 13], "per_source", 8) == {"a": 1.6}
+    assert repeats_in_batch(["a", "b"], [5, 13], "stratified", 8) == {}
+    with caplog.at_level(logging.WARNING, logger="vortex_data"):
+        lo = make_loader(mix(sets, "per_source", epoch_size=40), batch_size=8, size=SIZE)
+    said = [r.getMessage() for r in caplog.records if "per_source" in r.getMessage()]
+    assert len(said) == 1 and "sunrgbd each sample 1.6 times" in said[0] and "diode each sample 1.14 times" in said[0]
+    assert "nyu" not in said[0]  # 13 samples: a batch of 8 holds each at most once
+    samples = [k for b in lo for k in b["key"] if k.startswith("sunrgbd")]
+    assert len(samples) == 8 and len(set(samples)) == 5  # what the warning says: repeats inside the batch
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vortex_data"):
+        make_loader(mix(sets, "stratified"), batch_size=8, size=SIZE)
+    assert not any("per_source" in r.getMessage() for r in caplog.records)

@@ -116,6 +116,24 @@ def plan_batched(sizes: Sequence[int], weights: Sequence[float], epoch_size: int
     return _stratified(sizes, q, batch_size, seed, epoch, order)
 
 
+def repeats_in_batch(names: Sequence[str], sizes: Sequence[int], batching: str, batch_size: int) -> dict[str, float]:
+    """``per_source`` only: each source with fewer samples than a batch -> how many times a batch
+    of it holds each of its samples on average (``B / n``): its batches are ``B`` draws of that one
+    source, so a source of 3 samples fills a batch of 8 with each about 2.7 times. Empty otherwise."""
+    if check_batching(batching) != "per_source":
+        return {}
+    return {name: batch_size / n for name, n in zip(names, sizes) if 0 < n < batch_size}
+
+
+def repeats_warning(repeats: dict[str, float], batch_size: int) -> str | None:
+    """One line for :func:`repeats_in_batch`'s finding (preflight, stats and the loader print it)."""
+    if not repeats:
+        return None
+    each = ", ".join(f"{name} each sample {r:.3g} times" for name, r in repeats.items())
+    return (f"per_source batching: {len(repeats)} source(s) smaller than a batch of {batch_size} repeat their "
+            f"samples inside every batch of theirs ({each}); lower the batch size or use stratified batching")
+
+
 def by_fraction(fractions: Sequence[float]) -> tuple[int, ...]:
     """Source numbers by labelled fraction, highest first (ties: mixture order): the order
     stratified batching deals extra seats in, wherever the fractions come from."""
