@@ -3,6 +3,7 @@ bad arrays, the build report and the memory bound of reading one frame at a time
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from vortex_data.fixtures.sunrgbd import write_allsplit_mat, write_sunrgbd_tree
 from vortex_data.fixtures.sunrgbd_toolbox import SEG37_NAMES, toolbox_order, write_toolbox
 from vortex_data.convert.labels import NYU40_GROUPS, OBJECT, nyu40_table, sun37_to_6_lut
 from vortex_data.format.schema import IGNORE_INDEX, NUM_CLASSES
+from vortex_data.format.tar_index import make_key
 from vortex_data.convert.base import RejectFrame
 from vortex_data.convert.sunrgbd import SunRgbdConverter
 from vortex_data.convert.sunrgbd.toolbox import ToolboxError, ToolboxLabels
@@ -224,3 +226,45 @@ def test_peak_memory_flat_as_frames_grow(tmp_path):
                              check=True, cwd=Path(__file__).resolve().parents[2])
         peaks[n] = int(run.stdout.split()[-1]) * 1024
     assert peaks[200] - peaks[20] < 40e6, peaks
+
+
+def test_labels_file_changed_past_its_first_mib_at_the_same_size_is_a_new_build(tmp_path):
+    """A label array past the first MiB of SUNRGBD2Dseg.mat rewritten in place (same size): the
+    rerun must write the new labels. A size + first-MiB identity kept every group with the old ones."""
+    root, src = tmp_path, tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, frames_per_subset=3, seed=5, scale=0.3, subsets=SUBSETS[1:4])
+    toolbox = write_toolbox(root / "SUNRGBDtoolbox", [(f.folder, f.labels37) for f in frames], compression=None)
+    seg = toolbox / "Metadata" / "SUNRGBD2Dseg.mat"
+    args = ["build-shards", "--dataset", "sunrgbd", "--src", str(src), "--out", str(tmp_path / "shards"),
+            "--manifests", str(tmp_path / "man"), "--workers", "1"]
+    assert main(args) == 0
+    size = seg.stat().st_size
+    with h5py.File(seg, "r+") as f:  # the entry stored last in the file, well past its first MiB
+        targets = [f[r] for r in f["SUNRGBD2Dseg/seglabel"][:, 0]]
+        entry = max(range(len(targets)), key=lambda i: targets[i].id.get_offset())
+        assert targets[entry].id.get_offset() > 1 << 20
+        targets[entry][...] = np.ones(targets[entry].shape)  # every pixel 'wall'
+    folder = [f.folder for f in frames][toolbox_order(len(frames), 0)[entry]]
+    assert seg.stat().st_size == size and not folder.startswith("kv1/NYUdata")
+    assert main(args) == 0
+    rows = pq.read_table(tmp_path / "man" / "sunrgbd-train.parquet").to_pylist()
+    row = next(r for r in rows if r["key"] == make_key("sunrgbd", "train", folder))
+    wall = sun37_to_6_lut()[1]
+    assert row["class_pixels"][wall] == row["width"] * row["height"] == sum(row["class_pixels"])
+
+
+def test_input_identity_covers_the_whole_file_and_is_hashed_once(tmp_path, monkeypatch):
+    from vortex_data.convert import base
+
+    path = tmp_path / "big.mat"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes())
+    path.write_bytes(data)
+    calls = []
+    from vortex_data.format import manifest
+
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(p) or hashlib.sha256(p.read_bytes()).hexdigest())
+    first = base.input_sha256(path)
+    assert base.input_sha256(path) == first and len(calls) == 1  # once per build, not per caller
+    data[(2 << 20) + 5] ^= 1  # past the first MiB, same size
+    path.write_bytes(data)
+    assert base.input_sha256(path) != first and len(calls) == 2

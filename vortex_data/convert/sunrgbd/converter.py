@@ -12,7 +12,6 @@ See ``docs/sunrgbd.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import stat
 from collections import Counter
@@ -23,7 +22,8 @@ from ...format.schema import Sample
 
 from ...errors import InputError
 from ...format.tar_index import make_key
-from ..base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason, scan_folder
+from ..base import (Converter, Enumeration, FrameRef, RejectFrame, Rejection, input_sha256, os_reason,
+                    scan_folder)
 from .files import (DEPTH_MODES, MAX_DEPTH_MM, NOT_IN_SPLIT, NYU_OVERLAP_REASON, NYU_OVERLAP_SUBSET, SENSOR_SUBSETS,
                     FrameFiles, _is_dir, _read_text, cap_depth, find_frame_folders, locate_frame_files,
                     parse_intrinsics, parse_rtilt, read_depth_png, read_rgb, read_split_file, rotate_right_3)
@@ -83,7 +83,7 @@ class SunRgbdConverter(Converter):
                                 "max_depth_mm": MAX_DEPTH_MM, "split_file": None}
         if self.split_file is not None:
             opts["split_file"] = self.split_file.name
-            opts["split_file_sha256"] = hashlib.sha256(self.split_file.read_bytes()).hexdigest()
+            opts["split_file_sha256"] = input_sha256(self.split_file)
         opts["labels"] = "toolbox-37" if self.labels is not None else "none"
         if self.labels is not None:
             opts.update(self.labels.options())

@@ -11,7 +11,6 @@ process (a handle inherited across fork is not safe to use). See ``docs/sunrgbd.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import scipy.io
 
 from ...errors import InputError
-from ..base import RejectFrame
+from ..base import RejectFrame, input_sha256
 from ..labels import sun37_to_6_lut
 from .files import split_key
 
@@ -67,14 +66,6 @@ def read_sequence_names(meta_path: Path) -> list[str]:
         except ValueError as e:
             raise ToolboxError(f"{meta_path}: SUNRGBDMeta({i + 1}).sequenceName: {e}") from None
     return names
-
-
-def _head_sha256(path: Path, n_bytes: int = 1 << 20) -> str:
-    """A cheap identity of a multi-GB file: hash of its size and first MiB."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(n_bytes))
-    return h.hexdigest()
 
 
 class ToolboxLabels:
@@ -128,9 +119,10 @@ class ToolboxLabels:
 
     def options(self) -> dict[str, Any]:
         if self._options is None:
+            # The whole files: the build's identity (and a rerun's kept groups) must change with them.
             self._options = {"labels_file": f"{TOOLBOX_DIR}/{SEG_FILE}",
-                             "labels_file_head_sha256": _head_sha256(self.seg_path),
-                             "labels_meta_head_sha256": _head_sha256(self.meta_path)}
+                             "labels_file_sha256": input_sha256(self.seg_path),
+                             "labels_meta_sha256": input_sha256(self.meta_path)}
         return self._options
 
     def raw(self, entry: int) -> np.ndarray:
