@@ -36,6 +36,9 @@ STRING_KEYS = {"scenes": "scene", "sceneTypes": "scene_type",
 REQUIRED_STRINGS = ("scenes", "sceneTypes")
 
 
+LABELED_FILE = "nyu_depth_v2_labeled.mat"
+
+
 class NyuFileError(InputError):
     """The .mat file as a whole cannot be converted; the message names the file and the key."""
 
@@ -114,6 +117,12 @@ class NyuConverter(Converter):
         return state
 
     def _open(self) -> h5py.File:
+        if self.src.is_dir():  # h5py would say only "[Errno 21] Is a directory"
+            inside = sorted(p.name for p in self.src.glob("*.mat"))
+            hint = (f"give --src {self.src / LABELED_FILE}" if LABELED_FILE in inside else
+                    f"it holds {', '.join(inside[:3])}" if inside else f"it holds no {LABELED_FILE}")
+            raise NyuFileError(f"{self.src}: is a folder; --src must be the labeled set's one file, "
+                               f"{LABELED_FILE} (MATLAB v7.3, 2.8 GB): {hint}")
         try:
             return h5py.File(self.src, "r")
         except FileNotFoundError:

@@ -27,7 +27,8 @@ from ..base import (Converter, Enumeration, FrameRef, RejectFrame, Rejection, in
 from .files import (DEPTH_MODES, MAX_DEPTH_MM, NOT_IN_SPLIT, NYU_OVERLAP_REASON, NYU_OVERLAP_SUBSET, SENSOR_SUBSETS,
                     FrameFiles, _is_dir, _read_text, cap_depth, find_frame_folders, locate_frame_files,
                     parse_intrinsics, parse_rtilt, read_depth_png, read_rgb, read_split_file, rotate_right_3)
-from .toolbox import LABEL_MODES, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, find_toolbox
+from .toolbox import (LABEL_MODES, META_FILE, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, check_toolbox_matches,
+                      find_toolbox)
 
 
 class SunRgbdConverter(Converter):
@@ -51,11 +52,23 @@ class SunRgbdConverter(Converter):
             raise InputError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         if labels == "none" and toolbox is not None:
             raise InputError("--toolbox gives the labels' folder, but --labels none turns labels off")
-        found = find_toolbox(self.src, toolbox) if labels == "auto" else None
-        self.labels = None if found is None else ToolboxLabels(found)
-        self.labels_origin = ("off (--labels none)" if labels == "none" else
-                              f"no {TOOLBOX_DIR}/{SEG_FILE} beside --src and no --toolbox: depth only" if found is None
-                              else f"{TOOLBOX_DIR}/{SEG_FILE} " + ("given by --toolbox" if toolbox else "found beside --src"))
+        self.toolbox_files: dict[str, str] = {}
+        self.labels, self.labels_origin = None, "off (--labels none)"
+        if labels == "auto":
+            folder, files = find_toolbox(self.src, toolbox)
+            # The report names the folder looked at and each file in it, found or missing.
+            self.toolbox_files = {str(folder / rel): "found" if ok else "missing" for rel, ok in files.items()}
+            how = "given by --toolbox" if toolbox else "found beside --src"
+            if all(files.values()):
+                self.labels = ToolboxLabels(folder)
+                self.labels_origin = f"{folder / SEG_FILE} {how}"
+            elif not any(files.values()):
+                self.labels_origin = (f"no {TOOLBOX_DIR}/ label files beside --src ({folder}) and no --toolbox: "
+                                      f"depth only")
+            else:
+                missing = " and ".join(rel for rel, ok in files.items() if not ok)
+                self.labels_origin = (f"{folder}: {missing} missing (both {SEG_FILE} and {META_FILE} are needed): "
+                                      f"depth only; --toolbox DIR names a complete toolbox")
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -135,13 +148,28 @@ class SunRgbdConverter(Converter):
                     if ff.label_entry is None:
                         unlabelled.append(rel)
                 frames.append(FrameRef(split=split, frame_id=rel, files=files, payload=ff))
+        if not seen and not rejected:
+            raise InputError(self._empty_message())
+        if self.labels is not None:
+            check_toolbox_matches(self.labels, self.src, frames)
         report = self._report(counts, excluded, split_of, seen, wanted)
         report["labels"] = self.labels_origin
+        if self.toolbox_files:
+            report["toolbox_files"] = self.toolbox_files
         if self.labels is not None:
             # Written depth-only, not rejected: their depth is as good as any other frame's.
             report["frames_without_labels"] = len(unlabelled)
             report["frames_without_labels_examples"] = unlabelled[:10]
         return Enumeration(frames=frames, rejected=rejected, report=report)
+
+    def _empty_message(self) -> str:
+        """No frame folder anywhere below --src: what the converter looked for, and where it may be."""
+        layout = ", ".join(f"{s}/{sub}" for s, subs in SENSOR_SUBSETS.items() for sub in subs)
+        inner = next((p for p in (self.src / "SUNRGBD", self.src / "SUNRGBD" / "SUNRGBD") if _is_dir(p)), None)
+        hint = f"; {inner} looks like it: give --src {inner}" if inner is not None else ""
+        return (f"{self.src}: no SUN RGB-D frame folder found. --src must be the SUNRGBD/ folder, laid out "
+                f"<sensor>/<subset>/.../<frame folder>/ with image/*.jpg, depth/*.png and intrinsics.txt in each "
+                f"frame folder, for the subsets {layout}{hint}")
 
     def _unlistable(self, folder: Path, err: OSError, split_of: dict[str, str] | None, wanted: set[str],
                     seen: set[str]) -> list[Rejection]:
@@ -251,8 +279,11 @@ class SunRgbdConverter(Converter):
         if ff.label_entry is not None and self.labels is not None:
             # SUN RGB-D labels are drawn on the stored image, so they need no geometry but the check.
             seg, outside = self.labels.seg6(ff.label_entry, rgb.shape[:2])
-            meta["label_source"] = "sunrgbd37->nyu40->6"
             meta["label_entry"] = ff.label_entry + 1
+            if seg is None:  # MATLAB's [] for this frame: its depth is as good as any other's
+                meta["label_source"] = "none: the toolbox entry is empty"
+            else:
+                meta["label_source"] = "sunrgbd37->nyu40->6"
             if outside:
                 meta["label_pixels_outside_37"] = outside
         if ff.extrinsics is not None:

@@ -34,16 +34,18 @@ class ToolboxError(InputError):
     """A toolbox file that cannot be used as a whole; the message names the file and the problem."""
 
 
-def find_toolbox(src: Path, given: Path | None) -> Path | None:
-    """``given`` (must hold the label files), else a ``SUNRGBDtoolbox/`` beside the SUNRGBD folder."""
-    if given is not None:
-        given = Path(given)
-        for rel in (SEG_FILE, META_FILE):
-            if not (given / rel).is_file():
-                raise FileNotFoundError(f"{given / rel}: not found (--toolbox must be the {TOOLBOX_DIR}/ folder)")
-        return given
-    beside = Path(src).resolve().parent / TOOLBOX_DIR
-    return beside if all((beside / rel).is_file() for rel in (SEG_FILE, META_FILE)) else None
+def find_toolbox(src: Path, given: Path | None) -> tuple[Path, dict[str, bool]]:
+    """The toolbox folder to use and, for each label file, whether it is there: ``given``
+    (``--toolbox``, which must hold both), else ``SUNRGBDtoolbox/`` beside ``src`` as given. A
+    symlinked ``src`` is not resolved: the toolbox is looked for beside the link, where the user
+    put the name, not beside its target (``docs/sunrgbd.md``)."""
+    folder = Path(given) if given is not None else Path(os.path.abspath(src)).parent / TOOLBOX_DIR
+    files = {rel: (folder / rel).is_file() for rel in (SEG_FILE, META_FILE)}
+    if given is not None and not all(files.values()):
+        missing = ", ".join(str(folder / rel) for rel, ok in files.items() if not ok)
+        raise FileNotFoundError(f"{missing}: not found (--toolbox must be the {TOOLBOX_DIR}/ folder holding "
+                                f"{SEG_FILE} and {META_FILE})")
+    return folder, files
 
 
 def read_sequence_names(meta_path: Path) -> list[str]:
@@ -125,13 +127,36 @@ class ToolboxLabels:
                              "labels_meta_sha256": input_sha256(self.meta_path)}
         return self._options
 
-    def raw(self, entry: int) -> np.ndarray:
-        """Entry ``entry`` (0-based) as upright (H, W) integers, 0..37 expected."""
-        where = f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1}"
+    def _target(self, entry: int) -> h5py.Dataset | None:
+        """Entry ``entry``'s label dataset, or None where MATLAB stored an empty array (``[]``: a
+        dataset of its dimensions flagged ``MATLAB_empty``), i.e. the frame has no labels."""
         refs = self._refs()
         try:
             ref = refs[entry, 0] if refs.shape[1] == 1 else refs[0, entry]
-            arr = np.asarray(self._file()[ref][()])
+            ds = self._file()[ref]
+            empty = bool(np.asarray(ds.attrs.get("MATLAB_empty", 0)).any())
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise RejectFrame("unreadable", f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1} cannot be "
+                              f"read ({e})", self.seg_path) from None
+        return None if empty else ds
+
+    def shape(self, entry: int) -> tuple[int, int] | None:
+        """Entry ``entry``'s upright (H, W) from its stored shape, without reading the labels;
+        None for an empty or unreadable entry (the frame's own load says which)."""
+        try:
+            ds = self._target(entry)
+        except RejectFrame:
+            return None
+        return None if ds is None or ds.ndim != 2 else (int(ds.shape[1]), int(ds.shape[0]))
+
+    def raw(self, entry: int) -> np.ndarray | None:
+        """Entry ``entry`` (0-based) as upright (H, W) integers, 0..37 expected; None when empty."""
+        where = f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1}"
+        ds = self._target(entry)
+        if ds is None:
+            return None
+        try:
+            arr = np.asarray(ds[()])
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise RejectFrame("unreadable", f"{where} cannot be read ({e})", self.seg_path) from None
         if arr.ndim != 2 or arr.dtype.kind not in "biuf":
@@ -142,10 +167,13 @@ class ToolboxLabels:
                 raise RejectFrame("bad-value", f"{where} holds non-integer values", self.seg_path)
         return arr.T.astype(np.int64)  # MATLAB's (H, W) is stored column-major: h5py sees (W, H)
 
-    def seg6(self, entry: int, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    def seg6(self, entry: int, shape: tuple[int, int]) -> tuple[np.ndarray | None, int]:
         """The entry mapped to the 6 classes (void and values outside 1..37 -> 255), checked to be
-        ``shape`` (the image's (H, W)); also the count of pixels outside 0..37."""
+        ``shape`` (the image's (H, W)); also the count of pixels outside 0..37. (None, 0) for an
+        empty entry: the frame is written depth only."""
         labels = self.raw(entry)
+        if labels is None:
+            return None, 0
         if labels.shape != tuple(shape):
             raise RejectFrame("bad-shape", f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1} is "
                               f"{labels.shape[::-1]} (WxH) but the frame's image is {tuple(shape)[::-1]}", self.seg_path)
@@ -158,3 +186,40 @@ class ToolboxLabels:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
         self._h5 = self._pid = None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """A JPEG's (H, W) from its header (no decoding); None when unreadable (its load rejects it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def check_toolbox_matches(labels: ToolboxLabels, root: Path, frames: list[Any]) -> None:
+    """Stop when most labelled frames' label arrays differ in size from their images: the toolbox
+    belongs to another copy of SUN RGB-D (or its SUNRGBDMeta order to another release), so even
+    the frames whose sizes agree would get another frame's labels. A few disagreements stay
+    per-frame ``bad-shape`` rejections. Shapes come from the HDF5 datasets and the JPEG headers,
+    nothing is decoded. Two frames of equal size swapped cannot be seen here (docs/sunrgbd.md)."""
+    checked, wrong = 0, []
+    for fr in frames:
+        ff = fr.payload
+        if ff.label_entry is None:
+            continue
+        want, got = image_size(root / ff.image), labels.shape(ff.label_entry)
+        if want is None or got is None:
+            continue
+        checked += 1
+        if want != got:
+            wrong.append((ff.folder, ff.label_entry, got, want))
+    if wrong and 2 * len(wrong) > checked:
+        folder, entry, got, want = wrong[0]
+        raise ToolboxError(
+            f"{labels.meta_path}: the toolbox does not match this SUN RGB-D copy: {len(wrong)} of {checked} labelled "
+            f"frames have a label array of another size than their image (e.g. {folder}: {SEG_FILE} entry "
+            f"{entry + 1} is {got[1]}x{got[0]}, the image {want[1]}x{want[0]}); give the {TOOLBOX_DIR}/ of this "
+            f"copy with --toolbox DIR, or --labels none for depth only")
