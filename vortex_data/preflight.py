@@ -128,15 +128,6 @@ def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, e
     return Check("labels", "ok", what, v)
 
 
-def check_repeats(names: list[str], sizes: list[int], batching: str, batch: int) -> list[Check]:
-    """A warning when per_source batching fills a batch from a source smaller than it (none otherwise)."""
-    from .stream.batching import repeats_in_batch, repeats_warning
-
-    repeats = repeats_in_batch(names, sizes, batching, batch)
-    what = repeats_warning(repeats, batch)
-    return [Check("repeats", "warn", what, {"repeats_in_batch": repeats})] if what else []
-
-
 def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int, int]:
     """(frames of the other split whose place is also in train, frames of the other split); a
     place is a scene name without its capture letter, as the scenes80 split groups them."""
@@ -346,7 +337,9 @@ def preflight(cfg: Any, *, needed_rate: float | None = None, measure_steps: int 
     try:
         weights, labelled, epoch_size, batching, names = label_inputs(cfg)
         checks.append(check_labels(weights, labelled, cfg.batch_size, epoch_size, max_labelless, batching, names))
-        checks += check_repeats(names, [len(f) for f in labelled], batching, cfg.batch_size)
+        from .stream.batching import repeats_in_batch, repeats_warning  # per_source: a source smaller than a batch
+        if rep := repeats_in_batch(names, [len(f) for f in labelled], batching, cfg.batch_size):
+            checks.append(Check("repeats", "warn", str(repeats_warning(rep, cfg.batch_size)), {"repeats_in_batch": rep}))
     except (ValueError, OSError, KeyError) as e:
         checks.append(Check("labels", "unknown", f"cannot read the indexes ({e})"))
 
