@@ -79,8 +79,9 @@ class SunRgbdConverter(Converter):
         group.add_argument("--split-file", type=Path, default=None,
                            help="sunrgbd: official allsplit.mat; without it every frame is 'train'")
         group.add_argument("--labels", choices=LABEL_MODES, default="auto",
-                           help="sunrgbd: 'auto' reads the toolbox's 37-class labels (SUNRGBDtoolbox/ beside --src, "
-                                "or --toolbox) mapped to the 6 classes; 'none' writes depth only")
+                           help="sunrgbd: 'auto' reads the toolbox's 37-class labels (SUNRGBDtoolbox/ beside --src as "
+                                "given, a symlink not followed, or --toolbox) mapped to the 6 classes; 'none' writes "
+                                "depth only")
         group.add_argument("--toolbox", type=Path, default=None,
                            help="sunrgbd: the SUNRGBDtoolbox/ folder (Metadata/SUNRGBD2Dseg.mat, SUNRGBDMeta.mat)")
 
