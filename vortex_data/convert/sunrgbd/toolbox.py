@@ -80,6 +80,8 @@ class ToolboxLabels:
         self._options: dict[str, Any] | None = None
         self._h5: h5py.File | None = None
         self._pid: int | None = None
+        self._refs_ds: h5py.Dataset | None = None
+        self._ref_array: np.ndarray | None = None
         names = read_sequence_names(self.meta_path)
         n = self._check_layout()
         if n != len(names):
@@ -94,18 +96,21 @@ class ToolboxLabels:
         self.lut = sun37_to_6_lut()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_h5": None, "_pid": None}
+        return {**self.__dict__, "_h5": None, "_pid": None, "_refs_ds": None, "_ref_array": None}
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
             try:
-                self._h5, self._pid = h5py.File(self.seg_path, "r"), os.getpid()
+                self._h5, self._pid, self._refs_ds = h5py.File(self.seg_path, "r"), os.getpid(), None
+                self._ref_array = None
             except OSError as e:
                 raise ToolboxError(f"{self.seg_path}: not a readable MATLAB v7.3 (HDF5) file ({e})") from None
         return self._h5
 
     def _refs(self) -> h5py.Dataset:
         f = self._file()
+        if self._refs_ds is not None:
+            return self._refs_ds  # checked once per handle: the mismatch check asks for every frame
         group = f.get("SUNRGBD2Dseg")
         if not isinstance(group, h5py.Group) or not isinstance(group.get("seglabel"), h5py.Dataset):
             raise ToolboxError(f"{self.seg_path}: no struct 'SUNRGBD2Dseg' with a field 'seglabel' "
@@ -114,6 +119,7 @@ class ToolboxLabels:
         if ds.dtype != h5py.ref_dtype or ds.ndim != 2 or 1 not in ds.shape:
             raise ToolboxError(f"{self.seg_path}: 'SUNRGBD2Dseg/seglabel' should be an (N, 1) or (1, N) array of "
                                f"object references, found shape {ds.shape} dtype {ds.dtype}")
+        self._refs_ds = ds
         return ds
 
     def _check_layout(self) -> int:
@@ -132,9 +138,11 @@ class ToolboxLabels:
         dataset of its dimensions flagged ``MATLAB_empty``), i.e. the frame has no labels."""
         refs = self._refs()
         try:
-            ref = refs[entry, 0] if refs.shape[1] == 1 else refs[0, entry]
-            ds = self._file()[ref]
-            empty = bool(np.asarray(ds.attrs.get("MATLAB_empty", 0)).any())
+            if self._ref_array is None:  # all references at once: one read, not one per frame
+                self._ref_array = refs[()].ravel()
+            ds = self._file()[self._ref_array[entry]]
+            # A label array is 2-D; MATLAB writes [] as its 1-D dimensions, flagged (attrs are slow: only then).
+            empty = len(ds.shape) != 2 and bool(np.asarray(ds.attrs.get("MATLAB_empty", 0)).any())
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise RejectFrame("unreadable", f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1} cannot be "
                               f"read ({e})", self.seg_path) from None
@@ -147,7 +155,8 @@ class ToolboxLabels:
             ds = self._target(entry)
         except RejectFrame:
             return None
-        return None if ds is None or ds.ndim != 2 else (int(ds.shape[1]), int(ds.shape[0]))
+        shape = None if ds is None else ds.shape
+        return None if shape is None or len(shape) != 2 else (int(shape[1]), int(shape[0]))
 
     def raw(self, entry: int) -> np.ndarray | None:
         """Entry ``entry`` (0-based) as upright (H, W) integers, 0..37 expected; None when empty."""
@@ -185,7 +194,7 @@ class ToolboxLabels:
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
-        self._h5 = self._pid = None
+        self._h5 = self._pid = self._refs_ds = self._ref_array = None
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
