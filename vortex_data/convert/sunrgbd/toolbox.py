@@ -142,7 +142,8 @@ class ToolboxLabels:
                 self._ref_array = refs[()].ravel()
             ds = self._file()[self._ref_array[entry]]
             # A label array is 2-D; MATLAB writes [] as its 1-D dimensions, flagged (attrs are slow: only then).
-            empty = len(ds.shape) != 2 and bool(np.asarray(ds.attrs.get("MATLAB_empty", 0)).any())
+            shape = ds.shape
+            empty = 0 in shape or len(shape) != 2 and bool(np.asarray(ds.attrs.get("MATLAB_empty", 0)).any())
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise RejectFrame("unreadable", f"{self.seg_path}: SUNRGBD2Dseg(seglabel) entry {entry + 1} cannot be "
                               f"read ({e})", self.seg_path) from None
