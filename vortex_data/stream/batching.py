@@ -178,8 +178,14 @@ def read_labelled_flags(manifest: str, key_pattern: str | None = None) -> np.nda
     columns = ["has_seg", "class_pixels"] + (["key"] if key_pattern else [])
     try:
         pf = pq.ParquetFile(io.BytesIO(read_bytes(url)) if is_remote(url) else local_path(url), memory_map=True)
+        lacking = [c for c in columns if c not in pf.schema_arrow.names]
+        if lacking:
+            raise MixtureError(f"{manifest}: its per-sample index {m.index!r} has no column {', '.join(lacking)}, so "
+                               f"which samples are labelled is unknown; rebuild it with `vortex-data build-shards`")
         table = pf.read(columns=columns)
     except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, MixtureError):
+            raise
         raise MixtureError(f"{manifest}: per-sample index {m.index!r} unreadable ({e!r})") from None
     has_seg = table.column("has_seg").to_numpy(zero_copy_only=False).astype(bool)
     px = table.column("class_pixels").combine_chunks()
@@ -188,7 +194,7 @@ def read_labelled_flags(manifest: str, key_pattern: str | None = None) -> np.nda
         off = np.asarray(px.offsets)
         counts = (positive[off[1:]] - positive[off[:-1]]).reshape(-1, 1)
     else:  # fixed size (the schema's): one (n, classes) view, no Python object per row
-        counts = px.values.to_numpy(zero_copy_only=False).reshape(len(px), -1)
+        counts = px.values.to_numpy(zero_copy_only=False).reshape(len(px), px.type.list_size)
     flags = labelled_flags(has_seg, counts)
     if key_pattern:
         pat = re.compile(key_pattern)
