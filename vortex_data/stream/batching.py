@@ -144,8 +144,7 @@ def labelled_flags(has_seg: np.ndarray, class_pixels: np.ndarray) -> np.ndarray:
     """Which samples are labelled: a label map with at least one non-ignore pixel. ``has_seg``
     (n,) and ``class_pixels`` (n, classes) are the index's columns. The one definition the
     loader's seat order, preflight and stats use (a map all 255 teaches nothing)."""
-    px = np.asarray(class_pixels).reshape(len(has_seg), -1)
-    return np.asarray(has_seg, bool) & (px.sum(axis=1) > 0)
+    return np.asarray(has_seg, bool) & (np.asarray(class_pixels).sum(axis=1) > 0)
 
 
 def labelled_order(flags: Sequence[np.ndarray]) -> tuple[int, ...]:
