@@ -314,3 +314,15 @@ def test_stratified_batching_rules_out_labelless_batches_and_coverage_comes_from
     assert lab["values"]["p_labelless_quota"] == pytest.approx(70 / 1820)
     assert lab["values"]["labelled_per_source"] == {"nyu": 1.0, "diode": 0.0}
     assert "none by construction" in lab["detail"] and "nyu 100%, diode 0%" in lab["detail"]
+
+
+def test_per_source_source_smaller_than_a_batch_is_a_warning_naming_it(sets, tmp_path, capsys):
+    """diode has 8 frames: per_source batches of 10 from it repeat each 1.25 times; preflight warns
+    (still GO), naming the source and the count, with the loader's rule."""
+    path = recipe(sets, tmp_path, batch_size=10)
+    mix = tmp_path / "mix.toml"
+    mix.write_text('batching = "per_source"\n' + mix.read_text().replace("epoch_size = 16", "epoch_size = 40"))
+    code, checks, text = run(["--recipe", path, "--needed-rate", "1", "--max-labelless", "1"], tmp_path, capsys)
+    rep = checks["repeats"]
+    assert code == 0 and rep["status"] == "warn" and rep["values"]["repeats_in_batch"] == {"diode": 1.25}
+    assert "diode each sample 1.25 times" in text and "nyu" not in rep["detail"]

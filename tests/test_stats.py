@@ -419,3 +419,22 @@ def test_label_risk_counts_the_loaders_own_stratified_plans():
     assert below["plan_labelless"] > 0 and not below["by_construction"]
     partly = [np.r_[np.ones(20, bool), np.zeros(20, bool)], np.zeros(300, bool)]  # half-labelled: no guarantee
     assert not labelless_in_plan([1, 7], partly, 8, 800, "stratified")["by_construction"]
+
+
+def test_per_source_batches_of_a_source_smaller_than_a_batch_are_named(built, tmp_path, capsys):
+    """beta has 4 frames: a per_source batch of 8 from it holds each twice; stats says so (JSON, HTML,
+    terminal) with the loader's rule, and a batch of 4 fits without a word."""
+    tmp, a, b, _ = built
+    mix = tmp_path / "mix.toml"
+    mix.write_text(f'name = "t"\nepoch_size = 32\nbatching = "per_source"\n[[source]]\nname = "a"\nmanifest = "{a}"\n'
+                   f'weight = 1\n[[source]]\nname = "b"\nmanifest = "{b}"\nweight = 1\n')
+    rc = main(["stats", "--mixture", str(mix), "--batch-size", "8", "--workers", "1", "--no-progress",
+               "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert rc == 0 and s["mixture"]["repeats_in_batch"] == {"a": 8 / 6, "b": 2.0}
+    assert "b each sample 2 times" in out and "a each sample 1.33 times" in out
+    assert "b each sample 2 times" in (tmp_path / "out" / "report.html").read_text()
+    main(["stats", "--mixture", str(mix), "--batch-size", "4", "--workers", "1", "--no-progress",
+          "--out", str(tmp_path / "out4")])
+    assert "per_source batching" not in capsys.readouterr().out

@@ -247,10 +247,10 @@ def _train_units(cfg: Any) -> tuple[Any, list[Any]]:
 
 def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int, str, list[str]]:
     """Weights, each source's labelled flags from its index, epoch size, batching, source names."""
-    from .stats.compute import index_rows, labelled_flags
+    from .stream.batching import read_labelled_flags
 
     mix, units = _train_units(cfg)
-    labelled = [labelled_flags(index_rows(u)) for u in units]
+    labelled = [read_labelled_flags(str(u.manifest), u.key_pattern) for u in units]  # as the loader reads them
     batching = getattr(cfg, "batching", None) or mix.batching
     return [u.weight for u in units], labelled, mix.epoch_size, batching, [u.name for u in units]
 
@@ -299,6 +299,9 @@ def preflight(cfg: Any, *, needed_rate: float | None = None, measure_steps: int 
     try:
         weights, labelled, epoch_size, batching, names = label_inputs(cfg)
         checks.append(check_labels(weights, labelled, cfg.batch_size, epoch_size, max_labelless, batching, names))
+        from .stream.batching import repeats_in_batch, repeats_warning  # per_source: a source smaller than a batch
+        if rep := repeats_in_batch(names, [len(f) for f in labelled], batching, cfg.batch_size):
+            checks.append(Check("repeats", "warn", str(repeats_warning(rep, cfg.batch_size)), {"repeats_in_batch": rep}))
     except (ValueError, OSError, KeyError) as e:
         checks.append(Check("labels", "unknown", f"cannot read the indexes ({e})"))
 

@@ -325,6 +325,20 @@ def test_truncated_file_names_the_file(demo_mat, tmp_path):
     assert isinstance(info.value, ValueError)
 
 
+def test_a_folder_as_src_names_the_file_it_wants(demo_mat, tmp_path, capsys):
+    """Was "[Errno 21] Is a directory"; now one line naming the file, and the path to give when
+    the folder holds it."""
+    from vortex_data.cli import main
+
+    rc = main(["build-shards", "--dataset", "nyu", "--src", str(tmp_path), "--out", str(tmp_path / "o"),
+               "--manifests", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a folder" in err and "nyu_depth_v2_labeled.mat" in err and "Errno" not in err
+    (tmp_path / "nyu_depth_v2_labeled.mat").symlink_to(demo_mat)
+    with pytest.raises(NyuFileError, match=f"give --src {tmp_path / 'nyu_depth_v2_labeled.mat'}"):
+        NyuConverter(tmp_path).enumerate(None)
+
+
 @pytest.mark.parametrize("omit, depth", [("labels", "filled"), ("depths", "filled"), ("rawDepths", "raw"),
                                          ("scenes", "filled")])
 def test_missing_key_names_file_and_key(tmp_path, omit, depth):

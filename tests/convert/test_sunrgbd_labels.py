@@ -3,6 +3,7 @@ bad arrays, the build report and the memory bound of reading one frame at a time
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from vortex_data.fixtures.sunrgbd import write_allsplit_mat, write_sunrgbd_tree
 from vortex_data.fixtures.sunrgbd_toolbox import SEG37_NAMES, toolbox_order, write_toolbox
 from vortex_data.convert.labels import NYU40_GROUPS, OBJECT, nyu40_table, sun37_to_6_lut
 from vortex_data.format.schema import IGNORE_INDEX, NUM_CLASSES
+from vortex_data.format.tar_index import make_key
 from vortex_data.convert.base import RejectFrame
 from vortex_data.convert.sunrgbd import SunRgbdConverter
 from vortex_data.convert.sunrgbd.toolbox import ToolboxError, ToolboxLabels
@@ -224,3 +226,128 @@ def test_peak_memory_flat_as_frames_grow(tmp_path):
                              check=True, cwd=Path(__file__).resolve().parents[2])
         peaks[n] = int(run.stdout.split()[-1]) * 1024
     assert peaks[200] - peaks[20] < 40e6, peaks
+
+
+def test_labels_file_changed_past_its_first_mib_at_the_same_size_is_a_new_build(tmp_path):
+    """A label array past the first MiB of SUNRGBD2Dseg.mat rewritten in place (same size): the
+    rerun must write the new labels. A size + first-MiB identity kept every group with the old ones."""
+    root, src = tmp_path, tmp_path / "SUNRGBD"
+    frames = write_sunrgbd_tree(src, frames_per_subset=3, seed=5, scale=0.3, subsets=SUBSETS[1:4])
+    toolbox = write_toolbox(root / "SUNRGBDtoolbox", [(f.folder, f.labels37) for f in frames], compression=None)
+    seg = toolbox / "Metadata" / "SUNRGBD2Dseg.mat"
+    args = ["build-shards", "--dataset", "sunrgbd", "--src", str(src), "--out", str(tmp_path / "shards"),
+            "--manifests", str(tmp_path / "man"), "--workers", "1"]
+    assert main(args) == 0
+    size = seg.stat().st_size
+    with h5py.File(seg, "r+") as f:  # the entry stored last in the file, well past its first MiB
+        targets = [f[r] for r in f["SUNRGBD2Dseg/seglabel"][:, 0]]
+        entry = max(range(len(targets)), key=lambda i: targets[i].id.get_offset())
+        assert targets[entry].id.get_offset() > 1 << 20
+        targets[entry][...] = np.ones(targets[entry].shape)  # every pixel 'wall'
+    folder = [f.folder for f in frames][toolbox_order(len(frames), 0)[entry]]
+    assert seg.stat().st_size == size and not folder.startswith("kv1/NYUdata")
+    assert main(args) == 0
+    rows = pq.read_table(tmp_path / "man" / "sunrgbd-train.parquet").to_pylist()
+    row = next(r for r in rows if r["key"] == make_key("sunrgbd", "train", folder))
+    wall = sun37_to_6_lut()[1]
+    assert row["class_pixels"][wall] == row["width"] * row["height"] == sum(row["class_pixels"])
+
+
+def test_input_identity_covers_the_whole_file_and_is_hashed_once(tmp_path, monkeypatch):
+    from vortex_data.convert import base
+
+    path = tmp_path / "big.mat"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes())
+    path.write_bytes(data)
+    calls = []
+    from vortex_data.format import manifest
+
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(p) or hashlib.sha256(p.read_bytes()).hexdigest())
+    first = base.input_sha256(path)
+    assert base.input_sha256(path) == first and len(calls) == 1  # once per build, not per caller
+    data[(2 << 20) + 5] ^= 1  # past the first MiB, same size
+    path.write_bytes(data)
+    assert base.input_sha256(path) != first and len(calls) == 2
+
+
+def test_a_toolbox_of_another_copy_stops_the_build(tree, tmp_path, capsys):
+    """SUNRGBDMeta.mat in reverse order: most frames' label arrays differ in size from their images,
+    so the build stops naming the file and the cure (was: 4 frames written with another frame's
+    labels, the rest rejected as bad-shape, exit 0)."""
+    from vortex_data.fixtures.sunrgbd_toolbox import write_meta_mat, write_seg_mat
+
+    root, src, frames = tree
+    meta_dir = root / "SUNRGBDtoolbox" / "Metadata"
+    write_seg_mat(meta_dir / "SUNRGBD2Dseg.mat", [f.labels37 for f in frames])
+    write_meta_mat(meta_dir / "SUNRGBDMeta.mat", [f.folder for f in frames][::-1])
+    rc = main(["build-shards", "--dataset", "sunrgbd", "--src", str(src), "--out", str(tmp_path / "o"),
+               "--manifests", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "SUNRGBDMeta.mat" in err
+    assert "toolbox does not match this SUN RGB-D copy" in err and "--toolbox" in err
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").glob("*.json"))
+    with pytest.raises(ToolboxError, match=r"\d+ of \d+ labelled frames"):
+        SunRgbdConverter(src).enumerate(None)
+
+
+def test_report_names_the_toolbox_folder_and_each_file(tree):
+    """Only SUNRGBDMeta.mat missing: the report says that one is missing (it said "no
+    SUNRGBD2Dseg.mat"), names the folder looked at and lists both files."""
+    root, src, frames = tree
+    toolbox = write_toolbox(root / "SUNRGBDtoolbox", [(f.folder, f.labels37) for f in frames])
+    (toolbox / "Metadata" / "SUNRGBDMeta.mat").unlink()
+    en = SunRgbdConverter(src).enumerate(None)
+    said = en.report["labels"]
+    assert "Metadata/SUNRGBDMeta.mat missing" in said and str(toolbox) in said and "depth only" in said
+    assert "SUNRGBD2Dseg.mat missing" not in said
+    assert en.report["toolbox_files"] == {str(toolbox / "Metadata/SUNRGBD2Dseg.mat"): "found",
+                                          str(toolbox / "Metadata/SUNRGBDMeta.mat"): "missing"}
+    with pytest.raises(FileNotFoundError, match="SUNRGBDMeta.mat: not found") as info:
+        SunRgbdConverter(src, toolbox=toolbox)
+    assert "SUNRGBD2Dseg.mat" not in str(info.value).split(":")[0]
+
+
+def test_a_symlinked_src_finds_the_toolbox_beside_the_link(tree, tmp_path):
+    """One rule, documented: the toolbox is looked for beside --src as given, not beside the
+    target of a symlink (it was the target's folder)."""
+    root, src, frames = tree
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "SUNRGBD").symlink_to(src)
+    write_toolbox(root / "SUNRGBDtoolbox", [(f.folder, f.labels37) for f in frames])  # beside the target only
+    en = SunRgbdConverter(work / "SUNRGBD").enumerate(None)
+    assert "depth only" in en.report["labels"] and str(work / "SUNRGBDtoolbox") in en.report["labels"]
+    (root / "SUNRGBDtoolbox").rename(work / "SUNRGBDtoolbox")
+    conv = SunRgbdConverter(work / "SUNRGBD")
+    en, out, rejected = _load_all(conv)
+    assert en.report["labels"] == f"{work / 'SUNRGBDtoolbox' / 'Metadata/SUNRGBD2Dseg.mat'} found beside --src"
+    assert not rejected and all(s.seg is not None for s in out.values())
+
+
+def test_an_empty_label_entry_writes_the_frame_depth_only(tree, tmp_path):
+    """MATLAB's [] for a frame's labels (a (0, 0) array flagged MATLAB_empty): the frame is
+    written without labels, not rejected (it was 'bad-value': not a 2-D array)."""
+    root, src, frames = tree
+    empty = frames[2].folder
+    write_toolbox(root / "SUNRGBDtoolbox", [(f.folder, None if f.folder == empty else f.labels37) for f in frames])
+    en, out, rejected = _load_all(SunRgbdConverter(src))
+    assert not rejected and out[empty].seg is None and out[empty].depth_mm.any()
+    assert out[empty].meta["label_source"].startswith("none") and out[empty].meta["label_entry"] >= 1
+    assert sum(s.seg is None for s in out.values()) == 1
+    rc = main(["build-shards", "--dataset", "sunrgbd", "--src", str(src), "--out", str(tmp_path / "o"),
+               "--manifests", str(tmp_path / "m")])
+    m = json.loads((tmp_path / "m" / "sunrgbd-train.json").read_text())
+    assert rc == 0 and m["totals"]["rejected"] == 0 and m["totals"]["labelled"] == m["totals"]["written"] - 1
+
+
+def test_an_empty_or_wrong_src_folder_fails_naming_the_layout(tmp_path, capsys):
+    """An empty --src wrote nothing and exited 0; now exit 2 naming the layout, and the folder one
+    level down when the user gave the parent of SUNRGBD/."""
+    (tmp_path / "empty").mkdir()
+    args = ["build-shards", "--dataset", "sunrgbd", "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m")]
+    rc = main([*args, "--src", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no SUN RGB-D frame folder" in err and "kv2/kinect2data" in err and "intrinsics.txt" in err
+    write_sunrgbd_tree(tmp_path / "data" / "SUNRGBD", frames_per_subset=1, seed=1, scale=0.1, subsets=SUBSETS[1:2])
+    rc = main([*args, "--src", str(tmp_path / "data")])
+    assert rc == 2 and f"give --src {tmp_path / 'data' / 'SUNRGBD'}" in capsys.readouterr().err

@@ -247,3 +247,54 @@ def test_shipped_stage1_recipe_is_stratified_and_every_batch_of_16_carries_label
         assert len(counts) == recipe.epoch_size // 16
         assert set(counts[:, 0]) == {6, 7} and set(counts[:, 1]) == {6, 7} and set(counts[:, 2]) == {3, 4}
         assert set(counts[:, 0] + counts[:, 2]) == {9, 10}
+
+
+def test_stratified_order_comes_from_the_index_not_the_manifests_total(sets, tmp_path):
+    """Manifests written before ``totals.labelled`` existed (same schema version): the loader's seat
+    order comes from the index's flags, the one function preflight and stats use, so the labelled
+    sources (1/8 + 1/8 of a batch of 4) still share every batch. Ordered by the missing total they
+    sorted as the mixture lists them (nyu, diode, sunrgbd, diode) and half the batches had no label."""
+    import json
+    import shutil
+
+    from vortex_data.stream.batching import labelled_order, read_labelled_flags
+
+    old = sets.parent / "manifests_without_labelled"  # beside the others: shard paths stay valid
+    if not old.exists():
+        old.mkdir()
+        for p in sets.iterdir():
+            shutil.copy(p, old / p.name)
+            if p.suffix == ".json":
+                m = json.loads(p.read_text())
+                del m["totals"]["labelled"]
+                (old / p.name).write_text(json.dumps(m))
+    m = Mixture(tuple(Source(n, f"{f}-{{split}}.json", w) for n, f, w in
+                      (("nyu", "nyu", 0.125), ("diode", "diode", 0.375), ("sunrgbd", "sunrgbd", 0.125),
+                       ("diode2", "diode", 0.375))), 32, "t", old, "stratified")
+    lo = make_loader(m, batch_size=4, size=SIZE, seed=1)
+    flags = [read_labelled_flags(str(old / f"{f}-train.json")) for f in ("nyu", "diode", "sunrgbd", "diode")]
+    assert lo.spec.strata_order == labelled_order(flags) == (0, 2, 1, 3)
+    batches = list(lo)
+    assert len(batches) == 8 and all(bool(b["has_seg"].any()) for b in batches)
+
+
+def test_per_source_source_smaller_than_a_batch_is_named_at_start(sets, caplog):
+    """sunrgbd has 5 samples (diode 7): each of its per_source batches of 8 holds them 1.6 times on average;
+    the loader says so when it is made (the rule preflight and stats use), and not for stratified."""
+    import logging
+
+    from vortex_data.stream.batching import repeats_in_batch
+
+    assert repeats_in_batch(["a", "b"], [5, 13], "per_source", 8) == {"a": 1.6}
+    assert repeats_in_batch(["a", "b"], [5, 13], "stratified", 8) == {}
+    with caplog.at_level(logging.WARNING, logger="vortex_data"):
+        lo = make_loader(mix(sets, "per_source", epoch_size=40), batch_size=8, size=SIZE)
+    said = [r.getMessage() for r in caplog.records if "per_source" in r.getMessage()]
+    assert len(said) == 1 and "sunrgbd each sample 1.6 times" in said[0] and "diode each sample 1.14 times" in said[0]
+    assert "nyu" not in said[0]  # 13 samples: a batch of 8 holds each at most once
+    samples = [k for b in lo for k in b["key"] if k.startswith("sunrgbd")]
+    assert len(samples) == 8 and len(set(samples)) == 5  # what the warning says: repeats inside the batch
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vortex_data"):
+        make_loader(mix(sets, "stratified"), batch_size=8, size=SIZE)
+    assert not any("per_source" in r.getMessage() for r in caplog.records)

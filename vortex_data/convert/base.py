@@ -78,6 +78,25 @@ def scan_folder(path: Path) -> tuple[list[Path], OSError | None]:
         return [], e
 
 
+_IDENTITIES: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def input_sha256(path: Path) -> str:
+    """The identity of an input file a build depends on beyond its frames' own files (a labels
+    file, a split file, a single-file dataset): the sha256 of its whole content, so a change
+    anywhere in it, at the same size, is a different build (a hash of the first MiB missed edits
+    past it). Hashed once per process for each (device, inode, size, mtime, ctime): a build that
+    asks again gets the same answer without reading several GB twice; a rewrite changes ctime,
+    which no tool can set back. Cost measured in docs/reliability.md."""
+    from ..format.manifest import sha256_file
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = sha256_file(Path(path))
+    return _IDENTITIES[key]
+
+
 def os_reason(e: OSError) -> str:
     return f"{type(e).__name__}: {e.strerror or e}"
 

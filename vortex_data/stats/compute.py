@@ -22,6 +22,7 @@ from ..cpus import usable_cpus
 from ..errors import InputError
 from ..format.manifest import load_manifest
 from ..format.schema import CLASS_NAMES, NUM_CLASSES
+from ..stream.batching import repeats_in_batch, repeats_warning
 from ..stream.mixture import Mixture
 from . import gallery
 from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_labelless_iid, p_labelless_quota,
@@ -150,8 +151,11 @@ def index_stats(unit: Unit, rows: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def labelled_flags(rows: dict[str, np.ndarray]) -> np.ndarray:
-    """A sample is labelled when it has a label map with at least one non-ignore pixel."""
-    return rows["has_seg"].astype(bool) & (rows["class_pixels"].sum(axis=1) > 0)
+    """A sample is labelled when it has a label map with at least one non-ignore pixel (the
+    loader's and preflight's definition: :func:`vortex_data.stream.batching.labelled_flags`)."""
+    from ..stream.batching import labelled_flags as flags
+
+    return flags(rows["has_seg"], rows["class_pixels"])
 
 
 def pixel_stats(acc: Accumulator) -> dict[str, Any]:
@@ -274,6 +278,11 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "label_risk": label_risk(weights, labelled, batch_size, epoch, seed,
                                  mixture.batching if mixture is not None else "random"),
     }
+    # per_source batches of a source smaller than a batch repeat its samples (the loader's and preflight's rule)
+    repeats = repeats_in_batch([u.name for u in mixed], [len(f) for f in labelled],
+                               mixture.batching if mixture is not None else "random", batch_size)
+    mix["repeats_in_batch"] = repeats
+    mix["repeats_warning"] = repeats_warning(repeats, batch_size)
 
     compared = {}
     for label in dict.fromkeys(labels.values()):
@@ -382,6 +391,8 @@ def run(args: argparse.Namespace) -> int:
     js, html = write_outputs(stats, args.out)
     risk = stats["mixture"]["label_risk"]
     print(f"wrote {html} and {js}")
+    if stats["mixture"].get("repeats_warning"):
+        print(f"warning: {stats['mixture']['repeats_warning']}")
     quota = f"exact quotas {risk['quota_note']}" if risk["quota_note"] else \
         f"{risk['simulated_quota']:.4g} (simulated exact quotas)"
     plan = (f"{risk['plan_labelless']:.4g} in the loader's {risk['batching']} plans"

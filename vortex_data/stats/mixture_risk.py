@@ -103,12 +103,12 @@ def labelless_in_plan(weights: list[float], labelled: list[np.ndarray], batch: i
     (exact for those plans, not a model of them), and whether stratified batching rules such a
     batch out by construction (the fully labelled sources, dealt as one run, have at least one
     seat in every full batch)."""
-    from ..stream.batching import by_fraction, plan_batched, source_quotas, stratified_counts
+    from ..stream.batching import labelled_order, plan_batched, source_quotas, stratified_counts
 
     sizes = [len(f) for f in labelled]
     if not sizes or min(sizes) == 0 or epoch_size < batch:
         return {"batching": batching, "plan_labelless": None, "plan_epochs": 0, "by_construction": False}
-    order = list(by_fraction([float(f.mean()) if len(f) else 0.0 for f in labelled]))
+    order = list(labelled_order(labelled))  # the loader's seat order, from the same flags
     empty = total = 0
     for e in range(epochs):
         plan = plan_batched(sizes, weights, epoch_size, seed, e, batching, batch, order)

@@ -180,6 +180,8 @@ def _tables(s: dict[str, Any]) -> str:
             "evenly than independent draws and the risk is slightly lower than (1 - p)^B. Stratified batching "
             "gives every batch each source's share exactly: with fully labelled sources whose share is at least "
             "1/B, no batch lacks a labelled sample.</p>"]
+    if mix.get("repeats_warning"):
+        out.append(f"<p><b>Warning:</b> {html.escape(mix['repeats_warning'])}.</p>")
     d = s["duplicates"]
     pairs = d["pairs"]
     out += ["<h2>Near-duplicate frames across sources</h2>",

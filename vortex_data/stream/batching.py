@@ -116,20 +116,94 @@ def plan_batched(sizes: Sequence[int], weights: Sequence[float], epoch_size: int
     return _stratified(sizes, q, batch_size, seed, epoch, order)
 
 
+def repeats_in_batch(names: Sequence[str], sizes: Sequence[int], batching: str, batch_size: int) -> dict[str, float]:
+    """``per_source`` only: each source with fewer samples than a batch -> how many times a batch
+    of it holds each of its samples on average (``B / n``): its batches are ``B`` draws of that one
+    source, so a source of 3 samples fills a batch of 8 with each about 2.7 times. Empty otherwise."""
+    if check_batching(batching) != "per_source":
+        return {}
+    return {name: batch_size / n for name, n in zip(names, sizes) if 0 < n < batch_size}
+
+
+def repeats_warning(repeats: dict[str, float], batch_size: int) -> str | None:
+    """One line for :func:`repeats_in_batch`'s finding (preflight, stats and the loader print it)."""
+    if not repeats:
+        return None
+    each = ", ".join(f"{name} each sample {r:.3g} times" for name, r in repeats.items())
+    return (f"per_source batching: {len(repeats)} source(s) smaller than a batch of {batch_size} repeat their "
+            f"samples inside every batch of theirs ({each}); lower the batch size or use stratified batching")
+
+
 def by_fraction(fractions: Sequence[float]) -> tuple[int, ...]:
     """Source numbers by labelled fraction, highest first (ties: mixture order): the order
     stratified batching deals extra seats in, wherever the fractions come from."""
     return tuple(sorted(range(len(fractions)), key=lambda s: (-fractions[s], s)))
 
 
-def labelled_first(manifests: Sequence[str]) -> tuple[int, ...]:
-    """Sources ordered by the labelled fraction their manifests record (``totals.labelled``),
-    highest first, so stratified batching deals the labelled sources' seats as one run. A
-    manifest written before labels were counted sorts last; the order only places extra seats."""
-    def fraction(url: str) -> float:
-        try:
-            t = load_manifest(url).totals
-            return t["labelled"] / max(1, t["written"])
-        except (ManifestError, KeyError, TypeError):
-            return -1.0
-    return by_fraction([fraction(m) for m in manifests])
+def labelled_flags(has_seg: np.ndarray, class_pixels: np.ndarray) -> np.ndarray:
+    """Which samples are labelled: a label map with at least one non-ignore pixel. ``has_seg``
+    (n,) and ``class_pixels`` (n, classes) are the index's columns. The one definition the
+    loader's seat order, preflight and stats use (a map all 255 teaches nothing)."""
+    return np.asarray(has_seg, bool) & (np.asarray(class_pixels).sum(axis=1) > 0)
+
+
+def labelled_order(flags: Sequence[np.ndarray]) -> tuple[int, ...]:
+    """Sources by the labelled share of their index flags (:func:`labelled_flags`), highest first:
+    the seat order of stratified batching, as the loader plans it and preflight and stats check it."""
+    return by_fraction([float(np.mean(f)) if len(f) else 0.0 for f in flags])
+
+
+def read_labelled_flags(manifest: str, key_pattern: str | None = None) -> np.ndarray:
+    """A source's :func:`labelled_flags` from its manifest's Parquet index (local or remote), the
+    rows ``key_pattern`` selects as the sample index selects them. Not the manifest's
+    ``totals.labelled``: manifests written before that field existed lack it, and it counts the
+    whole manifest, not a key pattern's share. A manifest without an index cannot say which samples
+    are labelled: refused, naming the command that writes one."""
+    import io
+    import re
+
+    import pyarrow.parquet as pq
+
+    from ..format.manifest import is_remote, join_url, local_path, read_bytes
+
+    try:
+        m = load_manifest(manifest)
+    except ManifestError as e:
+        raise MixtureError(str(e)) from None
+    if not m.index:
+        raise MixtureError(f"{manifest}: no per-sample index, so which samples are labelled is unknown; rebuild it "
+                           f"with `vortex-data build-shards` (same --src and --out: finished shards are kept)")
+    url = join_url(manifest, m.index)
+    columns = ["has_seg", "class_pixels"] + (["key"] if key_pattern else [])
+    try:
+        pf = pq.ParquetFile(io.BytesIO(read_bytes(url)) if is_remote(url) else local_path(url), memory_map=True)
+        lacking = [c for c in columns if c not in pf.schema_arrow.names]
+        if lacking:
+            raise MixtureError(f"{manifest}: its per-sample index {m.index!r} has no column {', '.join(lacking)}, so "
+                               f"which samples are labelled is unknown; rebuild it with `vortex-data build-shards`")
+        table = pf.read(columns=columns)
+    except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, MixtureError):
+            raise
+        raise MixtureError(f"{manifest}: per-sample index {m.index!r} unreadable ({e!r})") from None
+    has_seg = table.column("has_seg").to_numpy(zero_copy_only=False).astype(bool)
+    px = table.column("class_pixels").combine_chunks()
+    if hasattr(px, "offsets"):  # a variable-length list: classes seen per row from the offsets
+        positive = np.concatenate([[0], np.cumsum(px.flatten().to_numpy(zero_copy_only=False) > 0)])
+        off = np.asarray(px.offsets)
+        counts = (positive[off[1:]] - positive[off[:-1]]).reshape(-1, 1)
+    else:  # fixed size (the schema's): one (n, classes) view, no Python object per row
+        counts = px.values.to_numpy(zero_copy_only=False).reshape(len(px), px.type.list_size)
+    flags = labelled_flags(has_seg, counts)
+    if key_pattern:
+        pat = re.compile(key_pattern)
+        keep = [bool(pat.search(k)) for k in table.column("key").to_pylist()]
+        flags = flags[np.asarray(keep, bool)]
+    return flags
+
+
+def labelled_first(manifests: Sequence[str], key_patterns: Sequence[str | None] | None = None) -> tuple[int, ...]:
+    """Sources ordered by the labelled fraction of their indexes (:func:`read_labelled_flags`),
+    highest first, so stratified batching deals the labelled sources' seats as one run."""
+    patterns = [None] * len(manifests) if key_patterns is None else list(key_patterns)
+    return labelled_order([read_labelled_flags(m, p) for m, p in zip(manifests, patterns)])

@@ -28,7 +28,7 @@ from ..format.integrity import check_policy
 from ..format.manifest import is_remote
 from .augment import AugmentConfig
 from .batch import IMAGENET_MEAN, IMAGENET_STD
-from .batching import labelled_first
+from .batching import labelled_first, repeats_in_batch, repeats_warning
 from .block_shuffle import DEFAULT_BLOCK
 from .collate import widen_labels
 from .dataset import EpochDataset
@@ -291,9 +291,14 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         cache_dir=cache_dir, profile=profile, photometric=photometric, decode=decode, on_error=on_error,
         cache_bytes=cache_bytes, batching=batching, shuffle=shuffle, shuffle_block=shuffle_block,
         shuffle_lanes=shuffle_lanes,
-        strata_order=labelled_first([ix.manifest for ix in indices]) if batching == "stratified" else None,
+        strata_order=(labelled_first([ix.manifest for ix in indices], [s.key_pattern for s in mix.sources])
+                      if batching == "stratified" else None),
     )
     _say_unchecked(indices)
+    repeats = repeats_warning(repeats_in_batch([s.name for s in mix.sources], [len(ix) for ix in indices], batching,
+                                               batch_size), batch_size)
+    if repeats:
+        log.warning("%s: %s", mix.name, repeats)
     fingerprint = f"{mix.name}:{mix.epoch_size}:" + ",".join(
         f"{s.name}={s.weight}:{len(ix)}" for s, ix in zip(mix.sources, indices))
     if batching != "random":  # another composition is another plan (random keeps older checkpoints valid)

@@ -9,7 +9,6 @@ column-major, so h5py sees every dimension reversed: images (N, 3, 640, 480) bec
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ from ...errors import InputError
 from ...format.geometry import Intrinsics
 from ...format.schema import Sample, depth_to_mm
 from ...format.tar_index import make_key
-from ..base import Converter, Enumeration, FrameRef, RejectFrame
+from ..base import Converter, Enumeration, FrameRef, RejectFrame, input_sha256
 from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_6, nyu894_to_6_lut
 from .splits import DEFAULT_SCHEME, SCHEME_SPLITS, SCHEMES, SEEDED_SCHEMES, make_split, scene_overlap, split_scenes
 
@@ -35,6 +34,9 @@ DEPTH_KEYS = {"filled": "depths", "raw": "rawDepths"}
 STRING_KEYS = {"scenes": "scene", "sceneTypes": "scene_type",
                "rawRgbFilenames": "raw_rgb_filename", "rawDepthFilenames": "raw_depth_filename"}
 REQUIRED_STRINGS = ("scenes", "sceneTypes")
+
+
+LABELED_FILE = "nyu_depth_v2_labeled.mat"
 
 
 class NyuFileError(InputError):
@@ -54,14 +56,6 @@ def _expected_shapes(n: int) -> dict[str, tuple[int, ...]]:
 def _decode_char(f: h5py.File, ref: h5py.Reference) -> str:
     """A MATLAB char array (stored as (n, 1) uint16 codes) -> str."""
     return "".join(map(chr, np.asarray(f[ref]).ravel()))
-
-
-def _file_sha256_head(path: Path, n_bytes: int = 1 << 20) -> str:
-    """A cheap identity for the manifest: hash of the size and first MiB (the file is 2.9 GB)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(n_bytes))
-    return h.hexdigest()
 
 
 class NyuConverter(Converter):
@@ -123,6 +117,12 @@ class NyuConverter(Converter):
         return state
 
     def _open(self) -> h5py.File:
+        if self.src.is_dir():  # h5py would say only "[Errno 21] Is a directory"
+            inside = sorted(p.name for p in self.src.glob("*.mat"))
+            hint = (f"give --src {self.src / LABELED_FILE}" if LABELED_FILE in inside else
+                    f"it holds {', '.join(inside[:3])}" if inside else f"it holds no {LABELED_FILE}")
+            raise NyuFileError(f"{self.src}: is a folder; --src must be the labeled set's one file, "
+                               f"{LABELED_FILE} (MATLAB v7.3, 2.8 GB): {hint}")
         try:
             return h5py.File(self.src, "r")
         except FileNotFoundError:
@@ -260,7 +260,7 @@ class NyuConverter(Converter):
         held_out = scheme_splits[1]
         overlap = scene_overlap(self.scene_names(), split["train"], split[held_out])
         report = {"frames_in_file": n, "file_size": self.src.stat().st_size,
-                  "file_head_sha256": _file_sha256_head(self.src),
+                  "file_sha256": input_sha256(self.src),
                   "split_counts": {s: len(split[s]) for s in scheme_splits},
                   # Rooms seen in training make the held-out score optimistic; say how many.
                   "held_out_frames_sharing_a_train_scene": overlap["frames"],

@@ -12,7 +12,6 @@ See ``docs/sunrgbd.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import stat
 from collections import Counter
@@ -23,11 +22,13 @@ from ...format.schema import Sample
 
 from ...errors import InputError
 from ...format.tar_index import make_key
-from ..base import Converter, Enumeration, FrameRef, RejectFrame, Rejection, os_reason, scan_folder
+from ..base import (Converter, Enumeration, FrameRef, RejectFrame, Rejection, input_sha256, os_reason,
+                    scan_folder)
 from .files import (DEPTH_MODES, MAX_DEPTH_MM, NOT_IN_SPLIT, NYU_OVERLAP_REASON, NYU_OVERLAP_SUBSET, SENSOR_SUBSETS,
                     FrameFiles, _is_dir, _read_text, cap_depth, find_frame_folders, locate_frame_files,
                     parse_intrinsics, parse_rtilt, read_depth_png, read_rgb, read_split_file, rotate_right_3)
-from .toolbox import LABEL_MODES, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, find_toolbox
+from .toolbox import (LABEL_MODES, META_FILE, SEG_FILE, TOOLBOX_DIR, ToolboxLabels, check_toolbox_matches,
+                      find_toolbox)
 
 
 class SunRgbdConverter(Converter):
@@ -51,11 +52,23 @@ class SunRgbdConverter(Converter):
             raise InputError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         if labels == "none" and toolbox is not None:
             raise InputError("--toolbox gives the labels' folder, but --labels none turns labels off")
-        found = find_toolbox(self.src, toolbox) if labels == "auto" else None
-        self.labels = None if found is None else ToolboxLabels(found)
-        self.labels_origin = ("off (--labels none)" if labels == "none" else
-                              f"no {TOOLBOX_DIR}/{SEG_FILE} beside --src and no --toolbox: depth only" if found is None
-                              else f"{TOOLBOX_DIR}/{SEG_FILE} " + ("given by --toolbox" if toolbox else "found beside --src"))
+        self.toolbox_files: dict[str, str] = {}
+        self.labels, self.labels_origin = None, "off (--labels none)"
+        if labels == "auto":
+            folder, files = find_toolbox(self.src, toolbox)
+            # The report names the folder looked at and each file in it, found or missing.
+            self.toolbox_files = {str(folder / rel): "found" if ok else "missing" for rel, ok in files.items()}
+            how = "given by --toolbox" if toolbox else "found beside --src"
+            if all(files.values()):
+                self.labels = ToolboxLabels(folder)
+                self.labels_origin = f"{folder / SEG_FILE} {how}"
+            elif not any(files.values()):
+                self.labels_origin = (f"no {TOOLBOX_DIR}/ label files beside --src ({folder}) and no --toolbox: "
+                                      f"depth only")
+            else:
+                missing = " and ".join(rel for rel, ok in files.items() if not ok)
+                self.labels_origin = (f"{folder}: {missing} missing (both {SEG_FILE} and {META_FILE} are needed): "
+                                      f"depth only; --toolbox DIR names a complete toolbox")
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -66,8 +79,9 @@ class SunRgbdConverter(Converter):
         group.add_argument("--split-file", type=Path, default=None,
                            help="sunrgbd: official allsplit.mat; without it every frame is 'train'")
         group.add_argument("--labels", choices=LABEL_MODES, default="auto",
-                           help="sunrgbd: 'auto' reads the toolbox's 37-class labels (SUNRGBDtoolbox/ beside --src, "
-                                "or --toolbox) mapped to the 6 classes; 'none' writes depth only")
+                           help="sunrgbd: 'auto' reads the toolbox's 37-class labels (SUNRGBDtoolbox/ beside --src as "
+                                "given, a symlink not followed, or --toolbox) mapped to the 6 classes; 'none' writes "
+                                "depth only")
         group.add_argument("--toolbox", type=Path, default=None,
                            help="sunrgbd: the SUNRGBDtoolbox/ folder (Metadata/SUNRGBD2Dseg.mat, SUNRGBDMeta.mat)")
 
@@ -83,7 +97,7 @@ class SunRgbdConverter(Converter):
                                 "max_depth_mm": MAX_DEPTH_MM, "split_file": None}
         if self.split_file is not None:
             opts["split_file"] = self.split_file.name
-            opts["split_file_sha256"] = hashlib.sha256(self.split_file.read_bytes()).hexdigest()
+            opts["split_file_sha256"] = input_sha256(self.split_file)
         opts["labels"] = "toolbox-37" if self.labels is not None else "none"
         if self.labels is not None:
             opts.update(self.labels.options())
@@ -135,13 +149,28 @@ class SunRgbdConverter(Converter):
                     if ff.label_entry is None:
                         unlabelled.append(rel)
                 frames.append(FrameRef(split=split, frame_id=rel, files=files, payload=ff))
+        if not seen and not rejected:
+            raise InputError(self._empty_message())
+        if self.labels is not None:
+            check_toolbox_matches(self.labels, self.src, frames)
         report = self._report(counts, excluded, split_of, seen, wanted)
         report["labels"] = self.labels_origin
+        if self.toolbox_files:
+            report["toolbox_files"] = self.toolbox_files
         if self.labels is not None:
             # Written depth-only, not rejected: their depth is as good as any other frame's.
             report["frames_without_labels"] = len(unlabelled)
             report["frames_without_labels_examples"] = unlabelled[:10]
         return Enumeration(frames=frames, rejected=rejected, report=report)
+
+    def _empty_message(self) -> str:
+        """No frame folder anywhere below --src: what the converter looked for, and where it may be."""
+        layout = ", ".join(f"{s}/{sub}" for s, subs in SENSOR_SUBSETS.items() for sub in subs)
+        inner = next((p for p in (self.src / "SUNRGBD", self.src / "SUNRGBD" / "SUNRGBD") if _is_dir(p)), None)
+        hint = f"; {inner} looks like it: give --src {inner}" if inner is not None else ""
+        return (f"{self.src}: no SUN RGB-D frame folder found. --src must be the SUNRGBD/ folder, laid out "
+                f"<sensor>/<subset>/.../<frame folder>/ with image/*.jpg, depth/*.png and intrinsics.txt in each "
+                f"frame folder, for the subsets {layout}{hint}")
 
     def _unlistable(self, folder: Path, err: OSError, split_of: dict[str, str] | None, wanted: set[str],
                     seen: set[str]) -> list[Rejection]:
@@ -251,8 +280,11 @@ class SunRgbdConverter(Converter):
         if ff.label_entry is not None and self.labels is not None:
             # SUN RGB-D labels are drawn on the stored image, so they need no geometry but the check.
             seg, outside = self.labels.seg6(ff.label_entry, rgb.shape[:2])
-            meta["label_source"] = "sunrgbd37->nyu40->6"
             meta["label_entry"] = ff.label_entry + 1
+            if seg is None:  # MATLAB's [] for this frame: its depth is as good as any other's
+                meta["label_source"] = "none: the toolbox entry is empty"
+            else:
+                meta["label_source"] = "sunrgbd37->nyu40->6"
             if outside:
                 meta["label_pixels_outside_37"] = outside
         if ff.extrinsics is not None:
