@@ -261,7 +261,8 @@ def test_the_module_api_the_raw_converter_uses(labelled):
 
 def test_stats_flags_a_training_manifest_sharing_an_evaluation_room(tree, labelled, tmp_path, capsys):
     from vortex_data.convert.nyu.converter import NyuConverter
-    from vortex_data.stats.compute import plan_units, scene_leakage
+    from vortex_data.stats.compute import plan_units
+    from vortex_data.stats.leakage import scene_leakage
 
     mat, splits = labelled
     nyu = build_shards(NyuConverter(mat, split_scheme="official", splits_file=splits),

@@ -30,6 +30,7 @@ from .mixture_risk import (labelless_in_plan, normalised, p_labelled_draw, p_lab
 from .numbers import (LOG_BINS_PER_DECADE, class_frequency, depth_percentiles_m, log_histogram,
                       median_frequency_weights, rgb_mean_std, summary)
 from .phash import DEFAULT_THRESHOLD, find_duplicates
+from .leakage import scene_leakage
 from .scan import Accumulator, ShardTask, scan_shards
 
 VALID_FRACTION_EDGES = np.linspace(0.0, 1.0, 21)
@@ -297,24 +298,6 @@ def compute_stats(manifests: list[Path], mixture: Mixture | None = None, batch_s
         "gallery": gallery.select(units, rows, far, seed),
         "scene_leakage": scene_leakage(units),
     }
-
-
-def scene_leakage(units: list[Unit]) -> list[dict[str, Any]]:
-    """For each NYU training manifest given and each NYU val/test manifest given: the evaluation
-    frames whose room is also trained on (the check preflight runs, :mod:`..convert.nyu.eval_scenes`)."""
-    from ..convert.nyu.eval_scenes import Side, leakage_pairs
-    from ..convert.nyu.splits import shared_places
-
-    split = {u.name: load_manifest(u.manifest).split for u in units}
-    train = [Side(u.name, u.manifest, u.key_pattern) for u in units if split[u.name] == "train"]
-    held_out = [Side(u.name, u.manifest, u.key_pattern) for u in units if split[u.name] in ("val", "test")]
-    out = []
-    for label, tr, ho, why in leakage_pairs(train, held_out):
-        shared = None if tr is None or ho is None else shared_places(tr, ho)
-        out.append({"pair": label, "frames": None if ho is None else len(ho),
-                    "leaked_frames": None if shared is None else shared["frames"],
-                    "shared_places": None if shared is None else shared["scenes"], "unknown_because": why or None})
-    return out
 
 
 def manifest_labels(units: list[Unit]) -> dict[str, str]:
