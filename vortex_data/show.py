@@ -18,11 +18,13 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .temporaries import output_file
 from .views import colour_bar_rgb, legend_rgb, triptych
 
 SHEET_WIDTH = 2000
 """Tiles per row: as many as fit in this many pixels (at least one)."""
 CAPTION_H = 36
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def is_manifest(path: str) -> bool:
@@ -86,27 +88,42 @@ def contact_sheet(tiles: list[np.ndarray], title: str) -> np.ndarray:
 def show(target: str, out: Path, split: str = "train", batches: int = 2, batch_size: int = 8,
          size: tuple[int, int] = (240, 320), augment: str = "default", seed: int = 0,
          manifests_dir: str | None = None) -> Path:
-    """Draw ``batches`` batches of ``target`` (manifest, mixture file or recipe name) into ``out``."""
+    """Draw ``batches`` batches of ``target`` (manifest, mixture file or recipe name) into ``out``.
+
+    A plan with fewer samples than one batch (a small manifest) gives no batch to the trainer,
+    which drops an epoch's partial tail; here that tail is drawn instead, and the title says so."""
     from .stream import make_loader
 
     if batches < 1 or batch_size < 1:
         raise InputError(f"batches and batch size must be >= 1, got {batches} and {batch_size}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"--out {out}: the suffix must be one of {', '.join(IMAGE_SUFFIXES)}")
     source = {"manifest": target} if is_manifest(target) else {"mixture": target, "manifests_dir": manifests_dir}
-    loader = make_loader(**source, split=split, batch_size=batch_size, image_size=size, augment=augment, seed=seed,
-                         photometric="device")
-    tiles: list[np.ndarray] = []
-    try:
-        for b, batch in zip(range(batches), loader):
-            tiles += tiles_of_batch(loader.finish(batch), loader.source_names, loader.spec.mean, loader.spec.std, b)
-    finally:
-        loader.close()
-    if not tiles:
-        raise InputError(f"{target}: the {split} split gave no batch of {batch_size}")
-    title = (f"vortex-data show {target}  split={split}  augment={augment}  seed={seed}  "
-             f"{len(tiles)} sample{'s' if len(tiles) != 1 else ''}  RGB (red: depth edges) | depth | labels")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(contact_sheet(tiles, title), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{out}: could not write the image (is the suffix .png or .jpg?)")
+    with output_file(out) as f:  # opened first: an unwritable --out fails before any drawing
+        loader = make_loader(**source, split=split, batch_size=batch_size, image_size=size, augment=augment,
+                             seed=seed, photometric="device")
+        partial = len(loader) == 0
+        if partial:
+            loader.close()
+            loader = make_loader(**source, split=split, batch_size=batch_size, image_size=size, augment=augment,
+                                 seed=seed, photometric="device", drop_last=False)
+        tiles: list[np.ndarray] = []
+        try:
+            for b, batch in zip(range(batches), loader):
+                tiles += tiles_of_batch(loader.finish(batch), loader.source_names, loader.spec.mean,
+                                        loader.spec.std, b)
+        finally:
+            loader.close()
+        if not tiles:
+            raise InputError(f"{target}: the {split} split has no samples")
+        title = (f"vortex-data show {target}  split={split}  augment={augment}  seed={seed}  "
+                 f"{len(tiles)} sample{'s' if len(tiles) != 1 else ''}  RGB (red: depth edges) | depth | labels")
+        if partial:
+            title += f"  (fewer than a batch of {batch_size}: training drops these)"
+        ok, buf = cv2.imencode(out.suffix, cv2.cvtColor(contact_sheet(tiles, title), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise InputError(f"{out}: OpenCV could not encode the sheet as {out.suffix}")
+        f.write(buf.tobytes())
     return out
 
 
@@ -119,7 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.Ar
                     "key and source underneath. Misaligned depth shows as red edges off the RGB's edges.")
     p.add_argument("target", metavar="MANIFEST_OR_MIXTURE",
                    help="a manifest JSON, a mixture file (TOML/JSON) or a shipped recipe name (stage1, stage2)")
-    p.add_argument("--out", type=Path, required=True, help="the image to write (.png)")
+    p.add_argument("--out", type=Path, required=True, help="the image to write (.png or .jpg)")
     p.add_argument("--split", default="train", help="split (default train; other splits: one ordered pass)")
     p.add_argument("--batches", type=int, default=2, help="batches to draw (default 2)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
