@@ -244,8 +244,8 @@ def for_reading(path: Path) -> tuple[Path, list[tuple[Path, str]]]:
     if file is not None:
         step = file.parent
         if file.name == "train.pt" and (step / CHECKSUMS).is_file() and (why := problem(step, only=("train.pt",))):
-            raise CheckpointError(f"{step / 'train.pt'}: {why}, so it is damaged (a full disk, a killed copy); "
-                                  f"give the stage's checkpoints/ folder to take the newest complete checkpoint")
+            raise CheckpointError(f"checkpoint {step}: {why}: damaged (a full disk, a killed copy); give the "
+                                  f"stage's checkpoints/ folder to take the newest complete checkpoint")
         return file, []
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found, skipped = find(folder)
