@@ -252,5 +252,6 @@ def test_show_manifest_smaller_than_a_batch_draws_what_there_is(manifests, tmp_p
     img = cv2.imread(str(out))[:, :, ::-1]
     tile_w = 3 * 64 + 8
     tiles = img[-(64 + CAPTION_H + 8):, :, :]
-    drawn = sum(tiles[:64, c * (tile_w + 8):c * (tile_w + 8) + 64].std() > 10 for c in range(img.shape[1] // (tile_w + 8)))
+    drawn = sum(tiles[:64, c * (tile_w + 8):c * (tile_w + 8) + 64].std() > 10
+                for c in range(img.shape[1] // (tile_w + 8)))
     assert drawn == n  # every sample once, in one row: one partial batch

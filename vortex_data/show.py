@@ -11,6 +11,7 @@ RGB; under it the key, the source and whether it has labels.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,13 @@ def show(target: str, out: Path, split: str = "train", batches: int = 2, batch_s
         raise InputError(f"--out {out}: the suffix must be one of {', '.join(IMAGE_SUFFIXES)}")
     source = {"manifest": target} if is_manifest(target) else {"mixture": target, "manifests_dir": manifests_dir}
     with output_file(out) as f:  # opened first: an unwritable --out fails before any drawing
-        loader = make_loader(**source, split=split, batch_size=batch_size, image_size=size, augment=augment,
-                             seed=seed, photometric="device")
+        make = functools.partial(make_loader, **source, split=split, batch_size=batch_size, image_size=size,
+                                 augment=augment, seed=seed, photometric="device")
+        loader = make()
         partial = len(loader) == 0
         if partial:
             loader.close()
-            loader = make_loader(**source, split=split, batch_size=batch_size, image_size=size, augment=augment,
-                                 seed=seed, photometric="device", drop_last=False)
+            loader = make(drop_last=False)
         try:
             drawn = [loader.finish(batch) for _, batch in zip(range(batches), loader)]
         finally:
@@ -134,7 +135,9 @@ def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.Ar
         description="Draw batches exactly as the trainer receives them (the loader with device photometric, "
                     "then loader.finish; RGB un-normalised for display): per sample the RGB with depth edges "
                     "in red, the depth on one metric colour scale for the sheet (1st-99th percentile of the depth "
-                    "drawn, printed on its colour bar), and the labels over the RGB, with key and source underneath. Misaligned depth shows as red edges off the RGB's edges.")
+                    "drawn, printed on its colour bar), and the labels over the RGB, with key and source "
+                    "underneath. Misaligned depth shows as red edges off the RGB's edges. A manifest smaller than "
+                    "a batch is drawn as one partial batch (training drops it).")
     p.add_argument("target", metavar="MANIFEST_OR_MIXTURE",
                    help="a manifest JSON, a mixture file (TOML/JSON) or a shipped recipe name (stage1, stage2)")
     p.add_argument("--out", type=Path, required=True, help="the image to write (.png or .jpg)")
