@@ -87,6 +87,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "verify: OK" in out and "FAILED" not in out
+    # The stats report's mixture is the training one: eval splits are listed as sources, never weighted.
+    stats = json.loads((tmp_path / "demo" / "stats" / "stats.json").read_text())
+    split = {x["name"]: x["split"] for x in stats["sources"]}
+    weighted = [x["name"] for x in stats["mixture"]["sources"] if x["weight"] > 0]
+    assert weighted and {split[n] for n in weighted} == {"train"}
+    assert {"val", "test", "eval"} <= set(split.values())
 
 
 @pytest.mark.parametrize("where", ["inside the last member", "before the end-of-archive blocks"])

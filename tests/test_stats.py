@@ -438,3 +438,70 @@ def test_per_source_batches_of_a_source_smaller_than_a_batch_are_named(built, tm
     main(["stats", "--mixture", str(mix), "--batch-size", "4", "--workers", "1", "--no-progress",
           "--out", str(tmp_path / "out4")])
     assert "per_source batching" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the depth scale and the risk plot
+
+def _lut_positions(panel: np.ndarray) -> np.ndarray:
+    """Each valid pixel's position (0-255) on the colour map, by its nearest LUT colour."""
+    from vortex_data.views import depth_lut
+
+    px = panel.reshape(-1, 3).astype(np.int32)
+    px = px[np.abs(px - INVALID_RGB).sum(axis=1) > 60]
+    lut = depth_lut().astype(np.int32)
+    return np.argmin(((px[:, None, :] - lut[None, :, :]) ** 2).sum(axis=2), axis=1)
+
+
+def test_gallery_depth_scale_comes_from_the_data(built):
+    """Rooms of 1-6 m: a fixed 0.25-40 m scale used a third of the colours; the report's scale,
+    the sources' 1st-99th percentiles, gives them most of the map and is printed in the report."""
+    tmp, _, _, stats = built
+    lo = min(x["depth_percentiles_m"]["p1"] for x in stats["sources"])
+    hi = max(x["depth_percentiles_m"]["p99"] for x in stats["sources"])
+    scale = gallery.report_scale(stats["sources"])
+    assert scale[0] <= lo and scale[1] >= hi and scale[0] > 0.9 * lo and scale[1] < 1.1 * hi
+    text = write_outputs(stats, tmp / "report-scale")[1].read_text()
+    assert f"{scale[0]:.3g} to {scale[1]:.3g} m" in text
+    p = _Collect()
+    p.feed(text)
+    strips = [_jpeg(i["src"]) for i in p.imgs if i.get("class") == "gallery" and "jpeg" in i["src"]]
+    spans = []
+    for s in strips:
+        pw = (s.shape[1] - 8) // 3
+        pos = _lut_positions(s[::4, pw + 4:2 * pw + 4:4])
+        spans.append(np.percentile(pos, 98) - np.percentile(pos, 2))
+    assert max(spans) > 0.6 * 255
+
+
+def test_depth_scale_rounds_outward_and_falls_back():
+    from vortex_data.views import DEPTH_RANGE_M, depth_scale, pixel_scale, scale_ticks
+
+    assert depth_scale([1.931, 2.4], [6.535, 7.841]) == (1.9, 7.9)
+    assert depth_scale([None], [None]) == DEPTH_RANGE_M
+    d = np.r_[np.zeros(50), np.linspace(2.0, 5.0, 1000)]  # zeros are invalid, not depth
+    lo, hi = pixel_scale([d])
+    assert 1.9 <= lo <= 2.1 and 4.9 <= hi <= 5.1
+    ticks = scale_ticks((1.9, 6.6))
+    assert ticks[0] == 1.9 and ticks[-1] == 6.6 and len(ticks) >= 4  # the ends are printed
+
+
+@pytest.mark.parametrize("labelled", [1.0, 0.5])
+def test_risk_plot_is_a_probability_axis(labelled):
+    """Every draw labelled gives a curve of exact zeros: the axis stays [floor, 1] (it once ran
+    from 1e-314 to 1e14) and the zero estimates are drawn on the floor, said to be 0."""
+    import matplotlib.pyplot as plt
+
+    from vortex_data.stats import report
+
+    b = list(range(1, 65))
+    risk = {"curve": {"batch_sizes": b, "closed_form_iid": [(1 - labelled) ** n for n in b]}, "batch_size": 8,
+            "simulated_iid": (1 - labelled) ** 8, "simulated_quota": 0.0, "plan_labelless": 0.0,
+            "batching": "stratified"}
+    fig, ax = plt.subplots()
+    report._risk({"mixture": {"label_risk": risk}})(ax)
+    assert ax.get_ylim() == pytest.approx((report.RISK_FLOOR, 1.0))
+    points = [c.get_offsets()[0] for c in ax.collections]
+    assert all(report.RISK_FLOOR <= y <= 1 for _, y in points)
+    zero_labels = [t.get_text() for t in ax.get_legend().get_texts() if "= 0" in t.get_text()]
+    assert len(zero_labels) == (3 if labelled == 1.0 else 2)
+    plt.close(fig)

@@ -4,6 +4,7 @@ and `vortex-data export rerun` (read back from the .rrd file)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -186,3 +187,71 @@ def test_export_rerun_unknown_key_and_missing_sdk(manifests, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "rerun", None)  # import rerun now raises ImportError
     rc = main(["export", "rerun", str(manifests["femto-eval"]), "--out", str(tmp_path / "y.rrd")])
     assert rc == 2 and "[viz]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- output paths (show and export)
+# Tests run as root in CI, where a chmod'ed read-only folder does not stop a write; a path under a
+# regular file (mkdir fails) and an --out that is a folder (the rename fails) fail for root too.
+
+def _one_line_naming(err: str, path: Path) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in err, err
+    assert "suffix" not in err  # the old guess for any failed cv2.imwrite
+
+
+def _no_leftovers(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name or p.is_file() and p.suffix in (".rrd", ".png")]
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_output_under_a_regular_file_is_one_line(manifests, tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / ("sheet.png" if command == "show" else "x.rrd")
+    argv = (["show", str(manifests["nyu-train"]), "--out", str(out), "--batch-size", "2", "--batches", "1"]
+            if command == "show" else ["export", "rerun", str(manifests["nyu-train"]), "--out", str(out)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    _one_line_naming(err, out)
+    assert "afile is a file, not a folder" in err and "writable" in err
+
+
+def test_show_out_that_is_a_folder_is_one_line_and_leaves_nothing(manifests, tmp_path, capsys):
+    out = tmp_path / "sheet.png"
+    out.mkdir()
+    assert main(["show", str(manifests["nyu-train"]), "--out", str(out), "--batch-size", "2", "--batches", "1",
+                 "--size", "64", "64", "--augment", "none"]) == 2
+    _one_line_naming(capsys.readouterr().err, out)
+    assert out.is_dir() and not list(out.iterdir())
+    _no_leftovers(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder; the tests above cover root")
+def test_show_into_read_only_folder_is_one_line(manifests, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    assert main(["show", str(manifests["nyu-train"]), "--out", str(ro / "s.png"), "--batch-size", "2"]) == 2
+    _one_line_naming(capsys.readouterr().err, ro / "s.png")
+
+
+def test_failed_export_leaves_no_partial_rrd(manifests, tmp_path, capsys):
+    pytest.importorskip("rerun")
+    out = tmp_path / "x.rrd"
+    keys = [samples(manifests["nyu-train"])[0]["key"], "no/such/key"]  # one found and logged, then the error
+    assert main(["export", "rerun", str(manifests["nyu-train"]), "--out", str(out), "--keys", *keys]) == 2
+    assert "no/such/key" in capsys.readouterr().err
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_show_manifest_smaller_than_a_batch_draws_what_there_is(manifests, tmp_path):
+    n = len(samples(manifests["nyu-train"]))
+    assert n < 8
+    out = tmp_path / "small.png"
+    assert main(["show", str(manifests["nyu-train"]), "--out", str(out), "--batch-size", "8", "--batches", "2",
+                 "--size", "64", "64", "--augment", "none"]) == 0
+    img = cv2.imread(str(out))[:, :, ::-1]
+    tile_w = 3 * 64 + 8
+    tiles = img[-(64 + CAPTION_H + 8):, :, :]
+    drawn = sum(tiles[:64, c * (tile_w + 8):c * (tile_w + 8) + 64].std() > 10
+                for c in range(img.shape[1] // (tile_w + 8)))
+    assert drawn == n  # every sample once, in one row: one partial batch

@@ -7,12 +7,15 @@ import importlib
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .convert import get_converter
 from .convert.shards import BuildConfig, build_shards
 from .inspect import format_summary, manifest_summary
 from .verify import verify
+
+if TYPE_CHECKING:
+    from .stream.mixture import Mixture
 
 # (dataset, "module:function" writing a demo source under a folder and returning --src, extra
 # build-shards arguments; "{root}" is the folder the source was written to)
@@ -62,12 +65,20 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
         manifests += result.manifests
     from .stats.compute import demo_stats
     print("== stats: depth/label/RGB statistics, label-less batch risk, near-duplicates")
-    demo_stats(manifests, out / "stats", workers=workers)
+    # The mixture is the one the demo trains on (training splits only); eval splits are reported, unweighted.
+    demo_stats(manifests, out / "stats", workers=workers, mixture=stats_mixture(out / "manifests"))
     demo_stream(out / "manifests")
     demo_look(out / "manifests", out)
     demo_train(out / "manifests", out / "train")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
     return manifests
+
+
+def stats_mixture(manifests_dir: Path) -> Mixture:
+    """The stats report's mixture: the shipped stage-1 recipe on the demo's training splits."""
+    from .stats.mixture_risk import read_mixture
+
+    return read_mixture("stage1", "train", manifests_dir)
 
 
 def demo_stream(manifests_dir: Path, batches: int = 3) -> None:

@@ -20,6 +20,7 @@ from .errors import InputError, VortexError
 from .format.manifest import load_manifest
 from .format.schema import CLASS_NAMES, DEPTH_SCALE_MM, IGNORE_INDEX, decode_sample
 from .format.tar_index import read_samples
+from .temporaries import output_file
 from .views import PALETTE
 
 TIMESTAMP_FIELD = "color_timestamp_us"
@@ -61,15 +62,28 @@ def iter_selected(manifest: Path, keys: list[str] | None, limit: int | None) -> 
 
 
 def export(manifest: Path, out: Path, keys: list[str] | None = None, limit: int | None = None) -> int:
-    """Write the recording; returns the number of samples logged."""
-    rr = import_rerun()
+    """Write the recording; returns the number of samples logged. The file appears whole or not
+    at all (:func:`vortex_data.temporaries.output_file`): a failed export leaves no partial .rrd."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
     m = load_manifest(manifest)
-    # send_properties=False: no machine/environment properties in the file; save(): a file sink only.
-    rec = rr.RecordingStream(f"vortex-data-{m.dataset}-{m.split}", send_properties=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rec.save(str(out))
+    with output_file(out) as f:
+        rr = import_rerun()
+        # send_properties=False: no machine/environment properties in the file. Rerun writes into
+        # our temporary (made already, so a bad path was our one-line error, not rerun's traceback);
+        # its file sink streams to disk as samples are logged.
+        rec = rr.RecordingStream(f"vortex-data-{m.dataset}-{m.split}", send_properties=False)
+        rec.save(f.name)
+        try:
+            n = _log_samples(rr, rec, m, manifest, keys, limit)
+            rec.flush()
+        finally:
+            rec.disconnect()  # closes the file sink before the temporary is renamed or removed
+    return n
+
+
+def _log_samples(rr: Any, rec: Any, m: Any, manifest: Path, keys: list[str] | None, limit: int | None) -> int:
+    """The class names, then each selected sample under its entity; returns the count."""
     classes = [rr.AnnotationInfo(id=i, label=n, color=tuple(int(v) for v in c))
                for i, (n, c) in enumerate(zip(CLASS_NAMES, PALETTE))]
     classes.append(rr.AnnotationInfo(id=IGNORE_INDEX, label="ignore", color=(0, 0, 0, 0)))
@@ -91,8 +105,6 @@ def export(manifest: Path, out: Path, keys: list[str] | None = None, limit: int 
             rec.log(f"{path}/labels", rr.SegmentationImage(s["seg"]))
         rec.log(f"{path}/key", rr.TextLog(s["key"]))
         n += 1
-    rec.flush()
-    rec.disconnect()  # closes the file sink
     return n
 
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterator, NoReturn
 
+from .errors import InputError
+
 ABANDONED_AFTER_S = 3600.0
 """A live writer appends to its temporary at least once per frame; an hour of silence is death."""
 TMP_MARK = ".tmp-"
@@ -81,6 +83,43 @@ def locked_temp(final: Path, tag: str | None = None) -> Iterator[BinaryIO]:
         temp.commit()
     except OSError as e:
         reraise_naming(e, temp.path)
+
+
+@contextlib.contextmanager
+def output_file(final: Path, option: str = "--out") -> Iterator[BinaryIO]:
+    """A file the user named (``option``), written whole or not at all: its folder is made, the
+    bytes go to a locked temporary beside it and are renamed into place when the block ends; an
+    exception in the block removes the temporary, so a failed export leaves no partial file.
+
+    A folder that cannot be written (read-only, a path under a regular file, a full disk) raises
+    one InputError line naming ``final``, the system's reason and the option to change; it is
+    raised on entry, before any work, when the folder or the temporary cannot be made."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = LockedTemp(final)
+    except OSError as e:
+        raise _unwritable(final, e, option) from None
+    try:
+        yield temp.file
+    except BaseException as e:
+        temp.discard()
+        reraise_naming(e, final)
+    try:
+        temp.commit()
+    except OSError as e:
+        raise _unwritable(final, e, option) from None
+
+
+def _unwritable(final: Path, e: OSError, option: str) -> InputError:
+    blocker = next((p for p in final.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # mkdir says only "File exists" or "Not a directory"
+        why = f"{blocker} is a file, not a folder"
+    else:
+        # Name the part of the path that failed, if another one, but never our temporary.
+        seen = str(e.filename or "")
+        other = seen and seen != str(final) and final_name(Path(seen).name) != final.name
+        why = f"{e.strerror or e}" + (f" ({seen})" if other else "")
+    return InputError(f"{final}: cannot write it: {why}; give {option} a path in a writable folder")
 
 
 def reraise_naming(e: BaseException, path: Path | str) -> NoReturn:

@@ -1,9 +1,11 @@
 """How frames are drawn for people: one depth colour scale, the label palette, depth edges.
 
 Used by the stats report's gallery, `vortex-data show` and `inspect shard --dump`, so every
-picture of the data uses the same colours: depth on one metric scale for all sources (a frame
-that looks brighter *is* farther, whatever dataset it came from), invalid depth in a colour the
-depth map never uses, and one colour per class.
+picture of the data uses the same colours: depth on one metric scale for all the frames of a
+picture (a frame that looks brighter *is* farther, whatever dataset it came from), invalid depth
+in a colour the depth map never uses, and one colour per class. The report and the contact
+sheet take their scale from the data they show (:func:`depth_scale`), printed on their colour
+bar; a scale fixed for 0.25-40 m would draw a room of 2-7 m in nearly one colour.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,8 +21,14 @@ import numpy as np
 from .format.schema import CLASS_NAMES, IGNORE_INDEX
 
 DEPTH_RANGE_M = (0.25, 40.0)
-"""The one depth scale (metres, logarithmic): indoor rooms (0.5-10 m) get most of the colours,
-DIODE's far indoor halls and outdoor depths still differ from each other up to 40 m."""
+"""The default depth scale (metres, logarithmic), for a picture with no data-derived scale
+(`inspect shard --dump`, where frames are compared across sources): indoor rooms and DIODE's
+outdoor depths both fit."""
+SCALE_PERCENTILES = (1, 99)
+"""A data-derived scale spans these percentiles of the valid depth shown: a few stray pixels
+(a window, a sensor spike) do not stretch it; depth beyond it takes the end colours."""
+TICK_LADDERS = ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9))
+"""Round tick values per decade, coarse to fine; a colour bar takes the first giving 3 ticks."""
 DEPTH_CMAP = "viridis"
 """Perceptually uniform and colour-blind safe: dark = near, yellow = far."""
 INVALID_RGB = (255, 0, 255)
@@ -50,11 +59,39 @@ def depth_lut() -> np.ndarray:
     return (_pyplot().get_cmap(DEPTH_CMAP)(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def depth_colours(depth_m: np.ndarray) -> np.ndarray:
-    """(H, W) depth in metres (0 = invalid) -> (H, W, 3) uint8 RGB on the fixed log scale."""
+def depth_scale(lows: list[float | None], highs: list[float | None]) -> tuple[float, float]:
+    """One log scale (metres) for a picture: from the lowest of ``lows`` to the highest of
+    ``highs`` (the :data:`SCALE_PERCENTILES` of each source or of the pixels shown; None = no
+    valid depth), rounded outward to 2 significant digits; :data:`DEPTH_RANGE_M` without data."""
+    lo = min((v for v in lows if v is not None and v > 0), default=None)
+    hi = max((v for v in highs if v is not None and v > 0), default=None)
+    if lo is None or hi is None:
+        return DEPTH_RANGE_M
+    lo, hi = float(_round_sig(lo, np.floor)), float(_round_sig(hi, np.ceil))
+    return (lo, hi) if hi > lo * 1.05 else (lo / 1.25, lo * 1.25)  # a flat wall still gets a visible ramp
+
+
+def pixel_scale(depths: list[np.ndarray]) -> tuple[float, float]:
+    """:func:`depth_scale` of the valid pixels of these depth maps (metres, 0 = invalid)."""
+    valid = np.concatenate([np.asarray(d, np.float32).ravel() for d in depths]) if depths else np.zeros(0)
+    valid = valid[valid > 0]
+    if not valid.size:
+        return DEPTH_RANGE_M
+    lo, hi = np.percentile(valid, SCALE_PERCENTILES)
+    return depth_scale([float(lo)], [float(hi)])
+
+
+def _round_sig(v: float, how: Any) -> float:
+    e = 10.0 ** (np.floor(np.log10(v)) - 1)
+    return float(f"{how(v / e) * e:.2g}")
+
+
+def depth_colours(depth_m: np.ndarray, scale: tuple[float, float] = DEPTH_RANGE_M) -> np.ndarray:
+    """(H, W) depth in metres (0 = invalid) -> (H, W, 3) uint8 RGB on the log ``scale`` (metres;
+    depth beyond it takes its end colours)."""
     d = np.asarray(depth_m, np.float32)
     valid = d > 0
-    lo, hi = np.log(DEPTH_RANGE_M[0]), np.log(DEPTH_RANGE_M[1])
+    lo, hi = np.log(scale[0]), np.log(scale[1])
     t = (np.log(np.where(valid, d, 1.0)) - lo) / (hi - lo)
     out = depth_lut()[np.clip(np.rint(t * 255), 0, 255).astype(np.uint8)]
     out[~valid] = INVALID_RGB
@@ -107,10 +144,11 @@ def fit_height(img: np.ndarray, height: int, nearest: bool = False) -> np.ndarra
 
 
 def triptych(rgb: np.ndarray, depth_m: np.ndarray, seg: np.ndarray, height: int, gap: int = 4,
-             edges: bool = False) -> np.ndarray:
-    """RGB | depth colours | labels over RGB, side by side at ``height`` rows, white gaps."""
+             edges: bool = False, scale: tuple[float, float] = DEPTH_RANGE_M) -> np.ndarray:
+    """RGB | depth colours (on ``scale``) | labels over RGB, side by side at ``height`` rows, white gaps."""
     photo = draw_edges(rgb, depth_m) if edges else rgb
-    panels = [fit_height(photo, height, nearest=edges), fit_height(depth_colours(depth_m), height, nearest=True),
+    panels = [fit_height(photo, height, nearest=edges),
+              fit_height(depth_colours(depth_m, scale), height, nearest=True),
               fit_height(label_overlay(rgb, seg), height)]
     spacer = np.full((height, gap, 3), 255, np.uint8)
     return np.concatenate([panels[0], spacer, panels[1], spacer, panels[2]], axis=1)
@@ -123,17 +161,33 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def colour_bar_png(width_in: float = 6.0) -> bytes:
-    """The depth scale as a horizontal colour bar with metre ticks, invalid swatch included."""
+def scale_ticks(scale: tuple[float, float], most: int = 8) -> list[float]:
+    """Metre ticks for a colour bar: both ends (so the scale is printed on it) and round values
+    between them (1-2-5, or finer steps for a narrow scale), at most ``most``, none crowding an end."""
+    lo, hi = scale
+    margin = (hi / lo) ** (1 / (1.5 * most))
+    inner: list[float] = []
+    for ladder in TICK_LADDERS:
+        inner = [float(f"{m * 10.0 ** k:.3g}") for k in range(-2, 4) for m in ladder
+                 if lo * margin <= m * 10.0 ** k <= hi / margin]
+        if len(inner) >= 3 or len(inner) > most - 2:
+            break
+    return [lo, *inner[::max(1, -(-len(inner) // (most - 2)))], hi]
+
+
+def colour_bar_png(scale: tuple[float, float] = DEPTH_RANGE_M, note: str = "", width_in: float = 6.0) -> bytes:
+    """The depth ``scale`` as a horizontal colour bar with metre ticks (its ends printed), invalid
+    swatch included; ``note`` says where the scale comes from."""
     from matplotlib.colors import LogNorm
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(width_in, 0.75))
-    sm = plt.cm.ScalarMappable(norm=LogNorm(*DEPTH_RANGE_M), cmap=DEPTH_CMAP)
+    sm = plt.cm.ScalarMappable(norm=LogNorm(*scale), cmap=DEPTH_CMAP)
     bar = fig.colorbar(sm, cax=ax, orientation="horizontal")
-    ticks = [t for t in (0.25, 0.5, 1, 2, 3, 5, 10, 20, 40) if DEPTH_RANGE_M[0] <= t <= DEPTH_RANGE_M[1]]
-    bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
-    bar.set_label("depth (m, log scale); magenta = invalid (0)")
+    ticks = scale_ticks(scale)
+    bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    bar.minorticks_off()
+    bar.set_label(f"depth (m, log scale{note}); magenta = invalid (0)")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -155,18 +209,20 @@ def legend_rgb(height: int = 22) -> np.ndarray:
     return np.concatenate(cells, axis=1)
 
 
-def colour_bar_rgb(width: int, height: int = 22) -> np.ndarray:
-    """The depth scale drawn with OpenCV (for PNG outputs): a ramp with metre ticks."""
+def colour_bar_rgb(width: int, height: int = 22, scale: tuple[float, float] = DEPTH_RANGE_M) -> np.ndarray:
+    """The depth ``scale`` drawn with OpenCV (for PNG outputs): a ramp with metre ticks, its ends printed."""
     bar_w = width - 150
     t = np.linspace(0, 1, bar_w)
     out = np.full((height + 14, width, 3), 255, np.uint8)
     out[:height - 8, :bar_w] = depth_lut()[np.rint(t * 255).astype(np.uint8)][None]
-    lo, hi = np.log(DEPTH_RANGE_M[0]), np.log(DEPTH_RANGE_M[1])
-    for m in (0.25, 0.5, 1, 2, 5, 10, 20, DEPTH_RANGE_M[1]):
+    lo, hi = np.log(scale[0]), np.log(scale[1])
+    ticks = scale_ticks(scale)
+    for m in ticks:
         x = int(round((np.log(m) - lo) / (hi - lo) * (bar_w - 1)))
         out[height - 8:height - 4, x] = 0
-        cv2.putText(out, f"{m:g} m" if m == DEPTH_RANGE_M[1] else f"{m:g}", (max(0, x - 8), height + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        text = f"{m:.3g} m" if m == ticks[-1] else f"{m:.3g}"
+        cv2.putText(out, text, (min(max(0, x - 8), bar_w + 34 - 9 * len(text)), height + 8),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
     out[:height - 8, bar_w + 40:bar_w + 54] = INVALID_RGB
     cv2.putText(out, "invalid", (bar_w + 58, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                 cv2.LINE_AA)

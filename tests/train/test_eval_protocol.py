@@ -70,7 +70,7 @@ def test_nyu_protocol_scores_upsampled_predictions_against_full_resolution_groun
 
     net = ConstantDepth()
     cfg = {"image_size": [96, 128], "eval_min_depth": 0.5, "eval_max_depth": 5.0}  # the protocol's range wins
-    monkeypatch.setattr(ev, "load_network", lambda path, device: (net, cfg))
+    monkeypatch.setattr(ev, "load_network", lambda path, device, **kw: (net, cfg))
     lines = []
     proto, res = ev.run_evaluation(Path("ckpt"), str(nyu / "nyu-{split}.json"), stream_loader, 2, "test", None,
                                    False, "auto", announce=lines.append)

@@ -334,9 +334,10 @@ def write_outputs(stats: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return js, html
 
 
-def demo_stats(manifests: list[Path], out_dir: Path, workers: int = 2) -> Path:
-    """Report for the demo's manifests; prints and returns the report path."""
-    stats = compute_stats(list(manifests), workers=workers, progress=False)
+def demo_stats(manifests: list[Path], out_dir: Path, workers: int = 2, mixture: Mixture | None = None) -> Path:
+    """Report for the demo's manifests (``mixture``: the training mixture whose risk and weights
+    are reported; every manifest is still a source); prints and returns the report path."""
+    stats = compute_stats(list(manifests), mixture, workers=workers, progress=False)
     _, html = write_outputs(stats, out_dir)
     print(f"stats report: {html}")
     return html

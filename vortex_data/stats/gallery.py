@@ -6,7 +6,8 @@ few frames drawn at random with a seed, so the same inputs always give the same 
 :func:`select` runs with the statistics and stores its choice (keys, shards, figures) in
 stats.json; :func:`render` reads just those samples back and draws them. Images are JPEG
 strips embedded as data URIs, re-encoded smaller until each source fits ``BUDGET_PER_SOURCE``,
-so the report stays one file of bounded size (<= 4 MB of gallery for 8 sources).
+so the report stays one file of bounded size (<= 4 MB of gallery for 8 sources). Depth is drawn
+on one scale for the whole report, taken from the data (:func:`report_scale`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from ..format.manifest import load_manifest
 from ..format.schema import CLASS_NAMES, DEPTH_SCALE_MM, decode_sample
 from ..stream.shard_reader import ShardReader
-from ..views import PALETTE, colour_bar_png, data_uri, encode_jpeg, triptych
+from ..views import PALETTE, SCALE_PERCENTILES, colour_bar_png, data_uri, depth_scale, encode_jpeg, triptych
 from .scan import FAR_M
 
 RANDOM_FRAMES = 3
@@ -61,7 +62,16 @@ def select(units: list[Any], rows: dict[str, dict[str, np.ndarray]], far: dict[s
     return out
 
 
-def _strips(frames: list[dict[str, Any]]) -> list[np.ndarray]:
+def report_scale(sources: list[dict[str, Any]]) -> tuple[float, float]:
+    """The report's one depth scale (metres): from the lowest 1st to the highest 99th percentile
+    of the sources' valid depth (stats.json's exact ``depth_percentiles_m``), so a set of rooms
+    gets the whole colour map and a source far from the others still stays on it."""
+    lo_key, hi_key = (f"p{q}" for q in SCALE_PERCENTILES)
+    return depth_scale([x["depth_percentiles_m"].get(lo_key) for x in sources],
+                       [x["depth_percentiles_m"].get(hi_key) for x in sources])
+
+
+def _strips(frames: list[dict[str, Any]], scale: tuple[float, float]) -> list[np.ndarray]:
     reader = ShardReader()
     by_shard: dict[str, list[str]] = {}
     for f in frames:
@@ -76,7 +86,8 @@ def _strips(frames: list[dict[str, Any]]) -> list[np.ndarray]:
     out = []
     for f in frames:
         s = samples[f["key"]]
-        out.append(triptych(s["rgb"], s["depth_mm"].astype(np.float32) / DEPTH_SCALE_MM, s["seg"], STRIP_HEIGHT))
+        out.append(triptych(s["rgb"], s["depth_mm"].astype(np.float32) / DEPTH_SCALE_MM, s["seg"], STRIP_HEIGHT,
+                            scale=scale))
     return out
 
 
@@ -104,22 +115,28 @@ def _caption(f: dict[str, Any]) -> str:
             f"beyond {FAR_M:g} m {f['far_share']:.0%}" + ("" if f.get("has_seg", True) else "; no labels"))
 
 
-def render(gallery: list[dict[str, Any]]) -> str:
-    """The gallery section of report.html (images embedded)."""
+def render(gallery: list[dict[str, Any]], sources: list[dict[str, Any]]) -> str:
+    """The gallery section of report.html (images embedded); ``sources``: stats.json's, whose
+    depth percentiles set the depth scale (:func:`report_scale`)."""
+    scale = report_scale([x for x in sources if x["name"] in {g["name"] for g in gallery}])
+    lo_q, hi_q = SCALE_PERCENTILES
+    note = f", {scale[0]:.3g}-{scale[1]:.3g} m: the sources' {lo_q}st-{hi_q}th percentiles"
     legend = " ".join(f'<span class="sw" style="background:rgb({c[0]},{c[1]},{c[2]})"></span>{html.escape(n)}'
                       for n, c in zip(CLASS_NAMES, PALETTE.tolist()))
     parts = ["<h2>Gallery</h2>",
              "<p>Per source: the frame with the least valid depth, the one with the most depth beyond "
              f"{FAR_M:g} m, and {RANDOM_FRAMES} frames drawn at random (seeded). Each row: RGB | depth | labels "
-             "over RGB. Depth uses one scale for every source:</p>",
-             f'<img class="gallery" alt="depth colour scale" src="{data_uri(colour_bar_png(), "image/png")}">',
+             f"over RGB. Depth uses one scale for every source, {scale[0]:.3g} to {scale[1]:.3g} m (log), from the "
+             f"lowest {lo_q}st to the highest {hi_q}th percentile of the sources' valid depth; depth beyond it "
+             "takes the end colours:</p>",
+             f'<img class="gallery" alt="depth colour scale" src="{data_uri(colour_bar_png(scale, note), "image/png")}">',
              f'<p class="legend">Labels: {legend}; ignore (255): not coloured</p>']
     for src in gallery:
         parts.append(f"<h3>{html.escape(src['name'])}</h3>")
         if not src["frames"]:
             parts.append("<p>no frames</p>")
             continue
-        data, q = _fit(_strips(src["frames"]), BUDGET_PER_SOURCE)
+        data, q = _fit(_strips(src["frames"], scale), BUDGET_PER_SOURCE)
         for f, jpg in zip(src["frames"], data):
             cap = html.escape(_caption(f))
             parts.append(f'<div class="frame"><img class="gallery" alt="{cap}" src="{data_uri(jpg, "image/jpeg")}">'

@@ -20,9 +20,11 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +126,10 @@ def _write_checksums(folder: Path, step: int, world_size: int) -> None:
         os.fsync(f.fileno())
 
 
-def problem(path: Path) -> str | None:
-    """None if the checkpoint directory is complete, else what is wrong with it."""
+def problem(path: Path, only: tuple[str, ...] | None = None) -> str | None:
+    """None if the checkpoint directory is complete, else what is wrong with it. ``only``: check
+    just these files against ``checksums.json`` (what a reader of one file needs, e.g. eval's
+    train.pt), not that every rank's file is there."""
     try:
         record = json.loads((path / CHECKSUMS).read_text())
         files, world = record["files"], int(record["world_size"])
@@ -134,7 +138,11 @@ def problem(path: Path) -> str | None:
     except (ValueError, KeyError, TypeError) as e:
         return f"{CHECKSUMS} is unreadable ({type(e).__name__}: {e})"
     ranks = [n for n in files if n.startswith("rank_")]
-    if "train.pt" not in files or len(ranks) != world:
+    if only is not None:
+        if missing := [n for n in only if n not in files]:
+            return f"{CHECKSUMS} does not list {', '.join(missing)}"
+        files = {n: files[n] for n in only}
+    elif "train.pt" not in files or len(ranks) != world:
         return f"{CHECKSUMS} lists {sorted(files)}, not train.pt and {world} rank files"
     for name, want in files.items():
         f = path / name
@@ -219,11 +227,48 @@ def set_aside(path: Path) -> Path:
     return target
 
 
+def for_reading(path: Path) -> tuple[Path, list[tuple[Path, str]]]:
+    """The checkpoint whose network a reader (``eval``) loads, given as a user may give it, and the
+    newer damaged ones passed over, each with the reason.
+
+    * a ``train.pt``, or a step directory: that one, verified against its ``checksums.json`` with
+      :func:`problem` (train.pt only, the file read); damaged, it is a CheckpointError naming the
+      file: the user chose it, so no other is taken silently. A train.pt without checksums beside
+      it (copied alone, or written by a version without them) is read as it is.
+    * a stage's ``checkpoints/`` folder, or a stage folder holding one: the newest complete
+      checkpoint, chosen by :func:`find` as resuming chooses (nothing is moved aside)."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint (give a train.pt, a step directory, a stage's "
+                              f"checkpoints/ folder or the stage folder)")
+    file = path if path.is_file() else path / "train.pt" if (path / "train.pt").exists() else None
+    if file is not None:
+        step = file.parent
+        if file.name == "train.pt" and (step / CHECKSUMS).is_file() and (why := problem(step, only=("train.pt",))):
+            raise CheckpointError(f"checkpoint {step}: {why}: damaged (a full disk, a killed copy); give the "
+                                  f"stage's checkpoints/ folder to take the newest complete checkpoint")
+        return file, []
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found, skipped = find(folder)
+    if found is None:
+        raise CheckpointError(no_complete_message(folder, skipped) if skipped else
+                              f"{path}: no checkpoint under it (step_NNNNNNNN folders)")
+    return found / "train.pt", skipped
+
+
 def load_shared(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """train.pt of a checkpoint directory (or a file path given directly)."""
+    """train.pt of a checkpoint directory (or a file path given directly). A file torch cannot
+    read is a CheckpointError naming it (callers verify checksums first where there are any)."""
     f = path / "train.pt" if path.is_dir() else path
-    # weights_only=False: the file holds optimiser/scheduler state and numpy RNG tuples we wrote ourselves
-    return torch.load(f, map_location=map_location, weights_only=False)
+    try:
+        # weights_only=False: the file holds optimiser/scheduler state and numpy RNG tuples we wrote ourselves
+        return torch.load(f, map_location=map_location, weights_only=False)
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{f}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e):  # a device or memory error is not the file's fault
+            raise
+        raise CheckpointError(f"{f}: not a readable checkpoint, truncated or damaged "
+                              f"({str(e).splitlines()[0]})") from None
 
 
 def load_rank(path: Path, rank: int) -> dict[str, Any] | None:

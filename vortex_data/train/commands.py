@@ -57,7 +57,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argpa
 def add_eval_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.ArgumentParser:
     """Register ``eval``: per-dataset depth metrics and mIoU of a checkpoint."""
     p = subparsers.add_parser("eval", **kw)
-    p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory, train.pt, or a stage's checkpoints/ dir")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="a train.pt or step directory (verified against its checksums.json), or a stage's "
+                        "checkpoints/ folder or the stage folder (its newest complete checkpoint)")
     p.add_argument("--manifest", help="dataset manifest handed to the loader; a {split} in it is replaced by --split")
     p.add_argument("--loader", default="stream", help="loader factory: stream, synthetic or module:function")
     p.add_argument("--split", help="replaces {split} in --manifest (default: test where the NYU protocol finds "
@@ -100,20 +102,10 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from vortex_data.train import checkpoint
     from vortex_data.train.data import resolve_factory
     from vortex_data.train.evaluate import format_table, run_evaluation
 
-    ckpt = args.checkpoint
-    if not ckpt.exists():
-        print(f"{ckpt}: no such checkpoint (a checkpoint directory, train.pt, or a stage's checkpoints/ dir)",
-              file=sys.stderr)
-        return 2
-    if ckpt.is_dir() and not (ckpt / "train.pt").exists():
-        ckpt = checkpoint.latest(ckpt)
-        if ckpt is None:
-            print(f"no checkpoint under {args.checkpoint}", file=sys.stderr)
-            return 2
+    ckpt = args.checkpoint  # which file, verified how: checkpoint.for_reading (in load_network)
     from dataclasses import asdict
 
     from vortex_data.train.protocol import resolve_split

@@ -16,9 +16,15 @@ from vortex_data.train.model import DepthSegNet
 from vortex_data.train.protocol import Protocol, choose
 
 
-def load_network(path: Path, device: torch.device) -> tuple[DepthSegNet, dict[str, Any]]:
-    """The network of a checkpoint directory or train.pt, plus the config it was trained with."""
-    shared = checkpoint.load_shared(path, device)
+def load_network(path: Path, device: torch.device,
+                 say: Callable[[str], None] = lambda line: None) -> tuple[DepthSegNet, dict[str, Any]]:
+    """The network of a checkpoint (train.pt, step directory, a stage's checkpoints/ folder or the
+    stage folder: :func:`checkpoint.for_reading`, verified as resuming verifies), plus the config
+    it was trained with. ``say`` gets one line per newer damaged checkpoint passed over."""
+    chosen, skipped = checkpoint.for_reading(path)
+    for old, why in skipped:
+        say(f"WARNING skipped checkpoint {old}: {why}; using {chosen.parent}")
+    shared = checkpoint.load_shared(chosen, device)
     cfg = shared["config"]
     net = DepthSegNet(cfg["max_depth"], decoder_width=cfg["decoder_width"])
     net.load_state_dict(shared["net"])
@@ -78,7 +84,7 @@ def run_evaluation(ckpt: Path, manifest: str | None, factory: LoaderFactory, bat
     """Evaluate ``split`` of ``manifest`` (a path, ``{split}`` replaced) under ``protocol``
     (:mod:`vortex_data.train.protocol`); ``announce`` gets the protocol's headline first."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net, cfg = load_network(ckpt, device)
+    net, cfg = load_network(ckpt, device, say=announce)
     manifest = manifest.replace("{split}", split) if manifest else manifest
     proto = choose(protocol, manifest, tuple(cfg["image_size"]), image_size, eigen_crop,
                    (cfg["eval_min_depth"], cfg["eval_max_depth"]))
