@@ -148,7 +148,8 @@ def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
             "depth_max_m": dmax, "has_seg": sample.seg is not None, "class_pixels": class_pixels,
             "ignore_pixels": ignore, "rejected_depth_pixels": int(sample.rejected_depth_pixels),
             "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy,
-            "scene": sample.meta["scene"] if isinstance(sample.meta.get("scene"), str) else None}  # escaped in _load_one
+            "scene": sample.meta["scene"] if isinstance(sample.meta.get("scene"), str) else None,  # escaped in _load_one
+            **dict(zip(("dataset", "split"), key.split("/")[:2]))}
 
 
 def _printable_meta(value: Any) -> Any:
