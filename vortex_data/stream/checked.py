@@ -16,7 +16,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..format.integrity import SampleError, check_members
+from ..format.integrity import SampleError, check_members, key_mismatch
+from ..format.schema import META_EXT
+from ..format.tar_index import member_name
 from .mixture import EpochPlan, SourceIndex, rng_for
 from .plan import LoaderSpec
 from .read import RawSample, Window
@@ -27,13 +29,30 @@ MAX_REPLACEMENT_TRIES = 8
 
 def checked_sample(ix: SourceIndex, i: int, key: str, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
     """Sample ``i`` of ``ix`` (its ``key``, which the caller has already decoded to find the members)
-    with its members checked against the index's checksums (when it has them)."""
+    with its members checked against the index's checksums (when it has them) and its metadata
+    member against its key (index rows swapped with their offsets pass the checksums).
+
+    The members were read at the offsets the index records, so a mismatch says the index does not
+    match the shard (a wrong offset, or changed bytes: ``verify`` tells which), not that the bytes changed."""
     url = ix.shards[int(ix.shard_of[i])]
     checksums = ix.checksums
     sums = checksums[i] if checksums is not None else None
-    if sums is not None:
-        check_members(url, key, members, sums)
+    try:
+        if sums is not None:
+            check_members(url, key, members, sums)
+        other = key_mismatch(key, members)
+        if other is not None:
+            raise SampleError(url, key, member_name(key, META_EXT), f"the member read there belongs to sample {other!r}")
+    except SampleError as e:
+        how = "read at the offsets the index records" if ix.has_offsets else "read by the shard's tar headers"
+        raise SampleError(e.shard, e.key, e.member, f"{e.reason}, {how}: the index "
+                          f"{_index_name(ix)} does not match the shard; run `vortex-data verify {ix.manifest}`, and "
+                          f"if the shards are intact rebuild the index with `vortex-data reindex {ix.manifest}`") from None
     return RawSample(key, members, src, repeat, url)
+
+
+def _index_name(ix: SourceIndex) -> str:
+    return f"of {ix.manifest}" if ix.manifest else f"of source {ix.name!r}"
 
 
 class CheckedSamples:
