@@ -173,7 +173,8 @@ class Manifest:
         return [(base / s["path"]).resolve() for s in self.shards]
 
     def index_path(self) -> Path:
-        return self._dir() / self.index_name
+        """The index the manifest names (as the loader finds it), else the name a write gives it."""
+        return self._dir() / (self.index or self.index_name)
 
     def index_file(self) -> pq.ParquetFile:
         """The Parquet index, opened memory-mapped (its schema, row groups, columns on demand)."""
