@@ -50,10 +50,10 @@ def test_jpeg_rgb_close_and_metadata():
 def test_labelless_sample_stores_an_all_ignore_map_and_decodes_without_it():
     s = _sample(seg=False)
     members = dict(encode_sample(s))
-    assert set(members) == set(dict(encode_sample(_sample()))) == {"json", "rgb.jpg", "depth.zst", "seg.zst"}
-    assert len(members["seg.zst"]) < 100  # an all-255 map compresses to almost nothing
-    assert (decode_array(members["seg.zst"], "zst") == IGNORE_INDEX).all()
-    members["seg.zst"] = b"not read"  # has_seg false: the loader never decodes it
+    assert set(members) == set(dict(encode_sample(_sample()))) == {"json", "rgb.jpg", "depth.npy.zst", "seg.npy.zst"}
+    assert len(members["seg.npy.zst"]) < 100  # an all-255 map compresses to almost nothing
+    assert (decode_array(members["seg.npy.zst"], "npy.zst") == IGNORE_INDEX).all()
+    members["seg.npy.zst"] = b"not read"  # has_seg false: the loader never decodes it
     out = decode_sample(members, s.key)
     assert out["has_seg"] is False
     assert out["seg"].shape == (48, 64) and (out["seg"] == IGNORE_INDEX).all()
@@ -73,10 +73,11 @@ def test_metadata_has_the_same_typed_fields_whatever_the_converter_adds():
 
 
 def test_version_1_samples_read_as_before():
-    """A version-1 sample (no seg member when unlabelled, converter fields at the top level)."""
+    """A version-1 sample (``depth.zst``, no seg member when unlabelled, converter fields at the top level)."""
     s = _sample(seg=False)
     members = dict(encode_sample(s))
-    del members["seg.zst"]
+    del members["seg.npy.zst"]
+    members["depth.zst"] = members.pop("depth.npy.zst")
     meta = json.loads(members["json"])
     v1 = {**{k: v for k, v in meta.items() if k not in ("extra", "key", "scene")}, "schema_version": 1,
           "sensor": "Kinect"}
@@ -113,7 +114,7 @@ def test_bad_fields_are_refused_naming_the_key():
 def test_corrupt_member_names_the_sample():
     s = _sample()
     members = dict(encode_sample(s))
-    members["depth.zst"] = members["depth.zst"][:20]
+    members["depth.npy.zst"] = members["depth.npy.zst"][:20]
     with pytest.raises(SchemaError, match="f_0001"):
         decode_sample(members, s.key)
 

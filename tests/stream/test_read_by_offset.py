@@ -138,14 +138,14 @@ def test_verify_and_the_loader_name_an_offset_that_is_off_by_one_block(built, tm
 
     def shift(t):
         rows = t.to_pylist()
-        rows[5]["member_offset"] = [(e, o + 512 if e == "depth.zst" else o) for e, o in rows[5]["member_offset"]]
+        rows[5]["member_offset"] = [(e, o + 512 if e == "depth.npy.zst" else o) for e, o in rows[5]["member_offset"]]
         return pa.Table.from_pylist(rows, schema=t.schema)
 
     changed = _with_rows(built, tmp_path, shift)
     key = load_manifest(changed).read_index()["key"][5].as_py()
     rep = verify(changed, decode=False)
     wrong = [p for p in rep.problems if "offset" in p]
-    assert len(wrong) == 1 and f"sample {key!r} member '{key}.depth.zst'" in wrong[0]
+    assert len(wrong) == 1 and f"sample {key!r} member '{key}.depth.npy.zst'" in wrong[0]
     assert "nyu-train-000001.tar" in wrong[0] and "the tar header says offset" in wrong[0]
     assert str(int(wrong[0].split("the index says offset ")[1].split()[0]) - 512) in wrong[0].split("tar header")[1]
     loader = make_loader(one_source(changed, 11), batch_size=11, size=(16, 16), augment=False,
@@ -153,7 +153,7 @@ def test_verify_and_the_loader_name_an_offset_that_is_off_by_one_block(built, tm
     with pytest.raises(SampleError) as e:
         list(loader)
     msg = str(e.value)
-    assert f"{key}.depth.zst" in msg and "the index of" in msg and "nyu-train.json does not match the shard" in msg
+    assert f"{key}.depth.npy.zst" in msg and "the index of" in msg and "nyu-train.json does not match the shard" in msg
     assert "vortex-data verify" in msg and "bytes changed" not in msg
 
 

@@ -42,6 +42,10 @@ MAX_DEPTH_M = 65.535
 
 RGB_CODECS = ("jpg", "png")
 ARRAY_CODECS = ("zst", "png")
+ARRAY_MEMBER_EXT = {"zst": "npy.zst", "png": "png"}
+"""The member extension of each array codec: ``npy.zst`` says what the zstd frame holds, so a
+reader that strips a compression suffix and decodes by the next one (Hugging Face ``datasets``)
+returns the array. Version-1 shards named it ``depth.zst``; both are read."""
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_ZSTD_LEVEL = 3
 
@@ -256,8 +260,9 @@ def _npy_view(raw: bytes) -> np.ndarray:
 
 
 def decode_array(data: bytes, codec: str) -> np.ndarray:
-    """bytes -> array (read-only for 'zst': a view of the decompressed buffer)."""
-    if codec == "zst":
+    """bytes -> array (read-only for 'zst': a view of the decompressed buffer). ``codec``: 'zst' or
+    'png', or a member extension after the field name ('npy.zst', version 1's 'zst', 'png')."""
+    if codec in ("zst", "npy.zst"):
         return _npy_view(_decompressor().decompress(data))
     if codec == "png":
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -328,12 +333,12 @@ def encode_sample(sample: Sample, opts: EncodeOptions = EncodeOptions()) -> list
     members = [
         (META_EXT, json.dumps(sample_metadata(sample), sort_keys=True, separators=(",", ":")).encode()),
         ("rgb." + opts.rgb_codec, encode_rgb(sample.rgb, opts.rgb_codec, opts.jpeg_quality)),
-        ("depth." + opts.array_codec, encode_array(sample.depth_mm, opts.array_codec, opts.zstd_level)),
+        ("depth." + ARRAY_MEMBER_EXT[opts.array_codec], encode_array(sample.depth_mm, opts.array_codec, opts.zstd_level)),
     ]
     # A frame without labels stores an all-IGNORE map too (a few dozen bytes in zstd), so every
     # sample has the same members; has_seg in the metadata and the index says it holds no label.
     seg = sample.seg if sample.seg is not None else blank_seg(sample.height, sample.width)
-    members.append(("seg." + opts.array_codec, encode_array(seg, opts.array_codec, opts.zstd_level)))
+    members.append(("seg." + ARRAY_MEMBER_EXT[opts.array_codec], encode_array(seg, opts.array_codec, opts.zstd_level)))
     return members
 
 
