@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -18,6 +17,7 @@ import numpy as np
 import zstandard
 
 from .geometry import Intrinsics, resize_intrinsics, resize_nearest, resize_rgb
+from .npy import decompressor, npy_view
 # The key grammar and member naming live with the tar reader.
 from ..errors import InputError
 from .tar_index import KeyGrammarError, check_key
@@ -212,58 +212,11 @@ def encode_array(arr: np.ndarray, codec: str, zstd_level: int = DEFAULT_ZSTD_LEV
     raise SchemaError(f"unknown array codec {codec!r}")
 
 
-_LOCAL = threading.local()
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    """One zstd decompression context per thread (and so per DataLoader worker), reused: a new
-    context per array costs more than decompressing a 640x480 depth map."""
-    d = getattr(_LOCAL, "dctx", None)
-    if d is None:
-        d = _LOCAL.dctx = zstandard.ZstdDecompressor()
-    return d
-
-
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-_HEADER_CACHE: dict[bytes, tuple[tuple[int, ...], bool, np.dtype, int]] = {}
-
-
-def _npy_header(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran order, dtype, data offset) of a .npy buffer. Parsed headers are cached by
-    their bytes: numpy parses them with ``ast``, which costs as much as a small decode, and a
-    dataset's maps share a handful of shapes."""
-    version = (raw[6], raw[7]) if len(raw) >= 8 else None
-    n_len = 2 if version == (1, 0) else 4
-    end = 8 + n_len + int.from_bytes(raw[8:8 + n_len], "little") if version else 0
-    key = bytes(raw[:end])
-    hit = _HEADER_CACHE.get(key)
-    if hit is not None:
-        return hit
-    f = io.BytesIO(raw)
-    version = np.lib.format.read_magic(f)
-    if version not in _NPY_HEADERS:
-        raise InputError(f"unsupported .npy version {version}")
-    shape, fortran, dtype = _NPY_HEADERS[version](f)
-    if dtype.hasobject:
-        raise InputError("object arrays are not allowed")
-    hit = (shape, fortran, dtype, f.tell())
-    if f.tell() == end and len(_HEADER_CACHE) < 256:
-        _HEADER_CACHE[key] = hit
-    return hit
-
-
-def _npy_view(raw: bytes) -> np.ndarray:
-    """A read-only array over the bytes of a .npy file, without the copy ``np.load`` makes."""
-    shape, fortran, dtype, offset = _npy_header(raw)
-    arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset)
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-
-
 def decode_array(data: bytes, codec: str) -> np.ndarray:
     """bytes -> array (read-only for 'zst': a view of the decompressed buffer). ``codec``: 'zst' or
     'png', or a member extension after the field name ('npy.zst', version 1's 'zst', 'png')."""
     if codec in ("zst", "npy.zst"):
-        return _npy_view(_decompressor().decompress(data))
+        return npy_view(decompressor().decompress(data))
     if codec == "png":
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is None:

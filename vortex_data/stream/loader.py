@@ -35,7 +35,7 @@ from .dataset import EpochDataset
 from .mixture import Mixture, SourceIndex, check_batching, read_source_index, resolve_mixture
 from .photometric import finish_batch
 from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
-from .sample_index import require_complete, unchecked_allowed
+from .checked import require_complete, unchecked_allowed
 from .shard_cache import node_cache_dir
 from .workers import ignore_stop_signals, reraise_worker_errors
 

@@ -170,29 +170,6 @@ class SourceIndex:
         return [(exts[e], int(o), int(s)) for e, o, s in zip(a["ext"][lo:hi], off, a["size"][lo:hi])]
 
 
-ALLOW_UNCHECKED_ENV = "VORTEX_DATA_ALLOW_UNCHECKED_INDEX"
-
-
-def unchecked_allowed(allow: bool | None) -> bool:
-    """The opt-out from :func:`require_complete`: the argument, else the environment variable
-    (how a command such as ``vortex-data train`` that has no flag for it opts out)."""
-    return bool(allow) if allow is not None else os.environ.get(ALLOW_UNCHECKED_ENV, "") not in ("", "0")
-
-
-def require_complete(ix: SourceIndex) -> None:
-    """Refuse a source whose index lacks member checksums or offsets (an older build): the loader
-    could then deliver a damaged or misplaced sample unnoticed. The message names the command that
-    upgrades the index in place and the opt-out."""
-    missing = [what for what, have in (("member checksums", bool(ix.arrays["checked"].all())),
-                                       ("member offsets", ix.has_offsets)) if not have]
-    if missing:
-        raise SampleIndexError(
-            f"{ix.manifest}: the index has no {' or '.join(missing)} (built by an older vortex-data), so a damaged or "
-            f"misplaced sample would be delivered unnoticed; upgrade it in place with `vortex-data reindex "
-            f"{ix.manifest}` (checks each shard against the manifest's sha256), or read it unchecked with "
-            f"make_loader(allow_unchecked_index=True) or {ALLOW_UNCHECKED_ENV}=1")
-
-
 # ---------------------------------------------------------------- building the folder
 
 def _identity(url: str) -> str:
