@@ -13,17 +13,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from .format.integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN, SampleError, check_members
 from .errors import InputError
 from .format.geometry import Intrinsics
-from .format.integrity import member_checksums, member_spans
+from .format.integrity import (CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN, SampleError, check_members, key_mismatch,
+                               member_checksums, member_spans)
 from .format.manifest import INDEX_SCHEMA, Manifest, atomic_write_bytes, is_remote, load_manifest, sha256_file
-from .format.schema import Sample, SchemaError, decode_sample, extra_fields
-from .temporaries import locked_temp
-from .format.tar_index import (TAR_ERRORS, KeyGrammarError, ShardReadError, check_key, iter_samples, member_name,
-                               members)
+from .format.schema import Sample, SchemaError, decode_sample
+from .format.tar_index import (TAR_ERRORS, KeyGrammarError, ShardReadError, check_key, dataset_split, iter_samples,
+                               member_name, members)
 from .stream.shard_cache import ShardCache
+from .temporaries import locked_temp
 
 
 @dataclass
@@ -90,6 +89,9 @@ def verify(path: Path, decode: bool = True, progress: bool = False) -> VerifyRep
                     check_key(key)
                     if key in sums:
                         check_members(str(where), key, members, sums[key])
+                    other = key_mismatch(key, members)
+                    if other is not None:
+                        rep.problems.append(f"{where}: sample {key!r}: its json member records key {other!r}")
                 except KeyGrammarError as e:
                     rep.problems.append(f"{where}: {e}")
                 except SampleError as e:
@@ -225,12 +227,10 @@ def reindex(path: Path) -> int:
                                      "shards (vortex-data build-shards)")
                 d = decode_sample(smp, key)
                 meta = d["meta"]
-                scene = meta.get("scene") or extra_fields(meta).get("scene")
                 k = meta["intrinsics"]
                 row = index_row(key, rel, Sample(key, d["rgb"], d["depth_mm"], Intrinsics(k["fx"], k["fy"], k["cx"], k["cy"]),
-                                                 d["seg"] if d["has_seg"] else None, {"scene": scene}))
-            dataset, split = key.split("/")[:2]
-            rows.append({**row, "shard": rel, "dataset": dataset, "split": split,
+                                                 d["seg"] if d["has_seg"] else None, {"scene": meta.get("scene") or None}))
+            rows.append({**row, "shard": rel, **dict(zip(("dataset", "split"), dataset_split(key))),
                          CHECKSUM_COLUMN: member_checksums(items), **member_spans(offsets[key], items)})
     if m.index and len(rows) != len(old):
         raise InputError(f"{m.index_path()}: {len(old)} rows, the shards hold {len(rows)} samples; rebuild the "

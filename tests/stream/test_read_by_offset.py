@@ -105,6 +105,25 @@ def test_reindex_upgrades_an_older_index_in_place_from_shards_that_match(built, 
     assert [k for b in loader for k in b["key"]] == [k for b in new for k in b["key"]]
 
 
+def test_reindex_gives_a_manifest_without_an_index_the_index_a_build_writes(built, tmp_path):
+    import json
+    import shutil
+
+    from vortex_data.verify import reindex
+
+    root = tmp_path / "bare"
+    shutil.copytree(built.parent.parent, root)
+    manifest = root / "manifests" / "nyu-train.json"
+    data = json.loads(manifest.read_text())
+    del data["index"]
+    manifest.write_text(json.dumps(data))
+    (root / "manifests" / "nyu-train.parquet").unlink()
+    with pytest.raises(InputError, match="no member checksums or member offsets.*vortex-data reindex"):
+        make_loader(one_source(manifest), batch_size=4, size=(16, 16), cache_dir=str(tmp_path))
+    assert reindex(manifest) == 11
+    assert load_manifest(manifest).read_index().equals(load_manifest(built).read_index())
+
+
 def test_reindex_refuses_a_shard_that_changed_since_the_build(built, tmp_path):
     import shutil
 

@@ -20,7 +20,7 @@ from .geometry import Intrinsics, resize_intrinsics, resize_nearest, resize_rgb
 from .npy import decompressor, npy_view
 # The key grammar and member naming live with the tar reader.
 from ..errors import InputError
-from .tar_index import KeyGrammarError, check_key
+from .tar_index import KeyGrammarError, check_key, dataset_split
 
 SCHEMA_VERSION = 2
 """2: every sample has the same members (an unlabelled frame stores an all-255 ``seg``) and the same
@@ -251,7 +251,7 @@ def sample_metadata(sample: Sample) -> dict[str, Any]:
     """The JSON metadata record stored with a sample: :data:`META_FIELDS`, the same typed fields in
     every sample whatever the converter, which supplies ``scene`` and ``extra`` only through
     ``sample.meta`` (the one place that decides a sample's metadata shape)."""
-    dataset, split = sample.key.split("/")[:2]
+    dataset, split = dataset_split(sample.key)
     extra = dict(sample.meta)
     scene = extra.pop("scene", None)
     original = extra.pop("original_size", None) or [sample.width, sample.height]
