@@ -316,15 +316,16 @@ _SAID_UNCHECKED: set[str] = set()
 
 
 def _say_unchecked(indices: Sequence[SourceIndex]) -> None:
-    """Say once per manifest (per process) that its index predates checksums, so reads go unchecked,
-    or member offsets, so each worker scans a shard's tar headers once before reading it."""
+    """With allow_unchecked_index: say once per manifest (per process) that its index predates
+    checksums, so reads go unchecked, or member offsets, so each worker scans a shard's tar headers
+    once before reading it."""
     for ix in indices:
         if not ix.has_offsets and ix.manifest + "\0offsets" not in _SAID_UNCHECKED:
             _SAID_UNCHECKED.add(ix.manifest + "\0offsets")
             log.warning("%s: the index has no member offsets (built before they existed); each worker scans a "
-                        "shard's tar headers once before reading it. Rebuild the shards to read by offset.",
-                        ix.manifest)
+                        "shard's tar headers once before reading it. `vortex-data reindex %s` adds them.",
+                        ix.manifest, ix.manifest)
         if ix.checksums is None and ix.manifest not in _SAID_UNCHECKED:
             _SAID_UNCHECKED.add(ix.manifest)
             log.warning("%s: the index has no member checksums (built before they existed); samples from it "
-                        "are read without integrity checks. Rebuild the shards to get them.", ix.manifest)
+                        "are read without integrity checks. `vortex-data reindex %s` adds them.", ix.manifest, ix.manifest)
