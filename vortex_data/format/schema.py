@@ -50,7 +50,7 @@ DEFAULT_JPEG_QUALITY = 95
 DEFAULT_ZSTD_LEVEL = 3
 
 # Tar member suffixes (webdataset splits a member name at the first dot of its basename:
-# "diode/train/00019_00183_indoors_000_010.depth.zst" -> key + "depth.zst").
+# "diode/train/00019_00183_indoors_000_010.depth.npy.zst" -> key + "depth.npy.zst").
 META_EXT = "json"
 EXTRA_FIELD = "extra"
 """The metadata key holding the converter's own fields, as one JSON string (same type in every sample)."""

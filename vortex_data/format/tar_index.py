@@ -69,7 +69,7 @@ def check_key(key: str) -> None:
 
 def split_member(name: str) -> tuple[str, str]:
     """Tar member name -> (key, extension), split at the first dot of the basename exactly as
-    webdataset does: ``"nyu/train/0001.depth.zst"`` -> ``("nyu/train/0001", "depth.zst")``."""
+    webdataset does: ``"nyu/train/0001.depth.npy.zst"`` -> ``("nyu/train/0001", "depth.npy.zst")``."""
     d, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
     return (d + "/" if d else "") + stem, ext
