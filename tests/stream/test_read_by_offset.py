@@ -239,3 +239,49 @@ def test_the_loader_resumes_exactly_with_block_shuffle(built, tmp_path):
     assert head + rest == full[:len(head) + len(rest)] and len(head) + len(rest) >= 9
     with pytest.raises(ValueError, match="fingerprint"):
         make_loader(one_source(built, 10), batch_size=2, size=(16, 16), cache_dir=str(tmp_path)).load_state_dict(state)
+
+
+def test_version_1_shards_are_read_as_before_once_reindexed(tmp_path):
+    """Shards as version 1 wrote them (``depth.zst``, no ``seg`` member without labels, converter
+    fields at the top of the JSON, no key in it) decode and load the same; reindex gives their index
+    offsets and checksums."""
+    import hashlib
+    import json
+    import tarfile
+
+    from vortex_data.format.schema import decode_sample
+    from vortex_data.verify import reindex, verify
+
+    manifest = build(tmp_path / "v2", "diode", 5, 4, with_seg=False)
+    want = list(make_loader(one_source(manifest, 5), batch_size=5, size=(16, 16), augment=False,
+                            cache_dir=str(tmp_path / "c2")))
+    raw = json.loads(manifest.read_text())
+    m = load_manifest(manifest)
+    for entry, shard in zip(raw["shards"], m.shard_paths()):
+        out = io.BytesIO()
+        with tarfile.open(shard) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+            for info in src:
+                data = src.extractfile(info).read()
+                if info.name.endswith(".seg.npy.zst"):
+                    continue
+                if info.name.endswith(".json"):
+                    meta = json.loads(data)
+                    meta = {**{k: v for k, v in meta.items() if k not in ("extra", "key", "scene")},
+                            **json.loads(meta["extra"]), "schema_version": 1}
+                    data = json.dumps(meta, sort_keys=True).encode()
+                info.name, info.size = info.name.replace(".depth.npy.zst", ".depth.zst"), len(data)
+                dst.addfile(info, io.BytesIO(data))
+        shard.write_bytes(out.getvalue())
+        entry["bytes"], entry["sha256"] = len(out.getvalue()), hashlib.sha256(out.getvalue()).hexdigest()
+    raw["schema_version"] = 1
+    manifest.write_text(json.dumps(raw))
+    assert reindex(manifest) == 5 and verify(manifest).ok
+    got = make_loader(one_source(manifest, 5), batch_size=5, size=(16, 16), augment=False,
+                      cache_dir=str(tmp_path / "c1"))
+    got = list(got)
+    assert len(got) == len(want) == 1
+    for a, b in zip(want, got):
+        assert a["key"] == b["key"] and not b["has_seg"].any() and (b["seg"] == 255).all()
+        assert np.array_equal(a["depth"], b["depth"]) and np.array_equal(a["rgb"], b["rgb"])
+    key, members = next(tar_index.iter_samples(m.shard_paths()[0]))
+    assert set(members) == {"json", "rgb.jpg", "depth.zst"} and decode_sample(members, key)["meta"]["synthetic"]
