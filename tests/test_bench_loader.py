@@ -47,7 +47,7 @@ def test_bench_loader_builds_the_real_photo_set(nyu_photos, tmp_path, capsys):
     jpegs = [m["rgb.jpg"] for m in got.values()]
     assert len(got) == 6 and len(set(jpegs)) == 6
     assert 60_000 < sum(map(len, jpegs)) / 6 < 160_000
-    assert all({"depth.zst", "seg.zst", "json"} <= set(m) for m in got.values())
+    assert all({"depth.npy.zst", "seg.npy.zst", "json"} <= set(m) for m in got.values())
 
 
 def _bench_args(manifests, tmp_path):

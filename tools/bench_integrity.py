@@ -1,9 +1,10 @@
-"""What the loader's read-time check costs next to decoding: XXH3-64 of every member vs decode_sample.
+"""What the loader's read-time checks cost next to decoding: XXH3-64 of every member, and the key the
+json member records (integrity.key_mismatch), vs decode_sample.
 
     python tools/bench_integrity.py manifests/nyu-train.json [--samples 64]
     python tools/bench_integrity.py --rgb frame.jpg --depth depth.png   # one real frame, encoded as shards store it
 
-Prints microseconds per sample for both and the ratio (the check's share of decode time).
+Prints microseconds per sample for each and the ratios (the checks' share of decode time).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vortex_data.format.integrity import check_members, member_checksums
+from vortex_data.format.integrity import check_members, key_mismatch, member_checksums
 from vortex_data.format.manifest import ManifestError, load_manifest
 from vortex_data.format.tar_index import iter_samples
 from vortex_data.format.schema import Sample, decode_sample, encode_sample
@@ -47,7 +48,7 @@ def from_files(rgb: Path, depth: Path) -> list[tuple[str, dict[str, bytes]]]:
     return [(s.key, dict(encode_sample(s)))]
 
 
-def bench(samples: list[tuple[str, dict[str, bytes]]], reps: int) -> tuple[float, float]:
+def bench(samples: list[tuple[str, dict[str, bytes]]], reps: int) -> tuple[float, float, float]:
     sums = [member_checksums(m.items()) for _, m in samples]
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -57,9 +58,14 @@ def bench(samples: list[tuple[str, dict[str, bytes]]], reps: int) -> tuple[float
     t0 = time.perf_counter()
     for _ in range(reps):
         for key, m in samples:
+            assert key_mismatch(key, m) is None
+    t_key = (time.perf_counter() - t0) / (reps * len(samples))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for key, m in samples:
             decode_sample(m, key)
     t_decode = (time.perf_counter() - t0) / (reps * len(samples))
-    return t_check, t_decode
+    return t_check, t_key, t_decode
 
 
 def main() -> None:
@@ -77,9 +83,10 @@ def main() -> None:
     except (ManifestError, OSError) as e:  # the message names the file and the problem
         raise SystemExit(str(e)) from None
     size = np.mean([sum(len(v) for v in m.values()) for _, m in samples])
-    t_check, t_decode = bench(samples, a.reps)
+    t_check, t_key, t_decode = bench(samples, a.reps)
     print(f"{len(samples)} samples, {size / 1024:.0f} KiB encoded each: checksum check {t_check * 1e6:.1f} us, "
-          f"decode {t_decode * 1e6:.0f} us per sample -> check = {100 * t_check / t_decode:.2f} % of decode time")
+          f"key check {t_key * 1e6:.2f} us, decode {t_decode * 1e6:.0f} us per sample -> checksums = "
+          f"{100 * t_check / t_decode:.2f} %, key = {100 * t_key / t_decode:.3f} % of decode time")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from .verify import reindex
+
+    for path in args.manifests:
+        n = reindex(Path(path))
+        print(f"{path}: index rewritten ({n} rows, member checksums and offsets read from shards that match the manifest)")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .format.manifest import merge
     out = merge(args.parts, args.out_dir)
@@ -197,6 +206,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     ver.add_argument("--no-decode", action="store_true", help="checksums and counts only")
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
+
+    rei = sub.add_parser("reindex", help="upgrade an older build's index in place (member checksums, offsets, "
+                                         "dataset and split columns) from shards that match the manifest's sha256")
+    rei.add_argument("manifests", nargs="+", type=Path, help="local manifest files")
+    rei.set_defaults(func=cmd_reindex)
 
     mer = sub.add_parser("merge-manifests", help="join the part manifests of a SLURM array build")
     mer.add_argument("parts", type=Path, nargs="+", help="<dataset>-<split>.part-*-of-*.json files (all parts)")

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from .errors import InputError
 from .format.manifest import load_manifest
-from .format.schema import CLASS_NAMES, DEPTH_SCALE_MM, decode_sample
+from .format.schema import CLASS_NAMES, DEPTH_SCALE_MM, decode_sample, extra_fields
 from .format.tar_index import read_samples
 from .views import depth_colours, label_colours
 
@@ -107,6 +107,8 @@ def dump_sample(shard: Path, key: str, to: Path) -> list[Path]:
         cv2.imwrite(str(to / name), img)
         written.append(to / name)
     meta_path = to / f"{stem}_meta.json"
-    meta_path.write_text(json.dumps({**s["meta"], "classes": list(CLASS_NAMES)}, indent=1))
+    # the dataset's own fields parsed (schema 2 stores them as one JSON string), for a person to read
+    meta_path.write_text(json.dumps({**s["meta"], "extra": extra_fields(s["meta"]), "classes": list(CLASS_NAMES)},
+                                    indent=1))
     written.append(meta_path)
     return written

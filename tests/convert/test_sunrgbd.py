@@ -16,7 +16,7 @@ from vortex_data.fixtures.sunrgbd import (
     ALL_SUBSETS, frame_folder_name, intrinsics_text, SUBSET_CAMERAS, write_allsplit_mat,
     write_demo_sunrgbd, write_depth_png, write_frame_folder, write_sunrgbd_tree,
 )
-from vortex_data.format.schema import decode_sample, encode_sample
+from vortex_data.format.schema import decode_sample, encode_sample, extra_fields
 from vortex_data.convert import get_converter
 from vortex_data.convert.base import RejectFrame
 from vortex_data.convert.sunrgbd import (
@@ -137,7 +137,9 @@ def test_sample_round_trips_through_schema(real_tree):
     conv = SunRgbdConverter(real_tree)
     s = conv.load(conv.enumerate(None).frames[0])
     out = decode_sample(dict(encode_sample(s)), key=s.key)
-    assert np.array_equal(out["depth_mm"], s.depth_mm) and out["meta"]["subset"] == "b3dodata"
+    assert np.array_equal(out["depth_mm"], s.depth_mm) and extra_fields(out["meta"])["subset"] == "b3dodata"
+    # scene.txt names a kind of room; the scene (never on both sides of a split) is the frame folder
+    assert out["meta"]["scene"] == extra_fields(out["meta"])["folder"] and "/b3dodata/" in out["meta"]["scene"]
 
 
 # ---------------------------------------------------------------- layouts and counts

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from vortex_data.errors import InputError
 from vortex_data.format.integrity import SampleError, member_checksums
 from vortex_data.format.manifest import load_manifest
 from vortex_data.verify import verify
@@ -54,8 +55,8 @@ def test_index_records_member_checksums_and_zstd_frames_carry_checksums(nyu_copy
     with tarfile.open(shard) as tf:
         members = [(n.name.split(".", 1)[1], tf.extractfile(n).read()) for n in tf if n.name.startswith(key + ".")]
     assert dict(row["member_xxh3_64"]) == member_checksums(members)
-    assert set(dict(row["member_xxh3_64"])) == {"json", "rgb.jpg", "depth.zst", "seg.zst"}
-    depth = dict(members)["depth.zst"]
+    assert set(dict(row["member_xxh3_64"])) == {"json", "rgb.jpg", "depth.npy.zst", "seg.npy.zst"}
+    depth = dict(members)["depth.npy.zst"]
     assert zstandard.get_frame_parameters(depth).has_checksum
 
 
@@ -72,7 +73,7 @@ def test_zstd_frames_without_checksum_still_decode_and_corrupt_ones_with_it_fail
         decode_array(bytes(new), "zst")
 
 
-@pytest.mark.parametrize("ext", ["rgb.jpg", "depth.zst", "json"])
+@pytest.mark.parametrize("ext", ["rgb.jpg", "depth.npy.zst", "json"])
 def test_flipped_byte_is_caught_by_the_loader_naming_shard_key_member(nyu_copy, ext):
     shard, key = first_sample(nyu_copy)
     if ext == "json":
@@ -101,12 +102,12 @@ def test_flipped_byte_is_caught_with_dataloader_workers(nyu_copy):
 def test_skip_mode_finishes_the_epoch_with_a_deterministic_replacement_counted_and_logged(nyu_copy, caplog):
     _, want = epoch(nyu_copy)
     shard, key = first_sample(nyu_copy)
-    flip_byte(shard, f"{key}.depth.zst")
+    flip_byte(shard, f"{key}.depth.npy.zst")
     with caplog.at_level(logging.WARNING, logger="vortex_data.stream"):
         loader, got = epoch(nyu_copy, on_error="skip")
     assert len(got) == len(want) == 8 and key not in got
     assert sum(a != b for a, b in zip(got, want)) == 1
-    assert len(loader.skipped) == 1 and shard.name in loader.skipped[0] and f"{key}.depth.zst" in loader.skipped[0]
+    assert len(loader.skipped) == 1 and shard.name in loader.skipped[0] and f"{key}.depth.npy.zst" in loader.skipped[0]
     assert any("bad samples replaced" in r.message and "1 bad" in r.message for r in caplog.records)
     _, again = epoch(nyu_copy, on_error="skip", num_workers=2)
     assert again == got  # same replacement, whatever the worker count
@@ -126,19 +127,21 @@ def test_bad_policy_is_refused(nyu_copy):
         make_loader(manifest=str(nyu_copy), on_error="ignore")
 
 
-def test_old_index_without_checksums_loads_says_so_once_and_decode_errors_name_the_shard(nyu_copy, caplog):
+def test_old_index_without_checksums_is_refused_or_with_the_opt_out_says_so_once(nyu_copy, caplog):
     index = nyu_copy.with_suffix(".parquet")
     table = pq.read_table(index)
     pq.write_table(table.drop(["member_xxh3_64"]), index)
-    with caplog.at_level(logging.WARNING, logger="vortex_data.stream"):
-        _, got = epoch(nyu_copy)
+    with pytest.raises(InputError, match=f"{nyu_copy}: the index has no member checksums.*vortex-data reindex"):
         epoch(nyu_copy)
+    with caplog.at_level(logging.WARNING, logger="vortex_data.stream"):
+        _, got = epoch(nyu_copy, allow_unchecked_index=True)
+        epoch(nyu_copy, allow_unchecked_index=True)
     said = [r for r in caplog.records if "no member checksums" in r.message]
     assert len(got) == 8 and len(said) == 1 and str(nyu_copy) in said[0].message
     shard, key = first_sample(nyu_copy)
-    flip_byte(shard, f"{key}.depth.zst")  # the zstd frame checksum still catches this one
+    flip_byte(shard, f"{key}.depth.npy.zst")  # the zstd frame checksum still catches this one
     with pytest.raises(SampleError) as e:
-        epoch(nyu_copy)
+        epoch(nyu_copy, allow_unchecked_index=True)
     assert shard.name in str(e.value) and repr(key) in str(e.value) and "checksum" in str(e.value)
 
 
@@ -201,7 +204,7 @@ def test_checksums_survive_a_slurm_array_build_and_merge(tmp_path):
         parts += build_shards(SyntheticConverter("nyu", 6), cfg).manifests
     merged = merge(parts)
     rows = load_manifest(merged).read_index().to_pylist()
-    assert len(rows) == 6 and all(set(dict(r["member_xxh3_64"])) == {"json", "rgb.jpg", "depth.zst", "seg.zst"}
+    assert len(rows) == 6 and all(set(dict(r["member_xxh3_64"])) == {"json", "rgb.jpg", "depth.npy.zst", "seg.npy.zst"}
                                   for r in rows)
     shard = load_manifest(merged).shard_paths()[1]
     key = load_manifest(merged).read_index().to_pylist()[2]["key"]

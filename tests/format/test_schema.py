@@ -1,12 +1,14 @@
 """Schema: encodings round-trip exactly, bad samples are refused, keys are webdataset-safe."""
 
+import json
+
 import numpy as np
 import pytest
 
 from vortex_data.fixtures.scene import View, random_room, render
 from vortex_data.format.geometry import Intrinsics
-from vortex_data.format.schema import (IGNORE_INDEX, EncodeOptions, Sample, SchemaError, decode_sample,
-                                       depth_to_mm, encode_sample, resize_sample)
+from vortex_data.format.schema import (IGNORE_INDEX, META_FIELDS, EncodeOptions, Sample, SchemaError, decode_array,
+                                       decode_sample, depth_to_mm, encode_sample, extra_fields, resize_sample)
 from vortex_data.format.tar_index import make_key
 
 
@@ -45,13 +47,48 @@ def test_jpeg_rgb_close_and_metadata():
     assert (out["meta"]["width"], out["meta"]["height"]) == (64, 48)
 
 
-def test_labelless_sample_decodes_to_all_ignore_without_a_seg_member():
+def test_labelless_sample_stores_an_all_ignore_map_and_decodes_without_it():
     s = _sample(seg=False)
     members = dict(encode_sample(s))
-    assert not any(k.startswith("seg") for k in members)
+    assert set(members) == set(dict(encode_sample(_sample()))) == {"json", "rgb.jpg", "depth.npy.zst", "seg.npy.zst"}
+    assert len(members["seg.npy.zst"]) < 100  # an all-255 map compresses to almost nothing
+    assert (decode_array(members["seg.npy.zst"], "npy.zst") == IGNORE_INDEX).all()
+    members["seg.npy.zst"] = b"not read"  # has_seg false: the loader never decodes it
     out = decode_sample(members, s.key)
     assert out["has_seg"] is False
     assert out["seg"].shape == (48, 64) and (out["seg"] == IGNORE_INDEX).all()
+
+
+def test_metadata_has_the_same_typed_fields_whatever_the_converter_adds():
+    a, b = _sample(), _sample(seg=False)
+    a.meta = {"scene": "bedroom_0001", "accel": [0.1, 9.8, 0.2], "sensor": "Kinect"}
+    b.meta = {"domain": "indoors", "scan": "scan_00001"}
+    b.depth_range_m = (0.6, 350.0)
+    ma, mb = (json.loads(dict(encode_sample(x))["json"]) for x in (a, b))
+    assert list(ma) == list(mb) == sorted(META_FIELDS)
+    assert {k: type(v) for k, v in ma.items()} == {k: type(v) for k, v in mb.items()}
+    assert ma["scene"] == "bedroom_0001" and mb["scene"] == "" and ma["key"] == a.key
+    assert extra_fields(ma) == {"accel": [0.1, 9.8, 0.2], "sensor": "Kinect"}
+    assert extra_fields(mb) == {"domain": "indoors", "scan": "scan_00001", "depth_range_m": [0.6, 350.0]}
+
+
+def test_version_1_samples_read_as_before():
+    """A version-1 sample (``depth.zst``, no seg member when unlabelled, converter fields at the top level)."""
+    s = _sample(seg=False)
+    members = dict(encode_sample(s))
+    del members["seg.npy.zst"]
+    members["depth.zst"] = members.pop("depth.npy.zst")
+    meta = json.loads(members["json"])
+    v1 = {**{k: v for k, v in meta.items() if k not in ("extra", "key", "scene")}, "schema_version": 1,
+          "sensor": "Kinect"}
+    members["json"] = json.dumps(v1).encode()
+    out = decode_sample(members, s.key)
+    assert not out["has_seg"] and (out["seg"] == IGNORE_INDEX).all()
+    assert np.array_equal(out["depth_mm"], s.depth_mm)
+    assert extra_fields(out["meta"]) == {"sensor": "Kinect"}
+    members["json"] = json.dumps({**v1, "schema_version": 3}).encode()
+    with pytest.raises(SchemaError, match="schema version 3.*rebuild"):
+        decode_sample(members, s.key)
 
 
 def test_invalid_depth_values_are_zeroed_and_counted():
@@ -77,7 +114,7 @@ def test_bad_fields_are_refused_naming_the_key():
 def test_corrupt_member_names_the_sample():
     s = _sample()
     members = dict(encode_sample(s))
-    members["depth.zst"] = members["depth.zst"][:20]
+    members["depth.npy.zst"] = members["depth.npy.zst"][:20]
     with pytest.raises(SchemaError, match="f_0001"):
         decode_sample(members, s.key)
 

@@ -69,7 +69,7 @@ def test_read_window_reads_each_shard_once_and_returns_every_sample(sets):
     urls = [u for u, _ in reader.calls]
     assert len(urls) == len(set(urls))  # one read per shard, however the plan shuffles it
     want = {(int(plan.source[p]), spec.indices[int(plan.source[p])].keys[int(plan.index[p])]) for p in positions}
-    assert set(raw) == want and all({"json", "rgb.jpg", "depth.zst"} <= set(m) for m in raw.values())
+    assert set(raw) == want and all({"json", "rgb.jpg", "depth.npy.zst"} <= set(m) for m in raw.values())
 
 
 # ---- integrity: checked members, deterministic replacement

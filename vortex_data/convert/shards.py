@@ -41,7 +41,7 @@ from ..format.integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from ..format.manifest import Manifest, atomic_write_bytes, compute_totals, is_labelled, write_manifest
 from ..format.schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                              resize_sample)
-from ..format.tar_index import make_key
+from ..format.tar_index import dataset_split, make_key
 from ..pool import die_with_parent, exit_if_orphaned
 from ..temporaries import reraise_naming, writer_tag
 from .base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
@@ -148,7 +148,8 @@ def index_row(key: str, shard: str, sample: Sample) -> dict[str, Any]:
             "depth_max_m": dmax, "has_seg": sample.seg is not None, "class_pixels": class_pixels,
             "ignore_pixels": ignore, "rejected_depth_pixels": int(sample.rejected_depth_pixels),
             "fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy,
-            "scene": sample.meta["scene"] if isinstance(sample.meta.get("scene"), str) else None}  # escaped in _load_one
+            "scene": sample.meta["scene"] if isinstance(sample.meta.get("scene"), str) else None,  # escaped in _load_one
+            **dict(zip(("dataset", "split"), dataset_split(key)))}
 
 
 def _printable_meta(value: Any) -> Any:

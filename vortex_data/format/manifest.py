@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..temporaries import locked_temp
-from .schema import NUM_CLASSES, SCHEMA_VERSION
+from .schema import NUM_CLASSES, READABLE_VERSIONS, SCHEMA_VERSION
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -46,6 +46,10 @@ INDEX_SCHEMA = pa.schema([
     # the capture's scene where the source names one (NYU's ``scenes`` cell), else null: what a
     # train/val leakage check compares (vortex-data preflight).
     ("scene", pa.string()),
+    # what the key's first two parts say, as columns so DuckDB and pandas group without parsing keys
+    # (absent in indexes written before them).
+    ("dataset", pa.string()),
+    ("split", pa.string()),
     # extension -> XXH3-64 of the tar member's bytes (vortex_data.format.integrity); absent in older indexes.
     ("member_xxh3_64", pa.map_(pa.string(), pa.uint64())),
     # extension -> data offset and size of the member in its shard (read by offset, no header
@@ -169,7 +173,8 @@ class Manifest:
         return [(base / s["path"]).resolve() for s in self.shards]
 
     def index_path(self) -> Path:
-        return self._dir() / self.index_name
+        """The index the manifest names (as the loader finds it), else the name a write gives it."""
+        return self._dir() / (self.index or self.index_name)
 
     def index_file(self) -> pq.ParquetFile:
         """The Parquet index, opened memory-mapped (its schema, row groups, columns on demand)."""
@@ -236,8 +241,9 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     except OSError as e:
         raise ManifestError(f"{path}: cannot read the manifest ({e})") from None
     try:
-        if raw["schema_version"] != SCHEMA_VERSION:
-            raise ManifestError(f"{path}: schema version {raw['schema_version']}, this vortex-data reads {SCHEMA_VERSION}")
+        if raw["schema_version"] not in READABLE_VERSIONS:
+            raise ManifestError(f"{path}: schema version {raw['schema_version']}, this vortex-data reads "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild the shards (vortex-data build-shards)")
         return Manifest(
             dataset=raw["dataset"], split=raw["split"], converter=raw["converter"], source=raw["source"],
             shards=raw["shards"], rejected=raw["rejected"], totals=raw["totals"], report=raw.get("report", {}),
@@ -300,7 +306,7 @@ def merge(paths: list[Path], out_dir: Path | None = None) -> Path:
     merged = Manifest(
         dataset=first.dataset, split=first.split, converter=first.converter, source=first.source,
         shards=shards, rejected=rejected, totals=compute_totals(shards, rejected, dict(counters), rows),
-        report=first.report,
+        report=first.report, schema_version=first.schema_version,
     )
     return write_manifest(merged, out_dir, rows)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -18,11 +17,18 @@ import numpy as np
 import zstandard
 
 from .geometry import Intrinsics, resize_intrinsics, resize_nearest, resize_rgb
+from .npy import decompressor, npy_view
 # The key grammar and member naming live with the tar reader.
 from ..errors import InputError
-from .tar_index import KeyGrammarError, check_key
+from .tar_index import KeyGrammarError, check_key, dataset_split
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: every sample has the same members (an unlabelled frame stores an all-255 ``seg``) and the same
+typed metadata fields (what a converter adds is one JSON string, ``extra``), so a reader that infers
+its columns from the first sample (Hugging Face ``datasets``) keeps every column. docs/format.md."""
+READABLE_VERSIONS = (1, 2)
+"""Version 1 shards (labels only where the source has them, converter fields at the top level)
+are read as before: their members and encodings are the same."""
 
 IGNORE_INDEX = 255
 """Label value for 'no label here'. A sample without labels decodes to a map full of it."""
@@ -36,12 +42,21 @@ MAX_DEPTH_M = 65.535
 
 RGB_CODECS = ("jpg", "png")
 ARRAY_CODECS = ("zst", "png")
+ARRAY_MEMBER_EXT = {"zst": "npy.zst", "png": "png"}
+"""The member extension of each array codec: ``npy.zst`` says what the zstd frame holds, so a
+reader that strips a compression suffix and decodes by the next one (Hugging Face ``datasets``)
+returns the array. Version-1 shards named it ``depth.zst``; both are read."""
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_ZSTD_LEVEL = 3
 
 # Tar member suffixes (webdataset splits a member name at the first dot of its basename:
-# "diode/train/00019_00183_indoors_000_010.depth.zst" -> key + "depth.zst").
+# "diode/train/00019_00183_indoors_000_010.depth.npy.zst" -> key + "depth.npy.zst").
 META_EXT = "json"
+EXTRA_FIELD = "extra"
+"""The metadata key holding the converter's own fields, as one JSON string (same type in every sample)."""
+META_FIELDS = ("schema_version", "key", "dataset", "split", "scene", "width", "height", "original_size",
+               "intrinsics", "has_seg", "depth_unit", EXTRA_FIELD)
+"""The metadata fields of a version-2 sample, every one present with the same type in every sample."""
 
 
 class SchemaError(InputError):
@@ -55,8 +70,10 @@ class Sample:
     rgb:      (H, W, 3) uint8, RGB order.
     depth_mm: (H, W) uint16 millimetres, 0 = invalid. Build it with :func:`depth_to_mm`.
     seg:      (H, W) uint8 in the 6-class taxonomy with 255 = ignore, or None (no labels).
-    meta:     JSON-able provenance (dataset, split, source files, sensor, ...). The writer adds
-              schema version, size, intrinsics and has_seg; converters put anything else here.
+    meta:     JSON-able provenance (source files, sensor, ...). ``meta["scene"]`` (a string) is the
+              unit that must never be on both sides of a train/eval split (NYU scene, DIODE scene,
+              SUN RGB-D frame folder, a recording). The writer adds key, schema version, size,
+              intrinsics and has_seg; everything else goes into the ``extra`` JSON string.
     """
 
     key: str
@@ -195,57 +212,11 @@ def encode_array(arr: np.ndarray, codec: str, zstd_level: int = DEFAULT_ZSTD_LEV
     raise SchemaError(f"unknown array codec {codec!r}")
 
 
-_LOCAL = threading.local()
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    """One zstd decompression context per thread (and so per DataLoader worker), reused: a new
-    context per array costs more than decompressing a 640x480 depth map."""
-    d = getattr(_LOCAL, "dctx", None)
-    if d is None:
-        d = _LOCAL.dctx = zstandard.ZstdDecompressor()
-    return d
-
-
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-_HEADER_CACHE: dict[bytes, tuple[tuple[int, ...], bool, np.dtype, int]] = {}
-
-
-def _npy_header(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran order, dtype, data offset) of a .npy buffer. Parsed headers are cached by
-    their bytes: numpy parses them with ``ast``, which costs as much as a small decode, and a
-    dataset's maps share a handful of shapes."""
-    version = (raw[6], raw[7]) if len(raw) >= 8 else None
-    n_len = 2 if version == (1, 0) else 4
-    end = 8 + n_len + int.from_bytes(raw[8:8 + n_len], "little") if version else 0
-    key = bytes(raw[:end])
-    hit = _HEADER_CACHE.get(key)
-    if hit is not None:
-        return hit
-    f = io.BytesIO(raw)
-    version = np.lib.format.read_magic(f)
-    if version not in _NPY_HEADERS:
-        raise InputError(f"unsupported .npy version {version}")
-    shape, fortran, dtype = _NPY_HEADERS[version](f)
-    if dtype.hasobject:
-        raise InputError("object arrays are not allowed")
-    hit = (shape, fortran, dtype, f.tell())
-    if f.tell() == end and len(_HEADER_CACHE) < 256:
-        _HEADER_CACHE[key] = hit
-    return hit
-
-
-def _npy_view(raw: bytes) -> np.ndarray:
-    """A read-only array over the bytes of a .npy file, without the copy ``np.load`` makes."""
-    shape, fortran, dtype, offset = _npy_header(raw)
-    arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset)
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-
-
 def decode_array(data: bytes, codec: str) -> np.ndarray:
-    """bytes -> array (read-only for 'zst': a view of the decompressed buffer)."""
-    if codec == "zst":
-        return _npy_view(_decompressor().decompress(data))
+    """bytes -> array (read-only for 'zst': a view of the decompressed buffer). ``codec``: 'zst' or
+    'png', or a member extension after the field name ('npy.zst', version 1's 'zst', 'png')."""
+    if codec in ("zst", "npy.zst"):
+        return npy_view(decompressor().decompress(data))
     if codec == "png":
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is None:
@@ -277,23 +248,36 @@ def decode_rgb(data: bytes, reduce: int = 1) -> np.ndarray:
 
 
 def sample_metadata(sample: Sample) -> dict[str, Any]:
-    """The JSON metadata record stored with a sample (schema-owned fields win)."""
-    dataset, split = sample.key.split("/")[:2]
-    meta = dict(sample.meta)
-    meta.update(
-        schema_version=SCHEMA_VERSION,
-        dataset=dataset,
-        split=split,
-        width=sample.width,
-        height=sample.height,
-        intrinsics=sample.intrinsics.as_dict(),
-        has_seg=sample.seg is not None,
-        depth_unit="mm",
-    )
-    meta.setdefault("original_size", [sample.width, sample.height])
+    """The JSON metadata record stored with a sample: :data:`META_FIELDS`, the same typed fields in
+    every sample whatever the converter, which supplies ``scene`` and ``extra`` only through
+    ``sample.meta`` (the one place that decides a sample's metadata shape)."""
+    dataset, split = dataset_split(sample.key)
+    extra = dict(sample.meta)
+    scene = extra.pop("scene", None)
+    original = extra.pop("original_size", None) or [sample.width, sample.height]
     if sample.depth_range_m is not None:
-        meta["depth_range_m"] = [float(v) for v in sample.depth_range_m]
-    return meta
+        extra["depth_range_m"] = [float(v) for v in sample.depth_range_m]
+    return {
+        "schema_version": SCHEMA_VERSION, "key": sample.key, "dataset": dataset, "split": split,
+        "scene": scene if isinstance(scene, str) else "",
+        "width": sample.width, "height": sample.height, "original_size": [int(v) for v in original],
+        "intrinsics": sample.intrinsics.as_dict(),
+        "has_seg": sample.seg is not None, "depth_unit": "mm",
+        EXTRA_FIELD: json.dumps(extra, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def extra_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The converter's own fields of a decoded metadata record (version 2: the ``extra`` string
+    parsed; version 1: the fields outside the schema's). Not on the loader's hot path."""
+    if EXTRA_FIELD in meta:
+        return json.loads(meta[EXTRA_FIELD])
+    return {k: v for k, v in meta.items() if k not in META_FIELDS}
+
+
+def blank_seg(height: int, width: int) -> np.ndarray:
+    """The label map of a frame without labels: every pixel IGNORE_INDEX."""
+    return np.full((height, width), IGNORE_INDEX, np.uint8)
 
 
 def encode_sample(sample: Sample, opts: EncodeOptions = EncodeOptions()) -> list[tuple[str, bytes]]:
@@ -302,10 +286,12 @@ def encode_sample(sample: Sample, opts: EncodeOptions = EncodeOptions()) -> list
     members = [
         (META_EXT, json.dumps(sample_metadata(sample), sort_keys=True, separators=(",", ":")).encode()),
         ("rgb." + opts.rgb_codec, encode_rgb(sample.rgb, opts.rgb_codec, opts.jpeg_quality)),
-        ("depth." + opts.array_codec, encode_array(sample.depth_mm, opts.array_codec, opts.zstd_level)),
+        ("depth." + ARRAY_MEMBER_EXT[opts.array_codec], encode_array(sample.depth_mm, opts.array_codec, opts.zstd_level)),
     ]
-    if sample.seg is not None:
-        members.append(("seg." + opts.array_codec, encode_array(sample.seg, opts.array_codec, opts.zstd_level)))
+    # A frame without labels stores an all-IGNORE map too (a few dozen bytes in zstd), so every
+    # sample has the same members; has_seg in the metadata and the index says it holds no label.
+    seg = sample.seg if sample.seg is not None else blank_seg(sample.height, sample.width)
+    members.append(("seg." + ARRAY_MEMBER_EXT[opts.array_codec], encode_array(seg, opts.array_codec, opts.zstd_level)))
     return members
 
 
@@ -324,8 +310,9 @@ def read_meta(members: Mapping[str, bytes], key: str = "?") -> dict[str, Any]:
         raise SchemaError(f"sample {key!r}: no '{META_EXT}' metadata member") from None
     except ValueError as e:
         raise SchemaError(f"sample {key!r}: metadata is not valid JSON ({e})") from None
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"sample {key!r}: schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
+    if meta.get("schema_version") not in READABLE_VERSIONS:
+        raise SchemaError(f"sample {key!r}: schema version {meta.get('schema_version')}, this vortex-data reads "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild the shards (vortex-data build-shards)")
     missing = [k for k in ("height", "width", "intrinsics") if k not in meta]
     if missing:
         raise SchemaError(f"sample {key!r}: metadata lacks {', '.join(repr(k) for k in missing)}")
@@ -376,7 +363,7 @@ def decode_sample(members: Mapping[str, bytes], key: str = "?", with_rgb: bool =
             codec, data = get("seg")
             out["seg"] = checked("seg", decode_array(data, codec), np.uint8, (h, w))
         else:
-            out["seg"] = np.full((h, w), IGNORE_INDEX, np.uint8) if fill_seg else None
+            out["seg"] = blank_seg(h, w) if fill_seg else None
     except SchemaError as e:
         if str(e).startswith("sample "):
             raise

@@ -54,6 +54,12 @@ def make_key(dataset: str, split: str, frame_id: str) -> str:
     return "/".join(_KEY_PART.sub("_", p) for p in parts if p)
 
 
+def dataset_split(key: str) -> tuple[str, str]:
+    """The dataset and split a key names (its first two parts): the metadata's and the index's."""
+    dataset, split = key.split("/")[:2]
+    return dataset, split
+
+
 def check_key(key: str) -> None:
     """Raise KeyGrammarError unless ``key`` follows the grammar (which rules out '../x', '/x', 'a.b')."""
     parts = key.split("/")
@@ -63,7 +69,7 @@ def check_key(key: str) -> None:
 
 def split_member(name: str) -> tuple[str, str]:
     """Tar member name -> (key, extension), split at the first dot of the basename exactly as
-    webdataset does: ``"nyu/train/0001.depth.zst"`` -> ``("nyu/train/0001", "depth.zst")``."""
+    webdataset does: ``"nyu/train/0001.depth.npy.zst"`` -> ``("nyu/train/0001", "depth.npy.zst")``."""
     d, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
     return (d + "/" if d else "") + stem, ext

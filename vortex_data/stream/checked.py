@@ -7,33 +7,76 @@ in the index (when the index has them). A sample that fails, or that passes but 
 from (seed, epoch, plan position, attempt) only, so every rerun and every resume, at any worker
 count, makes the same replacement. The replacements are handed on with the batch (``skipped``)
 for the main process to log and count. Stateless for resume: a replacement depends on the plan
-position alone.
+position alone. A source whose index lacks checksums or offsets is refused before the run starts
+(:func:`require_complete`) unless the caller opts out.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..format.integrity import SampleError, check_members
+from ..format.integrity import SampleError, check_members, key_mismatch
+from ..format.schema import META_EXT
+from ..format.tar_index import member_name
 from .mixture import EpochPlan, SourceIndex, rng_for
 from .plan import LoaderSpec
 from .read import RawSample, Window
+from .sample_index import SampleIndexError
 from .shard_reader import ShardReader
 
 MAX_REPLACEMENT_TRIES = 8
+ALLOW_UNCHECKED_ENV = "VORTEX_DATA_ALLOW_UNCHECKED_INDEX"
+
+
+def unchecked_allowed(allow: bool | None) -> bool:
+    """The opt-out from :func:`require_complete`: the argument, else the environment variable
+    (how a command such as ``vortex-data train`` that has no flag for it opts out)."""
+    return bool(allow) if allow is not None else os.environ.get(ALLOW_UNCHECKED_ENV, "") not in ("", "0")
+
+
+def require_complete(ix: SourceIndex) -> None:
+    """Refuse a source whose index lacks member checksums or offsets (an older build): the loader
+    could then deliver a damaged or misplaced sample unnoticed. The message names the command that
+    upgrades the index in place and the opt-out."""
+    missing = [what for what, have in (("member checksums", bool(ix.arrays["checked"].all())),
+                                       ("member offsets", ix.has_offsets)) if not have]
+    if missing:
+        raise SampleIndexError(
+            f"{ix.manifest}: the index has no {' or '.join(missing)} (built by an older vortex-data), so a damaged or "
+            f"misplaced sample would be delivered unnoticed; upgrade it in place with `vortex-data reindex "
+            f"{ix.manifest}` (checks each shard against the manifest's sha256), or read it unchecked with "
+            f"make_loader(allow_unchecked_index=True) or {ALLOW_UNCHECKED_ENV}=1")
 
 
 def checked_sample(ix: SourceIndex, i: int, key: str, members: dict[str, bytes], repeat: int, src: int) -> RawSample:
     """Sample ``i`` of ``ix`` (its ``key``, which the caller has already decoded to find the members)
-    with its members checked against the index's checksums (when it has them)."""
+    with its members checked against the index's checksums (when it has them) and its metadata
+    member against its key (index rows swapped with their offsets pass the checksums).
+
+    The members were read at the offsets the index records, so a mismatch says the index does not
+    match the shard (a wrong offset, or changed bytes: ``verify`` tells which), not that the bytes changed."""
     url = ix.shards[int(ix.shard_of[i])]
     checksums = ix.checksums
     sums = checksums[i] if checksums is not None else None
-    if sums is not None:
-        check_members(url, key, members, sums)
+    try:
+        if sums is not None:
+            check_members(url, key, members, sums)
+        other = key_mismatch(key, members)
+        if other is not None:
+            raise SampleError(url, key, member_name(key, META_EXT), f"the member read there belongs to sample {other!r}")
+    except SampleError as e:
+        how = "read at the offsets the index records" if ix.has_offsets else "read by the shard's tar headers"
+        raise SampleError(e.shard, e.key, e.member, f"{e.reason}, {how}: the index "
+                          f"{_index_name(ix)} does not match the shard; run `vortex-data verify {ix.manifest}`, and "
+                          f"if the shards are intact rebuild the index with `vortex-data reindex {ix.manifest}`") from None
     return RawSample(key, members, src, repeat, url)
+
+
+def _index_name(ix: SourceIndex) -> str:
+    return f"of {ix.manifest}" if ix.manifest else f"of source {ix.name!r}"
 
 
 class CheckedSamples:

@@ -35,6 +35,7 @@ from .dataset import EpochDataset
 from .mixture import Mixture, SourceIndex, check_batching, read_source_index, resolve_mixture
 from .photometric import finish_batch
 from .plan import DECODE, PHOTOMETRIC, SHUFFLE, LoaderSpec
+from .checked import require_complete, unchecked_allowed
 from .shard_cache import node_cache_dir
 from .workers import ignore_stop_signals, reraise_worker_errors
 
@@ -202,7 +203,8 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
                 std: Sequence[float] = IMAGENET_STD, profile: bool = False, photometric: str = "cpu",
                 decode: str = "cpu", on_error: str = "raise", cache_bytes: int | None = None,
                 batching: str | None = None, shuffle: str = "global",
-                shuffle_block: int = DEFAULT_BLOCK, shuffle_lanes: int | None = None) -> StreamLoader:
+                shuffle_block: int = DEFAULT_BLOCK, shuffle_lanes: int | None = None,
+                allow_unchecked_index: bool | None = None) -> StreamLoader:
     """Build the loader for ``split`` of a mixture (a Mixture, a TOML/JSON file, or a recipe
     name such as ``stage1``) or of a single ``manifest``.
 
@@ -244,6 +246,9 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
     the readers of this run): the plan deals each shard to one lane, so that each reader opens
     its own shards; a resumed run keeps the saved run's lanes, and a run with the same seed and
     another worker count gets another (equally valid) order unless it passes the same lanes.
+    allow_unchecked_index: an index without member checksums or offsets (an older build) is refused,
+    naming ``vortex-data reindex``; True reads it anyway, unchecked (default: the environment
+    variable ``VORTEX_DATA_ALLOW_UNCHECKED_INDEX``).
     cache_dir / cache_bytes: where remote (``pipe:``/http) shards and the sources' memory-mapped
     per-sample arrays are cached and how large the shard cache may grow; default: one temporary folder per node and job, shared by all ranks and
     workers and removed when the last of them exits (see :mod:`vortex_data.stream.shard_cache`).
@@ -294,7 +299,11 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         strata_order=(labelled_first([ix.manifest for ix in indices], [s.key_pattern for s in mix.sources])
                       if batching == "stratified" else None),
     )
-    _say_unchecked(indices)
+    if unchecked_allowed(allow_unchecked_index):
+        _say_unchecked(indices)
+    else:
+        for ix in indices:
+            require_complete(ix)
     repeats = repeats_warning(repeats_in_batch([s.name for s in mix.sources], [len(ix) for ix in indices], batching,
                                                batch_size), batch_size)
     if repeats:
@@ -312,15 +321,16 @@ _SAID_UNCHECKED: set[str] = set()
 
 
 def _say_unchecked(indices: Sequence[SourceIndex]) -> None:
-    """Say once per manifest (per process) that its index predates checksums, so reads go unchecked,
-    or member offsets, so each worker scans a shard's tar headers once before reading it."""
+    """With allow_unchecked_index: say once per manifest (per process) that its index predates
+    checksums, so reads go unchecked, or member offsets, so each worker scans a shard's tar headers
+    once before reading it."""
     for ix in indices:
         if not ix.has_offsets and ix.manifest + "\0offsets" not in _SAID_UNCHECKED:
             _SAID_UNCHECKED.add(ix.manifest + "\0offsets")
             log.warning("%s: the index has no member offsets (built before they existed); each worker scans a "
-                        "shard's tar headers once before reading it. Rebuild the shards to read by offset.",
-                        ix.manifest)
+                        "shard's tar headers once before reading it. `vortex-data reindex %s` adds them.",
+                        ix.manifest, ix.manifest)
         if ix.checksums is None and ix.manifest not in _SAID_UNCHECKED:
             _SAID_UNCHECKED.add(ix.manifest)
             log.warning("%s: the index has no member checksums (built before they existed); samples from it "
-                        "are read without integrity checks. Rebuild the shards to get them.", ix.manifest)
+                        "are read without integrity checks. `vortex-data reindex %s` adds them.", ix.manifest, ix.manifest)

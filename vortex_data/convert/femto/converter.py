@@ -244,6 +244,7 @@ class FemtoConverter(Converter):
             "time_s": (capture.time_us - t0) / 1e6,
             "registration": self.register, "camera": camera.as_dict(), "undistorted": False,
             "sensor": "Orbbec Femto Bolt / Azure Kinect (K4A)", **extra,
+            "scene": self.src.stem if self.src.is_file() else self.src.name,  # the recording
         }
         return Sample(key=make_key("femto", ref.split, ref.frame_id), rgb=rgb, depth_mm=depth,
                       intrinsics=camera.intrinsics(), meta=meta,

@@ -290,8 +290,11 @@ class SunRgbdConverter(Converter):
         if ff.extrinsics is not None:
             path = root / ff.extrinsics
             meta["rtilt"] = parse_rtilt(_read_text(path), path)
+        # scene.txt names a kind of room ("bedroom"), not a place; the unit a split must keep on one
+        # side is the frame folder (sun3ddata: the capture folder above its frames).
+        meta["scene"] = "/".join(ff.folder.split("/")[:3])
         if ff.scene is not None:
-            meta["scene"] = _read_text(root / ff.scene).strip()
+            meta["scene_type"] = _read_text(root / ff.scene).strip()
         return Sample(
             key=make_key(self.name, ref.split, ref.frame_id),
             rgb=rgb,
