@@ -248,11 +248,12 @@ def scatter_min(pix: np.ndarray, z: np.ndarray, size: int) -> np.ndarray:
     several times faster than sorting (pixel, depth) keys or ``np.minimum.at``. A pathological
     remainder finishes with that sort after :data:`_SCATTER_ROUNDS` rounds.
     """
+    pix = np.asarray(pix, np.intp)  # an index of another type would be converted at every use below
     out = np.zeros(size, np.uint16)
     out[pix] = z
     for _ in range(_SCATTER_ROUNDS):
-        lost = np.nonzero(z < out[pix])[0]
-        if not len(lost):
+        lost = z < out[pix]
+        if not lost.any():
             return out
         pix, z = pix[lost], z[lost]
         out[pix] = z
@@ -326,8 +327,13 @@ def register_depth_to_color(depth_mm: np.ndarray, depth_cam: CameraModel, color_
 class DepthToColorWarp:
     """``register_depth_to_color(depth_mm, depth_cam, color_cam, R, t, splat=1, undistort=True)``
     for a rig whose calibration does not change, with every factor that depends only on the rig
-    computed once: each depth pixel's undistorted ray turned into the colour frame, ``R @ (x, y, 1)``.
-    A frame then costs a few float32 array operations and :func:`scatter_min`.
+    computed once, so a frame costs about twenty float32 passes over the image and :func:`scatter_min`.
+
+    A depth pixel with undistorted ray (x, y, 1) and depth z lands at ``P = a z + t`` in the colour
+    camera, ``a = R (x, y, 1)``; its colour pixel, rounded, is ``floor((U z + u0) / (W z + w0))``
+    with ``U = 1000 (fx a_x + (cx + 1/2) a_z)``, ``u0 = 1000 (fx t_x + (cx + 1/2) t_z)`` (rows
+    alike), ``W = 1000 a_z``, ``w0 = 1000 t_z``: the principal point and the rounding are folded
+    into the precomputed factors, and the denominator is the colour-camera depth in millimetres.
 
     Point-wise (no splatting): right when a depth pixel covers at most about one colour pixel, as
     for a Kinect (f 583 px against the colour camera's 519 px); colour pixels no depth pixel
@@ -338,33 +344,61 @@ class DepthToColorWarp:
     def __init__(self, depth_cam: CameraModel, color_cam: CameraModel, R: np.ndarray, t: np.ndarray):
         table = pixel_rays(depth_cam)
         rays = np.concatenate([table.rays, np.ones((len(table.rays), 1))], axis=1)
+        a = rays @ np.asarray(R, np.float64).reshape(3, 3).T
+        t = np.asarray(t, np.float64).reshape(3)
         self.depth_cam, self.target = depth_cam, color_cam.undistorted()
-        self.turned = np.ascontiguousarray((rays @ np.asarray(R, np.float64).reshape(3, 3).T).T, np.float32)
-        """(3, N): the colour-frame direction of each depth pixel's ray, per unit of depth-camera z."""
-        self.t = np.asarray(t, np.float64).reshape(3).astype(np.float32)
+        cam = self.target
+        if cam.width * cam.height > 2**24:
+            raise InputError(f"DepthToColorWarp: a {cam.width}x{cam.height} target has pixel indices beyond float32's "
+                             "exact integers; use register_depth_to_color")
+        cx, cy = cam.cx + 0.5, cam.cy + 0.5
+        self.U = (1000.0 * (cam.fx * a[:, 0] + cx * a[:, 2])).astype(np.float32)
+        self.V = (1000.0 * (cam.fy * a[:, 1] + cy * a[:, 2])).astype(np.float32)
+        self.W = (1000.0 * a[:, 2]).astype(np.float32)
+        self.u0, self.v0, self.w0 = (np.float32(1000.0 * v) for v in (cam.fx * t[0] + cx * t[2], cam.fy * t[1] + cy * t[2],
+                                                                       t[2]))
         self.ray_ok = table.ok
 
     def __call__(self, depth_mm: np.ndarray) -> np.ndarray:
         """(H, W) uint16 depth-camera millimetres -> (H, W) uint16 colour-camera millimetres, 0 = none."""
+        return self.from_metres(depth_mm * np.float32(1e-3))
+
+    def from_metres(self, z: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) float32 depth-camera metres -> (H, W) uint16 colour-camera millimetres. Without
+        ``valid`` (H, W, nonzero = use the pixel) the pixels with z > 0 are used."""
         cam = self.target
-        if depth_mm.shape != (self.depth_cam.height, self.depth_cam.width):
-            raise InputError(f"depth is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the camera is "
+        if z.shape != (self.depth_cam.height, self.depth_cam.width):
+            raise InputError(f"depth is {z.shape[1]}x{z.shape[0]} but the camera is "
                              f"{self.depth_cam.width}x{self.depth_cam.height}")
-        # Whole-image arithmetic (no gather of the valid pixels first: indexing (3, N) costs more
-        # than computing the invalid ones too); invalid pixels are dropped by ``keep``.
-        flat = depth_mm.reshape(-1)
-        z = flat.astype(np.float32) * np.float32(1e-3)
-        a = self.turned
-        pz = a[2] * z + self.t[2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = np.float32(1.0) / pz
-            col = np.rint((a[0] * z + self.t[0]) * inv * np.float32(cam.fx) + np.float32(cam.cx))
-            row = np.rint((a[1] * z + self.t[1]) * inv * np.float32(cam.fy) + np.float32(cam.cy))
-            z_mm = np.rint(pz * np.float32(1000.0))
-            keep = (flat > 0) & self.ray_ok & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height) \
-                & (z_mm >= 1) & (z_mm <= 65535)
-        pix = row[keep].astype(np.int32) * cam.width + col[keep].astype(np.int32)
-        return scatter_min(pix, z_mm[keep].astype(np.uint16), cam.width * cam.height).reshape(cam.height, cam.width)
+        z = z.reshape(-1)
+        valid = (z > 0) if valid is None else valid.reshape(-1) != 0
+        # Whole-image arithmetic (no gather of the valid pixels first: computing the invalid ones
+        # too is cheaper, and ``keep`` drops them). Numerators and denominator are scaled by 1000,
+        # which leaves the pixel unchanged and makes the denominator the depth in millimetres.
+        pz = self.W * z
+        pz += self.w0
+        inv = np.reciprocal(pz)
+        col = self.U * z
+        col += self.u0
+        col *= inv
+        row = self.V * z
+        row += self.v0
+        row *= inv
+        keep = valid & self.ray_ok
+        keep &= col >= 0
+        keep &= col < cam.width
+        keep &= row >= 0
+        keep &= row < cam.height
+        keep &= pz >= np.float32(0.5)         # rounds to >= 1 mm
+        keep &= pz < np.float32(65535.5)      # rounds to <= 65535 mm
+        # floor (the 1/2 is in the factors), then the flat index, exact in float32 below 2**24
+        np.floor(row, out=row)
+        np.floor(col, out=col)
+        row *= np.float32(cam.width)
+        row += col
+        pz += np.float32(0.5)
+        return scatter_min(row[keep].astype(np.intp), pz[keep].astype(np.uint16),
+                           cam.width * cam.height).reshape(cam.height, cam.width)
 
 
 def register_color_to_depth(rgb: np.ndarray, depth_mm: np.ndarray, depth_cam: CameraModel, color_cam: CameraModel,
@@ -406,10 +440,12 @@ def register_color_to_depth(rgb: np.ndarray, depth_mm: np.ndarray, depth_cam: Ca
 
 
 @lru_cache(maxsize=8)
-def undistort_maps(cam: CameraModel) -> tuple[np.ndarray, np.ndarray]:
-    """cv2.remap's (map_x, map_y) from ``cam.undistorted()`` to ``cam``; cached, so a recording
-    computes them once per process."""
-    return cv2.initUndistortRectifyMap(cam.K, np.asarray(cam.dist), None, cam.K, cam.size, cv2.CV_32FC1)
+def undistort_maps(cam: CameraModel, fixed_point: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.remap's maps from ``cam.undistorted()`` to ``cam``; cached, so a recording computes them
+    once per process. ``fixed_point``: OpenCV's CV_16SC2 form (1/32 px), which bilinear remap
+    reads faster; not for nearest-neighbour remap, which would floor instead of round."""
+    return cv2.initUndistortRectifyMap(cam.K, np.asarray(cam.dist), None, cam.K, cam.size,
+                                       cv2.CV_16SC2 if fixed_point else cv2.CV_32FC1)
 
 
 def undistort_image(image: np.ndarray, cam: CameraModel, nearest: bool = False) -> np.ndarray:

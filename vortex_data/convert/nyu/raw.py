@@ -46,7 +46,7 @@ from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from ..image_files import read_image
 from ..registration import DepthToColorWarp, undistort_maps
-from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
+from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_1, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
                      RGB_CAMERA, T_DEPTH_TO_RGB, WIDTH, disparity_to_metres)
 
 NAME = re.compile(r"^([adr])-(\d+)\.(\d+)-(\d+)\.(pgm|ppm|dump)$")
@@ -116,29 +116,26 @@ def read_accel(path: Path, rel: str) -> tuple[list[float] | None, str | None]:
     return [float(v) for v in struct.unpack_from("<hhhb", data)], None
 
 
-def _depth_lut() -> tuple[np.ndarray, int]:
-    """Millimetres for every disparity 0..2047 (0 = invalid: no return, nearer than MIN_RAW, or at
-    and beyond 1092.5 where the model's depth is infinite or negative), and the first disparity
-    whose depth exceeds MAX_DEPTH_M (capped to it, as depth_rel2depth_abs.m does)."""
-    raw = np.arange(NO_RETURN + 1)
-    m = disparity_to_metres(raw).astype(np.float64)
-    ok = (raw >= MIN_RAW) & (raw < DISPARITY_PARAM_2) & (raw != NO_RETURN)
-    lut = np.where(ok, np.rint(np.minimum(m, MAX_DEPTH_M) * 1000.0), 0).astype(np.uint16)
-    first_far = int(np.argmax(ok & (m > MAX_DEPTH_M)))
-    return lut, first_far
-
-
-DEPTH_LUT, FIRST_CAPPED_RAW = _depth_lut()
+FIRST_CAPPED_RAW = int(np.argmax(disparity_to_metres(np.arange(int(DISPARITY_PARAM_2) + 1)) > MAX_DEPTH_M))
+"""The first disparity whose depth exceeds MAX_DEPTH_M (and is capped to it)."""
+LAST_VALID_RAW = int(np.ceil(DISPARITY_PARAM_2)) - 1
+"""1092: from 1092.5 on the model's depth is infinite or negative."""
 _GROW = np.ones((3, 3), np.uint8)
 
 
-def raw_to_depth_mm(raw: np.ndarray) -> np.ndarray:
-    """Disparities (H, W) -> depth-camera millimetres with the toolbox's noise mask applied."""
-    mm = DEPTH_LUT[raw]
-    no_return = (raw == NO_RETURN).view(np.uint8)
-    if no_return.any():
-        mm[cv2.dilate(no_return, _GROW).view(bool)] = 0
-    return mm
+def raw_to_metres(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Disparities (H, W) -> (depth-camera metres float32, valid mask uint8 0/255) with the
+    toolbox's rules: disparities MIN_RAW..1092 are valid, no return (2047) grown by one pixel is
+    not, depth is capped at MAX_DEPTH_M. Metres are computed everywhere; the mask says which count."""
+    valid = cv2.inRange(raw, MIN_RAW, LAST_VALID_RAW)
+    no_return = cv2.inRange(raw, NO_RETURN, NO_RETURN)
+    if cv2.countNonZero(no_return):
+        cv2.subtract(valid, cv2.dilate(no_return, _GROW), dst=valid)
+    with np.errstate(divide="ignore"):
+        z = np.float32(DISPARITY_PARAM_2) - raw
+        np.divide(np.float32(DISPARITY_PARAM_1), z, out=z)
+    np.minimum(z, np.float32(MAX_DEPTH_M), out=z)
+    return z, valid
 
 
 class NyuRawConverter(Converter):
@@ -323,10 +320,10 @@ class NyuRawConverter(Converter):
         if bgr.shape != (HEIGHT, WIDTH, 3):
             raise RejectFrame("bad-shape", f"{rgb_rel}: RGB is {bgr.shape[1]}x{bgr.shape[0]}, expected {WIDTH}x{HEIGHT}",
                               rgb_rel)
-        map_x, map_y = undistort_maps(RGB_CAMERA)
-        rgb = cv2.cvtColor(cv2.remap(bgr, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT),
+        map_xy, map_frac = undistort_maps(RGB_CAMERA, fixed_point=True)
+        rgb = cv2.cvtColor(cv2.remap(bgr, map_xy, map_frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT),
                            cv2.COLOR_BGR2RGB)
-        depth = self._warper()(raw_to_depth_mm(raw))
+        depth = self._warper().from_metres(*raw_to_metres(raw))
         np.minimum(depth, np.uint16(MAX_DEPTH_M * 1000), out=depth)  # project_depth_map.m's final cap
         if not depth.any():
             raise RejectFrame("no-valid-depth", f"{depth_rel}: no depth pixel survives the noise mask and projection",
@@ -336,7 +333,7 @@ class NyuRawConverter(Converter):
             "source": "nyu_depth_v2_raw", "scene": p["scene"], "scene_type": scene_type(p["scene"]),
             "raw_depth_filename": depth_rel, "raw_rgb_filename": rgb_rel, "sync_dt_s": round(p["dt_s"], 6),
             "time_s": p["time_us"] / 1e6, "device_timestamp": p["device_timestamp"],
-            "depth_capped_at_10m": int(np.count_nonzero((raw >= FIRST_CAPPED_RAW) & (raw < DISPARITY_PARAM_2))),
+            "depth_capped_at_10m": cv2.countNonZero(cv2.inRange(raw, FIRST_CAPPED_RAW, LAST_VALID_RAW)),
         }
         if len(ref.files) > 2:
             accel, why = read_accel(root / ref.files[2], ref.files[2])
