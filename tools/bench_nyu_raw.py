@@ -26,7 +26,7 @@ import numpy as np
 
 from vortex_data.convert.image_files import read_image
 from vortex_data.convert.nyu.camera import NO_RETURN, metres_to_disparity
-from vortex_data.convert.nyu.raw import NyuRawConverter, read_raw_depth
+from vortex_data.convert.nyu.raw import RGB_FLAGS, NyuRawConverter, read_raw_depth
 from vortex_data.fixtures.nyu_raw import T0_US, dump_name, kinect_pgm, kinect_ppm, write_raw_scene
 from vortex_data.format.schema import encode_sample
 
@@ -73,7 +73,7 @@ def main() -> None:
             for i, (ref, sample) in enumerate(zip(refs, samples)):
                 t0 = time.perf_counter()
                 read_raw_depth(root / ref.files[0], ref.files[0])
-                read_image(root / ref.files[1], cv2.IMREAD_COLOR, ref.files[1])
+                read_image(root / ref.files[1], RGB_FLAGS, ref.files[1])
                 encode_sample(sample)
                 t1 = time.perf_counter()
                 encode_sample(conv.load(ref))

@@ -363,9 +363,10 @@ class DepthToColorWarp:
         """(H, W) uint16 depth-camera millimetres -> (H, W) uint16 colour-camera millimetres, 0 = none."""
         return self.from_metres(depth_mm * np.float32(1e-3))
 
-    def from_metres(self, z: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """(H, W) float32 depth-camera metres -> (H, W) uint16 colour-camera millimetres. Without
-        ``valid`` (H, W, nonzero = use the pixel) the pixels with z > 0 are used."""
+    def from_metres(self, z: np.ndarray, valid: np.ndarray | None = None, max_mm: int = 65535) -> np.ndarray:
+        """(H, W) float32 depth-camera metres -> (H, W) uint16 colour-camera millimetres, depths
+        above ``max_mm`` set to it. Without ``valid`` (H, W, nonzero = use the pixel) the pixels
+        with z > 0 are used."""
         cam = self.target
         if z.shape != (self.depth_cam.height, self.depth_cam.width):
             raise InputError(f"depth is {z.shape[1]}x{z.shape[0]} but the camera is "
@@ -390,7 +391,7 @@ class DepthToColorWarp:
         keep &= row >= 0
         keep &= row < cam.height
         keep &= pz >= np.float32(0.5)         # rounds to >= 1 mm
-        keep &= pz < np.float32(65535.5)      # rounds to <= 65535 mm
+        np.minimum(pz, np.float32(min(max_mm, 65535)), out=pz)
         # floor (the 1/2 is in the factors), then the flat index, exact in float32 below 2**24
         np.floor(row, out=row)
         np.floor(col, out=col)

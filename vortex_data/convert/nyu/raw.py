@@ -53,6 +53,8 @@ NAME = re.compile(r"^([adr])-(\d+)\.(\d+)-(\d+)\.(pgm|ppm|dump)$")
 """fakenect's ``%c-%f-%u.%s``: kind, host seconds, fraction, Kinect timestamp, extension."""
 EXTENSION = {"d": "pgm", "r": "ppm", "a": "dump"}
 DEFAULT_MAX_DT = 0.05
+RGB_FLAGS = cv2.IMREAD_COLOR_RGB
+"""How the PPM is decoded: straight to RGB order (the sample's), no BGR round trip."""
 ACCEL_BYTES = 12
 """sizeof(freenect_raw_tilt_state) on the x86 PCs that recorded NYU (get_accel_data.cpp checks it)."""
 _SCENE_TYPE = re.compile(r"_\d+[A-Za-z]?$")
@@ -316,15 +318,14 @@ class NyuRawConverter(Converter):
         root = self.source_root()
         depth_rel, rgb_rel = ref.files[:2]
         raw = read_raw_depth(root / depth_rel, depth_rel)
-        bgr = read_image(root / rgb_rel, cv2.IMREAD_COLOR, rgb_rel)
-        if bgr.shape != (HEIGHT, WIDTH, 3):
-            raise RejectFrame("bad-shape", f"{rgb_rel}: RGB is {bgr.shape[1]}x{bgr.shape[0]}, expected {WIDTH}x{HEIGHT}",
+        rgb = read_image(root / rgb_rel, RGB_FLAGS, rgb_rel)
+        if rgb.shape != (HEIGHT, WIDTH, 3):
+            raise RejectFrame("bad-shape", f"{rgb_rel}: RGB is {rgb.shape[1]}x{rgb.shape[0]}, expected {WIDTH}x{HEIGHT}",
                               rgb_rel)
         map_xy, map_frac = undistort_maps(RGB_CAMERA, fixed_point=True)
-        rgb = cv2.cvtColor(cv2.remap(bgr, map_xy, map_frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT),
-                           cv2.COLOR_BGR2RGB)
-        depth = self._warper().from_metres(*raw_to_metres(raw))
-        np.minimum(depth, np.uint16(MAX_DEPTH_M * 1000), out=depth)  # project_depth_map.m's final cap
+        rgb = cv2.remap(rgb, map_xy, map_frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        # project_depth_map.m caps the projected depth at maxDepth too
+        depth = self._warper().from_metres(*raw_to_metres(raw), max_mm=round(MAX_DEPTH_M * 1000))
         if not depth.any():
             raise RejectFrame("no-valid-depth", f"{depth_rel}: no depth pixel survives the noise mask and projection",
                               depth_rel)
