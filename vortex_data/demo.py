@@ -21,6 +21,7 @@ DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("nyu", "vortex_data.fixtures.nyu:write_demo_nyu_source", []),
     ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
     ("femto", "vortex_data.fixtures.femto:write_demo_femto", []),
+    ("nyu-raw", "vortex_data.fixtures.nyu_raw:write_demo_nyu_raw", []),
 ]
 
 
@@ -63,20 +64,22 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
     print("== stats: depth/label/RGB statistics, label-less batch risk, near-duplicates")
     demo_stats(manifests, out / "stats", workers=workers)
     demo_stream(out / "manifests")
+    demo_stream(out / "manifests", "stage2_raw", "labelled NYU + NYU raw captures, stratified", batches=2)
     demo_look(out / "manifests", out)
     demo_train(out / "manifests", out / "train")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
     return manifests
 
 
-def demo_stream(manifests_dir: Path, batches: int = 3) -> None:
-    """Stream a few augmented batches of the shipped stage-1 mixture and count samples per source."""
+def demo_stream(manifests_dir: Path, mixture: str = "stage1", what: str = "SUN RGB-D + DIODE indoor + NYU",
+                batches: int = 3) -> None:
+    """Stream a few augmented batches of a shipped mixture and count samples per source."""
     from collections import Counter
 
     from .stream import make_loader
 
-    print("== stream: the stage1 mixture (SUN RGB-D + DIODE indoor + NYU), V5 augmentation")
-    loader = make_loader("stage1", split="train", batch_size=8, image_size=(240, 320), seed=0,
+    print(f"== stream: the {mixture} mixture ({what}), V5 augmentation")
+    loader = make_loader(mixture, split="train", batch_size=8, image_size=(240, 320), seed=0,
                          manifests_dir=str(manifests_dir))
     counts: Counter[str] = Counter()
     for i, batch in zip(range(batches), loader):
