@@ -11,10 +11,11 @@ from vortex_data.convert import get_converter
 from vortex_data.convert.base import RejectFrame
 from vortex_data.convert.nyu.camera import DEPTH_CAMERA, R_DEPTH_TO_RGB, RGB_CAMERA, T_DEPTH_TO_RGB
 from vortex_data.convert.nyu.raw import NyuRawConverter, nearest, parse_name, read_raw_depth
-from vortex_data.convert.registration import DepthToColorWarp, register_depth_to_color, scatter_min
+from vortex_data.convert.registration import register_depth_to_color, scatter_min
+from vortex_data.convert.rig_warp import DepthToColorWarp
 from vortex_data.convert.shards import BuildConfig, build_shards
 from vortex_data.errors import InputError
-from vortex_data.fixtures.nyu_raw import kinect_pgm, write_raw_scene
+from vortex_data.fixtures.nyu_raw import write_raw_scene
 from vortex_data.format.manifest import load_manifest
 
 SCENE = "fixture_room_0001a"

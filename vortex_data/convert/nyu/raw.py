@@ -45,7 +45,8 @@ from ...format.schema import Sample
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from ..image_files import read_image
-from ..registration import DepthToColorWarp, undistort_maps
+from ..registration import undistort_maps
+from ..rig_warp import DepthToColorWarp
 from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_1, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
                      RGB_CAMERA, T_DEPTH_TO_RGB, WIDTH, disparity_to_metres)
 
