@@ -168,3 +168,20 @@ def test_real_raw_frames_convert_when_present(samples_dir):
     s = conv.load(refs[0])
     d = s.depth_mm[s.depth_mm > 0]
     assert d.size > 0.3 * s.depth_mm.size and 500 < np.median(d) < 10000
+
+
+def test_one_scene_folder_as_src_and_the_scene_seam(raw_root):
+    root, _ = raw_root
+    whole = NyuRawConverter(root).enumerate(None)
+    one = NyuRawConverter(root / SCENE)
+    assert [f.frame_id for f in one.enumerate(None).frames] == [f.frame_id for f in whole.frames]
+    assert one.source_root() == root
+
+    class NoScenes(NyuRawConverter):
+        def _scene_allowed(self, scene):
+            return f"{scene} holds evaluation frames"
+
+    enum = NoScenes(root).enumerate(None)
+    assert not enum.frames and {r.code for r in enum.rejected} == {"excluded-scene"}
+    assert len(enum.rejected) == enum.report["depth_frames"] == enum.report["rejected_frames"] == 4
+    assert "holds evaluation frames" in enum.rejected[0].reason
