@@ -43,7 +43,8 @@ class DepthToColorWarp:
         self.W = (1000.0 * a[:, 2]).astype(np.float32)
         self.u0, self.v0, self.w0 = (np.float32(1000.0 * v) for v in (cam.fx * t[0] + cx * t[2], cam.fy * t[1] + cy * t[2],
                                                                        t[2]))
-        self.ray_ok = table.ok
+        self.ray_ok = None if table.ok.all() else table.ok
+        """Pixels whose ray is usable, or None when all are (a pass saved per frame)."""
 
     def __call__(self, depth_mm: np.ndarray) -> np.ndarray:
         """(H, W) uint16 depth-camera millimetres -> (H, W) uint16 colour-camera millimetres, 0 = none."""
@@ -71,7 +72,7 @@ class DepthToColorWarp:
         row = self.V * z
         row += self.v0
         row *= inv
-        keep = valid & self.ray_ok
+        keep = valid if self.ray_ok is None else valid & self.ray_ok
         keep &= col >= 0
         keep &= col < cam.width
         keep &= row >= 0
