@@ -3,9 +3,10 @@
     python tools/bench_nyu_raw.py [--frames 16] [--rounds 5] [--photos ../shared/samples/nyu]
 
 Floor: read the depth PGM and the RGB PPM (the converter's own readers) and encode the output
-sample as the shard writer does (JPEG 95 + zstd depth + JSON). Conversion: ``load`` (sync lookup,
-byte swap, noise mask, disparity -> metres, RGB undistortion, projection, z-buffer) + the same
-encoding. Both are timed on the same frames, interleaved, as CPU time of the one thread doing the
+sample (JPEG 95 + zstd depth + JSON), measured two ways: ``encode_sample`` alone, and the shard
+writer's whole per-sample work short of the tar write (encode, member checksums, index row), which
+every converter's frames pay. Conversion: ``load`` (byte swap, noise mask, disparity -> metres,
+RGB undistortion, projection, z-buffer) + the same encoding. Both are timed on the same frames, interleaved, as CPU time of the one thread doing the
 work (per frame per core; waiting for a core on a shared machine does not count), and printed side
 by side: the median of all timings and the median over frames of each frame's best round.
 
@@ -28,6 +29,8 @@ from vortex_data.convert.image_files import read_image
 from vortex_data.convert.nyu.camera import NO_RETURN, metres_to_disparity
 from vortex_data.convert.nyu.raw import RGB_FLAGS, NyuRawConverter, read_raw_depth
 from vortex_data.fixtures.nyu_raw import T0_US, dump_name, kinect_pgm, kinect_ppm, write_raw_scene
+from vortex_data.convert.shards import index_row
+from vortex_data.format.integrity import member_checksums
 from vortex_data.format.schema import encode_sample
 
 cv2.setNumThreads(1)
@@ -70,25 +73,37 @@ def main() -> None:
         # CPU time of this thread (the work runs on it: one OpenCV thread, zstd single-threaded):
         # per frame per core, and not inflated by time spent waiting for a core on a busy machine.
         clock = time.thread_time
-        floor = np.zeros((args.rounds, len(refs)))
-        full = np.zeros((args.rounds, len(refs)))
+        t = {name: np.zeros((args.rounds, len(refs))) for name in ("floor", "full", "floor_w", "full_w")}
         for k in range(args.rounds):
             for i, (ref, sample) in enumerate(zip(refs, samples)):
-                t0 = clock()
-                read_raw_depth(root / ref.files[0], ref.files[0])
-                read_image(root / ref.files[1], RGB_FLAGS, ref.files[1])
-                encode_sample(sample)
-                t1 = clock()
-                encode_sample(conv.load(ref))
-                t2 = clock()
-                floor[k, i], full[k, i] = t1 - t0, t2 - t1
+                for writer, suffix in ((encode_sample, ""), (writer_path, "_w")):
+                    t0 = clock()
+                    read_raw_depth(root / ref.files[0], ref.files[0])
+                    read_image(root / ref.files[1], RGB_FLAGS, ref.files[1])
+                    writer(sample)
+                    t1 = clock()
+                    writer(conv.load(ref))
+                    t2 = clock()
+                    t["floor" + suffix][k, i], t["full" + suffix][k, i] = t1 - t0, t2 - t1
         what = f"real NYU photos from {args.photos}" if real else "fixture renders"
         print(f"{len(refs)} frames 640x480 ({what}), {args.rounds} rounds, one process, CPU ms/frame:")
-        print(f"{'':40s} {'median':>8s} {'median of per-frame best':>26s}")
-        for name, t in (("floor (read PGM + PPM, encode sample)", floor), ("nyu-raw (load + encode sample)", full)):
-            print(f"{name:40s} {np.median(t) * 1e3:8.2f} {np.median(t.min(axis=0)) * 1e3:26.2f}")
-        print(f"ratio: {np.median(full) / np.median(floor):.2f}x the floor (medians), "
-              f"{np.median(full.min(axis=0)) / np.median(floor.min(axis=0)):.2f}x (per-frame best)")
+        print(f"{'':58s} {'median':>8s} {'median of per-frame best':>26s}")
+        rows = (("floor: read PGM + PPM, encode_sample", "floor"), ("nyu-raw: load, encode_sample", "full"),
+                ("floor: read PGM + PPM, the writer's per-sample work", "floor_w"),
+                ("nyu-raw: load, the writer's per-sample work", "full_w"))
+        for name, key in rows:
+            print(f"{name:58s} {np.median(t[key]) * 1e3:8.2f} {np.median(t[key].min(axis=0)) * 1e3:26.2f}")
+        for what, f, c in (("encode_sample", "floor", "full"), ("writer's per-sample work", "floor_w", "full_w")):
+            print(f"ratio with {what}: {np.median(t[c]) / np.median(t[f]):.2f}x the floor (medians), "
+                  f"{np.median(t[c].min(axis=0)) / np.median(t[f].min(axis=0)):.2f}x (per-frame best)")
+
+
+def writer_path(sample) -> None:
+    """What the shard writer does with every converter's sample, short of writing the tar:
+    encode it, hash its members and compute its index row (shards.write_group)."""
+    members = encode_sample(sample)
+    member_checksums(members)
+    index_row(sample.key, "bench.tar", sample)
 
 
 if __name__ == "__main__":

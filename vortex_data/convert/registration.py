@@ -252,8 +252,8 @@ def scatter_min(pix: np.ndarray, z: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros(size, np.uint16)
     out[pix] = z
     for _ in range(_SCATTER_ROUNDS):
-        lost = z < out[pix]
-        if not lost.any():
+        lost = np.flatnonzero(z < out[pix])  # few: an index is cheaper than two boolean selections
+        if not len(lost):
             return out
         pix, z = pix[lost], z[lost]
         out[pix] = z

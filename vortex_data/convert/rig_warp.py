@@ -78,12 +78,14 @@ class DepthToColorWarp:
         keep &= row >= 0
         keep &= row < cam.height
         keep &= pz >= np.float32(0.5)         # rounds to >= 1 mm
-        np.minimum(pz, np.float32(min(max_mm, 65535)), out=pz)
+        keep &= pz < np.float32(65535.5)      # rounds to <= 65535 mm
         # floor (the 1/2 is in the factors), then the flat index, exact in float32 below 2**24
         np.floor(row, out=row)
         np.floor(col, out=col)
         row *= np.float32(cam.width)
         row += col
         pz += np.float32(0.5)
-        return scatter_min(row[keep].astype(np.intp), pz[keep].astype(np.uint16),
-                           cam.width * cam.height).reshape(cam.height, cam.width)
+        out = scatter_min(row[keep].astype(np.intp), pz[keep].astype(np.uint16), cam.width * cam.height)
+        if max_mm < 65535:
+            np.minimum(out, np.uint16(max_mm), out=out)
+        return out.reshape(cam.height, cam.width)
