@@ -116,6 +116,10 @@ def test_the_pgm_words_are_byte_swapped_and_a_standard_pgm_is_refused(raw_root, 
     standard.write_bytes(b"P5 640 480 65535\n" + raw.astype(">u2").tobytes())  # as a PGM writer would store them
     with pytest.raises(RejectFrame, match="not byte-swapped as in the NYU dumps"):
         read_raw_depth(standard, name)
+    standard.write_bytes(data[: len(data) // 2])  # a dump cut short
+    with pytest.raises(RejectFrame, match="not a decodable image") as e:
+        read_raw_depth(standard, name)
+    assert e.value.code == "unreadable"
 
 
 def test_names_parse_as_fakenect_writes_them_and_sync_breaks_ties_like_the_toolbox():
