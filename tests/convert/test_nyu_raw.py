@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 
-from vortex_data.convert import get_converter
 from vortex_data.convert.base import RejectFrame
 from vortex_data.convert.nyu.camera import DEPTH_CAMERA, R_DEPTH_TO_RGB, RGB_CAMERA, T_DEPTH_TO_RGB
 from vortex_data.convert.nyu.raw import NyuRawConverter, nearest, parse_name, read_raw_depth
@@ -95,12 +94,23 @@ def test_pairs_beyond_max_dt_are_rejected_with_reasons_and_counts_add_up(raw_roo
 
 def test_a_build_writes_or_rejects_every_depth_frame(raw_root, tmp_path):
     root, _ = raw_root
-    conv = get_converter("nyu-raw").from_args(root, type("A", (), {"max_dt": 0.05, "every": 1})())
-    res = build_shards(conv, BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m", workers=1,
-                                         progress=False))
+    res = build_shards(NyuRawConverter(root), BuildConfig(out_dir=tmp_path / "s", manifest_dir=tmp_path / "m",
+                                                          workers=1, progress=False))
     m = load_manifest(res.manifests[0])
     assert res.manifests[0].name == "nyu-raw-train.json"
     assert m.totals["written"] == 2 and m.totals["rejected"] == 2 and m.totals["input_frames"] == 4
+
+
+def test_the_command_line_takes_the_sync_options(raw_root, tmp_path):
+    from vortex_data.cli import main
+
+    root, _ = raw_root
+    assert main(["build-shards", "--dataset", "nyu-raw", "--src", str(root), "--out", str(tmp_path / "s"),
+                 "--manifests", str(tmp_path / "m"), "--workers", "1", "--no-progress",
+                 "--max-dt", "0.08", "--every", "2"]) == 0
+    m = load_manifest(tmp_path / "m" / "nyu-raw-train.json")
+    assert m.report["synchronised"] == 3 and m.report["kept"] == m.totals["written"] == 2
+    assert m.converter["options"]["max_dt_s"] == 0.08 and m.converter["options"]["every"] == 2
 
 
 def test_the_pgm_words_are_byte_swapped_and_a_standard_pgm_is_refused(raw_root, tmp_path):
