@@ -18,7 +18,8 @@ from vortex_data.format.tar_index import iter_samples
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "interop.md"
 # A field each converter records beyond the common ones (in ``extra``).
-OWN_FIELD = {"diode": "scan", "nyu": "scene_type", "sunrgbd": "subset", "femto": "capture_index", "tum": "sequence"}
+OWN_FIELD = {"diode": "scan", "nyu": "scene_type", "sunrgbd": "subset", "femto": "capture_index", "tum": "sequence",
+             "nyu-raw": "raw_depth_filename"}
 
 
 def snippet(heading: str) -> str:

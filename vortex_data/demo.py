@@ -25,6 +25,8 @@ DEMO_SOURCES: list[tuple[str, str, list[str]]] = [
     ("sunrgbd", "vortex_data.fixtures.sunrgbd:write_demo_sunrgbd", ["--split-file", "{root}/allsplit.mat"]),
     ("femto", "vortex_data.fixtures.femto:write_demo_femto", []),
     ("tum", "vortex_data.fixtures.tum:write_demo_tum", ["--camera", "ros-default"]),
+    # The demo's raw scene is rendered, not one of NYU's rooms: there is no evaluation room to leave out.
+    ("nyu-raw", "vortex_data.fixtures.nyu_raw:write_demo_nyu_raw", ["--allow-eval-scenes"]),
 ]
 
 
@@ -68,6 +70,7 @@ def run_demo(out: Path, workers: int = 2, keep: bool = False) -> list[Path]:
     # The mixture is the one the demo trains on (training splits only); eval splits are reported, unweighted.
     demo_stats(manifests, out / "stats", workers=workers, mixture=stats_mixture(out / "manifests"))
     demo_stream(out / "manifests")
+    demo_stream(out / "manifests", "stage2_raw", "labelled NYU + NYU raw captures, stratified", batches=2)
     demo_look(out / "manifests", out)
     demo_train(out / "manifests", out / "train")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
@@ -81,14 +84,15 @@ def stats_mixture(manifests_dir: Path) -> Mixture:
     return read_mixture("stage1", "train", manifests_dir)
 
 
-def demo_stream(manifests_dir: Path, batches: int = 3) -> None:
-    """Stream a few augmented batches of the shipped stage-1 mixture and count samples per source."""
+def demo_stream(manifests_dir: Path, mixture: str = "stage1", what: str = "SUN RGB-D + DIODE indoor + NYU",
+                batches: int = 3) -> None:
+    """Stream a few augmented batches of a shipped mixture and count samples per source."""
     from collections import Counter
 
     from .stream import make_loader
 
-    print("== stream: the stage1 mixture (SUN RGB-D + DIODE indoor + NYU), V5 augmentation")
-    loader = make_loader("stage1", split="train", batch_size=8, image_size=(240, 320), seed=0,
+    print(f"== stream: the {mixture} mixture ({what}), V5 augmentation")
+    loader = make_loader(mixture, split="train", batch_size=8, image_size=(240, 320), seed=0,
                          manifests_dir=str(manifests_dir))
     counts: Counter[str] = Counter()
     for i, batch in zip(range(batches), loader):

@@ -449,7 +449,7 @@ def test_loaded_sample_survives_the_shard_encoding(demo_mat):
     np.testing.assert_array_equal(out["rgb"], s.rgb)
     np.testing.assert_array_equal(out["depth_mm"], s.depth_mm)
     np.testing.assert_array_equal(out["seg"], s.seg)
-    assert out["meta"]["intrinsics"]["fx"] == 518.8579 and out["meta"]["scene"] == s.meta["scene"]
+    assert out["meta"]["intrinsics"]["fx"] == pytest.approx(518.8579) and out["meta"]["scene"] == s.meta["scene"]
 
 
 # ------------------------------------------------------------------ up-front validation and odd names

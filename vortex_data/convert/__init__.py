@@ -15,6 +15,7 @@ CONVERTERS: dict[str, str] = {
     "diode": "vortex_data.convert.diode:DiodeConverter",
     "femto": "vortex_data.convert.femto:FemtoConverter",
     "nyu": "vortex_data.convert.nyu:NyuConverter",
+    "nyu-raw": "vortex_data.convert.nyu.raw:NyuRawConverter",
     "nyu-sync": "vortex_data.convert.nyu.sync:NyuSyncConverter",
     "sunrgbd": "vortex_data.convert.sunrgbd:SunRgbdConverter",
     "tum": "vortex_data.convert.tum:TumConverter",

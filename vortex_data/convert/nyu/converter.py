@@ -18,17 +18,17 @@ import h5py
 import numpy as np
 
 from ...errors import InputError
-from ...format.geometry import Intrinsics
 from ...format.schema import Sample, depth_to_mm
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, RejectFrame, input_sha256
 from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_6, nyu894_to_6_lut
+from .camera import RGB_CAMERA
 from .splits import DEFAULT_SCHEME, SCHEME_SPLITS, SCHEMES, SEEDED_SCHEMES, make_split, scene_overlap, split_scenes
 
 HEIGHT, WIDTH = 480, 640
-# Kinect RGB intrinsics from the NYU Depth V2 toolbox, camera_params.m (fx_rgb, fy_rgb, cx_rgb,
-# cy_rgb); the labeled depth is already registered to the RGB camera.
-NYU_INTRINSICS = Intrinsics(fx=518.8579, fy=519.46961, cx=325.58245, cy=253.73617)
+# The undistorted Kinect RGB camera (the toolbox's camera_params.m, camera.py); the labeled depth
+# is already registered to it.
+NYU_INTRINSICS = RGB_CAMERA.intrinsics()
 DEPTH_KEYS = {"filled": "depths", "raw": "rawDepths"}
 # Per-frame string cells worth keeping as provenance; the first two are required.
 STRING_KEYS = {"scenes": "scene", "sceneTypes": "scene_type",
