@@ -83,7 +83,7 @@ def test_source_index_from_parquet_matches_tar_listing(tmp_path):
 
 def test_unknown_recipe_lists_only_mixture_recipes():
     from vortex_data.stream.mixture import MixtureError, resolve_mixture
-    with pytest.raises(MixtureError, match=r"no recipe 'stage9'; shipped: stage1, stage2$"):
+    with pytest.raises(MixtureError, match=r"no recipe 'stage9'; shipped: stage1, stage2, stage2_raw$"):
         resolve_mixture("stage9")
 
 
