@@ -91,6 +91,7 @@ class ShardCache:
         self.max_bytes = max_bytes
         self.downloads = 0
         self.evicted = 0
+        self._urls: dict[str, str] = {}  # cached name -> URL, for messages
 
     def path_for(self, url: str) -> Path:
         return self.directory / cache_name(url)
@@ -99,6 +100,7 @@ class ShardCache:
         """The local copy of ``url``, downloading it first if no process on this node has.
         ``expect``: the manifest's (bytes, sha256) of the shard, checked as described above."""
         dest = self.path_for(url)
+        self._urls[dest.name] = url
         if not self._usable(dest, expect, verify=False):
             with self._lock(dest.name):
                 if not self._usable(dest, expect, verify=True):
@@ -106,17 +108,51 @@ class ShardCache:
                     self._download(url, dest, expect)
                     self.downloads += 1
             self._evict(keep=dest)
-        try:
-            os.utime(dest)  # mtime = last use, the eviction order
-        except FileNotFoundError:  # evicted by another process between the check and now
+        if not self._touch(dest):  # evicted by another process between the check and now
             return self.fetch(url, expect)
         return dest
+
+    def refetch(self, url: str, expect: tuple[int, str] | None) -> tuple[bool, Path]:
+        """After a sample of cached shard ``url`` failed its checksum: (fetched again?, the cached
+        path). The copy is hashed against the manifest's ``expect``; one that differs is evicted
+        and fetched again (checked as any download); one that matches is the manifest's shard, so
+        fetching it again cannot help and it is kept."""
+        dest = self.path_for(url)
+        with self._lock(dest.name):
+            try:
+                st = dest.stat()
+                same = expect is not None and st.st_size == expect[0] and sha256_file(dest) == expect[1]
+            except FileNotFoundError:
+                same = False
+            if same:
+                return False, dest
+            log.warning("%s: cached copy %s does not match the manifest; fetching it again", url, dest)
+            dest.unlink(missing_ok=True)
+            self._record(dest.name).unlink(missing_ok=True)
+            self._remove_abandoned(dest.name)
+            self._download(url, dest, expect)
+            self.downloads += 1
+        self._evict(keep=dest)
+        return True, dest
 
     def _lock(self, name: str) -> FileLock:
         return FileLock(str(self.directory / ".locks" / (name + ".lock")))
 
     def _record(self, name: str) -> Path:
+        """``.locks/<name>.sha256``: "size inode ctime_ns sha256" of the copy when it was hashed.
+        Its mtime is the copy's last use (touching the copy itself would change its ctime)."""
         return self.directory / ".locks" / (name + ".sha256")
+
+    def _touch(self, dest: Path) -> bool:
+        """Mark a use of ``dest`` (the eviction order); False if it is gone."""
+        try:
+            os.utime(self._record(dest.name))
+        except FileNotFoundError:
+            try:
+                os.utime(dest)  # a copy fetched without a record (older versions)
+            except FileNotFoundError:
+                return False
+        return dest.exists()
 
     def _usable(self, dest: Path, expect: tuple[int, str] | None, verify: bool) -> bool:
         """Whether the cached copy may be used. Without the download lock (``verify=False``) only
@@ -130,8 +166,11 @@ class ShardCache:
             return True
         size, sha = expect
         try:
-            rec_size, rec_ino, rec_sha = self._record(dest.name).read_text().split()
-            recorded = rec_sha if (int(rec_size), int(rec_ino)) == (st.st_size, st.st_ino) else None
+            rec_size, rec_ino, rec_ctime, rec_sha = self._record(dest.name).read_text().split()
+            # Any write to the copy (and no way short of the clock) changes its ctime: a copy
+            # changed in place since it was hashed is hashed again.
+            recorded = rec_sha if (int(rec_size), int(rec_ino), int(rec_ctime)) == \
+                (st.st_size, st.st_ino, st.st_ctime_ns) else None
         except (OSError, ValueError):
             recorded = None
         if st.st_size == size and recorded == sha:
@@ -143,15 +182,16 @@ class ShardCache:
             self._write_record(dest, recorded)
             if recorded == sha:
                 return True
-        log.warning("%s: cached copy (%d bytes, sha256 %s...) does not match the manifest (%d bytes, %s...); "
-                    "fetching it again", dest, st.st_size, (recorded or "?")[:12], size, sha[:12])
+        log.warning("%s: cached copy %s (%d bytes, sha256 %s...) does not match the manifest (%d bytes, %s...); "
+                    "fetching it again", self._urls.get(dest.name, dest.name), dest, st.st_size,
+                    (recorded or "?")[:12], size, sha[:12])
         dest.unlink(missing_ok=True)
         self._record(dest.name).unlink(missing_ok=True)
         return False
 
     def _write_record(self, dest: Path, sha: str) -> None:
         st = dest.stat()
-        self._record(dest.name).write_text(f"{st.st_size} {st.st_ino} {sha}\n")
+        self._record(dest.name).write_text(f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {sha}\n")
 
     def _download(self, url: str, dest: Path, expect: tuple[int, str] | None) -> None:
         for attempt in (1, 2):
@@ -206,22 +246,45 @@ class ShardCache:
         return [p for p in self.directory.iterdir()
                 if p.is_file() and not p.name.startswith(".") and final_name(p.name) is None]
 
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """(last use, bytes, path) of every cached shard and sample-index folder (``.index/``)."""
+        from .sample_index import folder_bytes, index_folders
+
+        out = [(self._last_use(p), _size(p), p) for p in self.cached()]
+        return out + [(_mtime(d), folder_bytes(d), d) for d in index_folders(self.directory)]
+
+    def _last_use(self, p: Path) -> float:
+        return max(_mtime(self._record(p.name)), _mtime(p))
+
     def size(self) -> int:
-        return sum(_size(p) for p in self.cached())
+        """Bytes held: shards and sample-index folders."""
+        return sum(n for _, n, _ in self._entries())
+
+    def evict(self, keep: Path) -> None:
+        """Remove abandoned temporaries, then the least recently used shards and index folders
+        until the cache fits ``max_bytes`` (never ``keep``, nor an index folder a loader holds)."""
+        self._evict(keep)
 
     def _evict(self, keep: Path) -> None:
+        from .sample_index import remove_abandoned_temporaries, remove_index_folder
+
         with FileLock(str(self.directory / ".locks" / "evict.lock")):
             self._remove_abandoned()
-            files = sorted(self.cached(), key=_mtime)
-            total = sum(_size(p) for p in files)
-            for p in files:
+            remove_abandoned_temporaries(self.directory)
+            entries = sorted(self._entries(), key=lambda e: e[0])
+            total = sum(n for _, n, _ in entries)
+            for _, n, p in entries:
                 if total <= self.max_bytes:
                     break
                 if p == keep:
                     continue
-                total -= _size(p)
-                p.unlink(missing_ok=True)
-                self._record(p.name).unlink(missing_ok=True)
+                if p.is_dir():
+                    if not remove_index_folder(p):
+                        continue
+                else:
+                    p.unlink(missing_ok=True)
+                    self._record(p.name).unlink(missing_ok=True)
+                total -= n
                 self.evicted += 1
 
 
