@@ -85,7 +85,7 @@ def test_index_folders_count_in_the_cache_size_and_only_unheld_ones_are_evicted(
     sc = ShardCache(cache, max_bytes=1)
     assert sc.size() == sum(p.stat().st_size for d in folders for p in d.iterdir()) > 0
     del dropped  # its loader is gone: nothing holds the folder now
-    sc._evict(keep=cache / "nothing")
+    sc.evict(keep=cache / "nothing")
     assert index_folders(cache) == [Path(held.directory)]  # a live index keeps its folder
     assert held.key(0) and sc.evicted == 1
 

@@ -7,7 +7,9 @@ named by a hash of the manifest, its index file and the key pattern. Every DataL
 every rank on the node maps the same files read-only, so the pages live once in the page cache;
 a :class:`SourceIndex` pickles as its folder's name (a few hundred bytes) and a worker's memory
 does not grow with the number of samples. A second loader (another rank, a restart with a kept
-cache) finds the folder and only maps it.
+cache) finds the folder, checks it against the sizes and XXH3-64 sums its ``meta.json``
+records, and maps it; a folder that does not check out is built again (:func:`load_source_index`;
+docs/reliability.md, "One shard cache per node").
 
 Layout (``n`` samples, ``m`` members in all): ``shard`` int32 (n); ``key_end`` int64 (n+1) into
 ``key_bytes`` uint8 (UTF-8 keys back to back); ``member_end`` int64 (n+1)
@@ -18,15 +20,11 @@ checksums are in the index). ``meta.json`` also lists the shard URLs.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
-import logging
 import os
 import re
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -36,8 +34,6 @@ from ..errors import InputError
 from ..format.integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN
 from ..format.manifest import ManifestError, is_remote, join_url, load_manifest, local_path, read_bytes
 from ..format.tar_index import sample_keys
-
-log = logging.getLogger(__name__)
 
 FORMAT = 4
 """4: ``meta.json`` records each file's size and XXH3-64, and its own (:func:`folder_problem`)."""
@@ -99,16 +95,7 @@ class SourceIndex:
         self.name, self.directory, self.manifest = name, str(directory), manifest
         self._arrays: dict[str, np.ndarray] | None = None
         self._meta: dict[str, Any] | None = None
-        self._held: int | None = None
-        """load_source_index's shared lock on the folder (the process that loaded it only)."""
-
-    def __del__(self) -> None:
-        held, self._held = getattr(self, "_held", None), None
-        if held is not None:
-            try:
-                os.close(held)
-            except OSError:
-                pass
+        self._held: Any = None  # load_source_index's hold on the folder (index_cache.Held)
 
     # -- pickling: the folder's name only; a worker maps the files on first use
     def __getstate__(self) -> dict:
@@ -385,261 +372,18 @@ def index_dir(root: str | os.PathLike, manifest: str, key_pattern: str | None) -
 
 def load_source_index(manifest: str, root: str | os.PathLike, name: str | None = None,
                       key_pattern: str | None = None) -> SourceIndex:
-    """The :class:`SourceIndex` of ``manifest``, its arrays in ``root/.index/<hash>``: used if the
-    folder checks out (:func:`folder_problem`), else (absent, damaged, cut short) built there
-    again, once per node (a file lock), written through temporaries (temporaries.py) and renamed
-    into place. The index holds a shared lock on the folder while it lives, so the cache's
-    eviction (which counts these folders) leaves it alone."""
+    """The :class:`SourceIndex` of ``manifest``, its arrays in ``root/.index/<hash>``, checked and
+    held while the index lives, built there (once per node) when absent or damaged: see
+    :mod:`.index_cache`. A new folder counts in the cache's size (an eviction pass follows)."""
+    from .index_cache import open_folder
+    from .shard_cache import ShardCache
+
     d = index_dir(root, manifest, key_pattern)
-    held = _hold(d)
-    if held is None or folder_problem(d) is not None:
-        from filelock import FileLock
-
-        _close(held)
-        _lock_dir(root).mkdir(parents=True, exist_ok=True)
-        with FileLock(str(_build_lock(d))):
-            problem = folder_problem(d)
-            if problem is not None:
-                if problem != "absent":
-                    log.warning("%s: sample-index cache folder %s; building it again from %s", d, problem, manifest)
-                _remove_folder(d)
-                _build_folder(d, manifest, key_pattern)
-            held = _hold(d)
-        from .shard_cache import ShardCache
-
-        ShardCache(root).evict(keep=d)  # the new folder counts in the cache's size
-    try:
-        os.utime(d)  # last use, the eviction order
-    except OSError:
-        pass
+    held, built = open_folder(d, FORMAT, ARRAYS, lambda: build_arrays(manifest, key_pattern), manifest)
+    if built:
+        ShardCache(root).evict(keep=d)
     ix = SourceIndex(name or "", d, manifest)
     ix._held = held
     if not name:
         ix.name = str(ix.meta.get("dataset") or Path(manifest).stem)
     return ix
-
-
-# ---------------------------------------------------------------- the cache folder
-
-def folder_problem(d: Path) -> str | None:
-    """None if ``d`` is a complete index folder whose files have the sizes and XXH3-64 sums its
-    ``meta.json`` records (and meta.json its own); else what is wrong ("absent" if there is no
-    folder). Hashing ~110 MB at 1M samples takes a few tens of ms, once per loader start."""
-    import xxhash
-
-    try:
-        meta = json.loads((d / "meta.json").read_bytes())
-    except FileNotFoundError:
-        return "absent"
-    except (OSError, ValueError) as e:
-        return f"has an unreadable meta.json ({e})"
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
-        return "was written by another version"
-    if meta.get("self") != _meta_sum(meta):
-        return "has a meta.json that was changed after it was written"
-    for k in ARRAYS:
-        size, digest = meta["files"].get(f"{k}.npy", (None, None))
-        f = d / f"{k}.npy"
-        try:
-            got = f.stat().st_size
-        except OSError:
-            return f"lacks {f.name}"
-        if got != size:
-            return f"has {f.name} of {got} bytes, not the {size} it was written with"
-        h = xxhash.xxh3_64()
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-        if h.hexdigest() != digest:
-            return f"has {f.name} changed since it was written (XXH3-64 {h.hexdigest()}, not {digest})"
-    return None
-
-
-def _meta_sum(meta: dict[str, Any]) -> str:
-    import xxhash
-
-    return xxhash.xxh3_64_hexdigest(json.dumps({k: v for k, v in meta.items() if k != "self"}, sort_keys=True).encode())
-
-
-def _build_folder(d: Path, manifest: str, key_pattern: str | None) -> None:
-    """Build the arrays of ``manifest`` into a temporary folder beside ``d`` and rename it to ``d``
-    (the caller holds ``d``'s build lock). Each file goes through a locked temporary, so a failed
-    write (a full disk) names the file it was writing."""
-    import xxhash
-
-    from ..temporaries import locked_temp, temp_path, writer_tag
-
-    arrays, meta = build_arrays(manifest, key_pattern)
-    tmp = temp_path(d, writer_tag())
-    tmp.mkdir(parents=True)
-    try:
-        files = {}
-        for k in ARRAYS:
-            a = np.ascontiguousarray(arrays[k])
-            h = xxhash.xxh3_64()
-            with locked_temp(tmp / f"{k}.npy") as f:
-                for part in (_npy_header(a), memoryview(a).cast("B")):  # what np.save writes
-                    f.write(part)
-                    h.update(part)
-            files[f"{k}.npy"] = [(tmp / f"{k}.npy").stat().st_size, h.hexdigest()]
-        meta = {**meta, "files": files}
-        meta["self"] = _meta_sum(meta)
-        with locked_temp(tmp / "meta.json") as f:  # written last: its presence means complete
-            f.write(json.dumps(meta).encode())
-        os.rename(tmp, d)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    del arrays
-    from .workers import return_freed_memory
-
-    return_freed_memory()
-
-
-def _npy_header(a: np.ndarray) -> bytes:
-    # np.save on a file writes through ndarray.tofile, whose failure on a full disk ("63000
-    # requested and 28544 written") is an OSError without errno or file name; writing the same
-    # bytes ourselves gives the system's error, which locked_temp then names.
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
-    return buf.getvalue()  # magic, version and header
-
-
-def index_folders(root: str | os.PathLike) -> list[Path]:
-    """The finished index folders of a cache root (not temporaries, not lock files)."""
-    from ..temporaries import final_name
-
-    top = Path(root) / ".index"
-    try:
-        return [p for p in top.iterdir() if p.is_dir() and final_name(p.name) is None and not p.name.startswith(".")]
-    except FileNotFoundError:
-        return []
-
-
-def folder_bytes(d: Path) -> int:
-    total = 0
-    for f in d.glob("*"):
-        try:
-            total += f.stat().st_size
-        except OSError:
-            pass
-    return total
-
-
-def remove_index_folder(d: Path) -> bool:
-    """Evict an index folder unless a loader holds it or a process is building it. True if removed."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(_build_lock(d)))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return False
-    try:
-        try:
-            fd = os.open(d / "meta.json", os.O_RDONLY)
-        except FileNotFoundError:
-            fd = None
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False  # a live SourceIndex maps it
-            except OSError:
-                pass  # no flock on this file system: eviction order alone decides
-        shutil.rmtree(d, ignore_errors=True)
-        if fd is not None:
-            os.close(fd)
-        return True
-    finally:
-        lock.release()
-
-
-def remove_abandoned_temporaries(root: str | os.PathLike) -> int:
-    """Remove index temporaries whose builder is gone (its build lock is free): ``<hash>.tmp-*``
-    folders a killed process left, and ``.tmp-*`` ones of older versions an hour after their last
-    write. Returns how many were removed."""
-    from filelock import FileLock, Timeout
-
-    from ..temporaries import ABANDONED_AFTER_S, final_name
-
-    top, removed = Path(root) / ".index", 0
-    try:
-        entries = list(top.iterdir())
-    except FileNotFoundError:
-        return 0
-    for p in entries:
-        if not p.is_dir():
-            continue
-        final = final_name(p.name)
-        if p.name.startswith(".tmp-"):  # an older version's mkdtemp(prefix=".tmp-"): no lock to ask
-            try:
-                if time.time() - p.stat().st_mtime < ABANDONED_AFTER_S:
-                    continue
-            except OSError:
-                continue
-            shutil.rmtree(p, ignore_errors=True)
-            removed += 1
-            continue
-        if final is None:
-            continue
-        lock = FileLock(str(_build_lock(top / final)))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue  # being built now
-        try:
-            shutil.rmtree(p, ignore_errors=True)
-            removed += 1
-        finally:
-            lock.release()
-    return removed
-
-
-def _lock_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / ".locks"
-
-
-def _build_lock(d: Path) -> Path:
-    """``<root>/.locks/index-<hash>.lock`` (beside the shard cache's locks; no shard is named so)."""
-    return _lock_dir(d.parent.parent) / f"index-{d.name}.lock"
-
-
-def _remove_folder(d: Path) -> None:
-    """Remove a damaged ``d`` and the temporaries of ``d`` (the caller holds its build lock, so
-    nobody is writing them)."""
-    from ..temporaries import final_name
-
-    shutil.rmtree(d, ignore_errors=True)
-    for p in d.parent.glob(f"{d.name}.tmp-*"):
-        if final_name(p.name) == d.name:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _hold(d: Path) -> int | None:
-    """A descriptor of ``d/meta.json`` under a shared flock (None if there is none): eviction
-    then skips the folder. Checked to be the file now at that path, not one evicted meanwhile."""
-    try:
-        fd = os.open(d / "meta.json", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)  # being evicted right now
-        return None
-    except OSError:
-        pass  # no flock here
-    try:
-        same = os.fstat(fd).st_ino == os.stat(d / "meta.json").st_ino
-    except OSError:
-        same = False
-    if not same:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)

@@ -2,8 +2,7 @@
 
 Where it lives:
 
-* ``cache_dir`` given to the loader, or ``$VORTEX_SHARD_CACHE``: that folder, kept after the run
-  (so the next run on the node starts warm).
+* ``cache_dir`` given to the loader, or ``$VORTEX_SHARD_CACHE``: that folder, kept (a warm restart).
 * Otherwise a temporary folder ``<$SLURM_TMPDIR or $TMPDIR or /tmp>/vortex-shards-<job>``, where
   ``<job>`` is ``$SLURM_JOB_ID`` (else the user id): every rank of a job on a node computes the
   same name, so they share it. Each loader process registers itself in ``.users/``; the last one to
@@ -17,17 +16,18 @@ lock finds the finished file.
 Checked against the manifest: given the manifest's size and sha256 of a shard, a download is
 hashed as it streams and kept only if both match (one retry, then ShardReadError naming the URL);
 a cached copy is used only if its size and the sha256 recorded when it was fetched (or, for a
-copy without a record, its sha256 computed once) match, and is fetched again otherwise. A copy
-damaged in place without a change of size is not noticed here; the loader's per-member
-checksums catch it when the sample is read.
+copy without a record, its sha256 computed once) match, and is fetched again otherwise. The
+record holds the copy's inode and ctime too (a write changes the ctime), so a copy changed in
+place is hashed again. Damage without a write is caught by the loader's per-member checksums;
+the reader then asks :meth:`ShardCache.refetch`: a copy unlike the manifest is fetched again once.
 
-Temporaries of killed downloads (``<name>.tmp-<host>-<pid>-…``, held under ``flock`` while
-written) are removed by the next process that finds their lock free while it holds that
-shard's download lock, and at every eviction pass.
+Temporaries of killed downloads (``<name>.tmp-<host>-<pid>-…``, ``flock``-ed while written) are
+removed by the next fetch of that shard and at every eviction pass once their lock is free.
 
 Size limit: ``max_bytes`` (``$VORTEX_SHARD_CACHE_BYTES``, e.g. ``200G``; default half the free space
-of the cache's file system at first use). After each download the least recently used shards are
-deleted until the cache fits; the shard just fetched is never evicted. A reader that still has an
+of the cache's file system at first use). After each download the least recently used shards and
+sample-index folders (``.index/``, :mod:`.index_cache`; not one a live loader holds) are deleted
+until the cache fits; the shard just fetched is never evicted. A reader that still has an
 evicted shard open keeps reading it (POSIX unlink semantics); a later open fetches it again.
 """
 
@@ -51,6 +51,7 @@ from ..errors import InputError
 from ..format.manifest import sha256_file
 from ..format.tar_index import ShardReadError
 from ..temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
+from .index_cache import folder_bytes, index_folders, remove_abandoned_index_temporaries, remove_index_folder
 
 ENV_DIR = "VORTEX_SHARD_CACHE"
 ENV_BYTES = "VORTEX_SHARD_CACHE_BYTES"
@@ -107,52 +108,43 @@ class ShardCache:
                     self._remove_abandoned(dest.name)
                     self._download(url, dest, expect)
                     self.downloads += 1
-            self._evict(keep=dest)
+            self.evict(keep=dest)
         if not self._touch(dest):  # evicted by another process between the check and now
             return self.fetch(url, expect)
         return dest
 
     def refetch(self, url: str, expect: tuple[int, str] | None) -> tuple[bool, Path]:
-        """After a sample of cached shard ``url`` failed its checksum: (fetched again?, the cached
-        path). The copy is hashed against the manifest's ``expect``; one that differs is evicted
-        and fetched again (checked as any download); one that matches is the manifest's shard, so
-        fetching it again cannot help and it is kept."""
+        """After a sample of cached shard ``url`` failed its checksums: (fetched again?, the cached
+        path). The copy itself is hashed (not trusted to its record): one unlike the manifest is
+        fetched again; one like it is the manifest's shard, and fetching it again cannot help."""
         dest = self.path_for(url)
+        self._urls[dest.name] = url
         with self._lock(dest.name):
-            try:
-                st = dest.stat()
-                same = expect is not None and st.st_size == expect[0] and sha256_file(dest) == expect[1]
-            except FileNotFoundError:
-                same = False
-            if same:
-                return False, dest
-            log.warning("%s: cached copy %s does not match the manifest; fetching it again", url, dest)
-            dest.unlink(missing_ok=True)
             self._record(dest.name).unlink(missing_ok=True)
-            self._remove_abandoned(dest.name)
+            if self._usable(dest, expect, verify=True):
+                return False, dest
             self._download(url, dest, expect)
             self.downloads += 1
-        self._evict(keep=dest)
+        self.evict(keep=dest)
         return True, dest
 
     def _lock(self, name: str) -> FileLock:
         return FileLock(str(self.directory / ".locks" / (name + ".lock")))
 
     def _record(self, name: str) -> Path:
-        """``.locks/<name>.sha256``: "size inode ctime_ns sha256" of the copy when it was hashed.
-        Its mtime is the copy's last use (touching the copy itself would change its ctime)."""
+        """``.locks/<name>.sha256``: "size inode ctime_ns sha256" of the copy when it was hashed;
+        its mtime is the copy's last use (touching the copy would change the copy's ctime)."""
         return self.directory / ".locks" / (name + ".sha256")
 
     def _touch(self, dest: Path) -> bool:
         """Mark a use of ``dest`` (the eviction order); False if it is gone."""
-        try:
-            os.utime(self._record(dest.name))
-        except FileNotFoundError:
+        for p in (self._record(dest.name), dest):  # a copy without a record: older versions
             try:
-                os.utime(dest)  # a copy fetched without a record (older versions)
+                os.utime(p)
+                return dest.exists()
             except FileNotFoundError:
-                return False
-        return dest.exists()
+                pass
+        return False
 
     def _usable(self, dest: Path, expect: tuple[int, str] | None, verify: bool) -> bool:
         """Whether the cached copy may be used. Without the download lock (``verify=False``) only
@@ -167,8 +159,7 @@ class ShardCache:
         size, sha = expect
         try:
             rec_size, rec_ino, rec_ctime, rec_sha = self._record(dest.name).read_text().split()
-            # Any write to the copy (and no way short of the clock) changes its ctime: a copy
-            # changed in place since it was hashed is hashed again.
+            # Any write to the copy changes its ctime: a copy changed in place is hashed again.
             recorded = rec_sha if (int(rec_size), int(rec_ino), int(rec_ctime)) == \
                 (st.st_size, st.st_ino, st.st_ctime_ns) else None
         except (OSError, ValueError):
@@ -248,13 +239,8 @@ class ShardCache:
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         """(last use, bytes, path) of every cached shard and sample-index folder (``.index/``)."""
-        from .sample_index import folder_bytes, index_folders
-
-        out = [(self._last_use(p), _size(p), p) for p in self.cached()]
+        out = [(max(_mtime(self._record(p.name)), _mtime(p)), _size(p), p) for p in self.cached()]
         return out + [(_mtime(d), folder_bytes(d), d) for d in index_folders(self.directory)]
-
-    def _last_use(self, p: Path) -> float:
-        return max(_mtime(self._record(p.name)), _mtime(p))
 
     def size(self) -> int:
         """Bytes held: shards and sample-index folders."""
@@ -263,14 +249,9 @@ class ShardCache:
     def evict(self, keep: Path) -> None:
         """Remove abandoned temporaries, then the least recently used shards and index folders
         until the cache fits ``max_bytes`` (never ``keep``, nor an index folder a loader holds)."""
-        self._evict(keep)
-
-    def _evict(self, keep: Path) -> None:
-        from .sample_index import remove_abandoned_temporaries, remove_index_folder
-
         with FileLock(str(self.directory / ".locks" / "evict.lock")):
             self._remove_abandoned()
-            remove_abandoned_temporaries(self.directory)
+            remove_abandoned_index_temporaries(self.directory)
             entries = sorted(self._entries(), key=lambda e: e[0])
             total = sum(n for _, n, _ in entries)
             for _, n, p in entries:
@@ -278,10 +259,9 @@ class ShardCache:
                     break
                 if p == keep:
                     continue
-                if p.is_dir():
-                    if not remove_index_folder(p):
-                        continue
-                else:
+                if p.is_dir() and not remove_index_folder(p):
+                    continue  # a live loader holds it
+                if p.is_file():
                     p.unlink(missing_ok=True)
                     self._record(p.name).unlink(missing_ok=True)
                 total -= n
