@@ -144,3 +144,22 @@ def test_ctrl_c_stops_training_after_the_step_with_a_checkpoint_and_exit_130(tmp
     assert len(line) == 1 and "rerun the same command to resume" in line[0], out
     assert str(run / "stage1" / "checkpoints") in line[0] and list((run / "stage1" / "checkpoints").glob("step_*"))
     assert took < 30, took
+
+
+def test_ctrl_c_before_the_training_loop_is_interrupted_not_failed(tmp_path, capsys):
+    """Ctrl-C while the model or the loader is still being built (before the loop's stop handler):
+    was a KeyboardInterrupt traceback and STATUS 'failed KeyboardInterrupt'."""
+    pytest.importorskip("timm")
+    from vortex_data.train.config import TrainConfig
+    from vortex_data.train.loop import run_stage
+
+    def factory(req):
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C while the loader is being built
+        time.sleep(5)
+        raise AssertionError("the signal did not arrive")
+
+    cfg = TrainConfig(run_dir=str(tmp_path), loader="synthetic", steps=2, batch_size=2, image_size=(32, 32),
+                      num_workers=0, profile_steps=0)
+    assert run_stage(cfg, factory) == EXIT_INTERRUPTED
+    assert (tmp_path / "stage1" / "STATUS").read_text().strip() == "interrupted SIGINT"
+    assert "interrupted (Ctrl-C) before training started" in capsys.readouterr().out

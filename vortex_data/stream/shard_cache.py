@@ -1,12 +1,10 @@
 """One node-local cache of remote shards (``pipe:``, ``http(s)://``), shared by every rank and worker.
 
-Where it lives:
-
-* ``cache_dir`` given to the loader, or ``$VORTEX_SHARD_CACHE``: that folder, kept (a warm restart).
-* Otherwise a temporary folder ``<$SLURM_TMPDIR or $TMPDIR or /tmp>/vortex-shards-<job>``, where
-  ``<job>`` is ``$SLURM_JOB_ID`` (else the user id): every rank of a job on a node computes the
-  same name, so they share it. Each loader process registers itself in ``.users/``; the last one to
-  exit removes the folder.
+Where it lives: ``cache_dir`` (or ``$VORTEX_SHARD_CACHE``), a folder that is kept (a warm restart).
+Otherwise a temporary folder ``<$SLURM_TMPDIR or $TMPDIR or /tmp>/vortex-shards-<job>``, where
+``<job>`` is ``$SLURM_JOB_ID`` (else the user id): every rank of a job on a node computes the
+same name, so they share it. Each loader process registers itself in ``.users/``; the last one to
+exit removes the folder.
 
 One download per shard: a process takes the shard's file lock, and downloads only if the shard is
 still absent once it holds the lock; the download goes to a temporary name in the same folder and
@@ -50,7 +48,7 @@ from filelock import FileLock, Timeout
 from ..errors import InputError
 from ..format.manifest import sha256_file
 from ..format.tar_index import ShardReadError
-from ..temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
+from ..temporaries import LockedTemp, final_name, remove_if_abandoned, reraise_naming, writer_tag
 from .index_cache import folder_bytes, index_folders, remove_abandoned_index_temporaries, remove_index_folder
 
 ENV_DIR = "VORTEX_SHARD_CACHE"
@@ -118,7 +116,6 @@ class ShardCache:
         path). The copy itself is hashed (not trusted to its record): one unlike the manifest is
         fetched again; one like it is the manifest's shard, and fetching it again cannot help."""
         dest = self.path_for(url)
-        self._urls[dest.name] = url
         with self._lock(dest.name):
             self._record(dest.name).unlink(missing_ok=True)
             if self._usable(dest, expect, verify=True):
@@ -181,8 +178,11 @@ class ShardCache:
         return False
 
     def _write_record(self, dest: Path, sha: str) -> None:
-        st = dest.stat()
-        self._record(dest.name).write_text(f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {sha}\n")
+        st, rec = dest.stat(), self._record(dest.name)
+        try:
+            rec.write_text(f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {sha}\n")
+        except OSError as e:  # a full disk fails the write naming no file
+            reraise_naming(e, rec)
 
     def _download(self, url: str, dest: Path, expect: tuple[int, str] | None) -> None:
         for attempt in (1, 2):
