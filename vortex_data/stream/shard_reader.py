@@ -58,11 +58,11 @@ class ShardReader:
             raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
 
     def refetch(self, url: str) -> tuple[bool, str] | None:
-        """After a sample of ``url`` failed its checksums: None for a local shard, or once per
+        """After a sample of ``url`` failed its checksums: None for a local shard, else once per
         remote shard and reader, (fetched again?, the cached copy's path) from
         :meth:`ShardCache.refetch`; the caller reads the sample again if it was fetched again."""
-        if not is_remote(url) or url in self._refetched:
-            return None
+        if not is_remote(url) or url in self._refetched or self.expected.get(url) is None:
+            return None  # local, done once already, or no sha256 in the manifest to compare with
         self._refetched.add(url)
         self.local_path(url)  # opens the cache
         fd = self._files.pop(url, None)
@@ -71,7 +71,7 @@ class ShardReader:
         self._tables.pop(url, None)
         assert self._cache is not None
         try:
-            again, path = self._cache.refetch(url, self.expected.get(url))
+            again, path = self._cache.refetch(url, self.expected[url])
         except ShardReadError:
             raise
         except Exception as e:  # noqa: BLE001 -- as local_path: any fetch failure is this shard's problem
