@@ -163,3 +163,28 @@ def test_ctrl_c_before_the_training_loop_is_interrupted_not_failed(tmp_path, cap
     assert run_stage(cfg, factory) == EXIT_INTERRUPTED
     assert (tmp_path / "stage1" / "STATUS").read_text().strip() == "interrupted SIGINT"
     assert "interrupted (Ctrl-C) before training started" in capsys.readouterr().out
+
+
+def test_a_loader_after_a_worker_error_makes_no_noise(nyu_copy, small_nyu_set):
+    """A loader whose worker failed is left as cyclic garbage (the caught error's traceback holds
+    it); the next loader's forked workers used to inherit it and collect it themselves, printing
+    'Exception ignored in ... _MultiProcessingDataLoaderIter.__del__ ... can only test a child process'.
+    In a fresh process, as a user's script would run it (pytest's own collections hide it)."""
+    from vortex_data.format.manifest import load_manifest
+
+    shard = load_manifest(nyu_copy).shard_paths()[0]
+    raw = bytearray(shard.read_bytes())
+    raw[700] ^= 0xFF  # inside the first member's data: its checksum fails in a worker
+    shard.write_bytes(bytes(raw))
+    code = ("from vortex_data.stream import make_loader\n"
+            "def keys(m):\n"
+            "    loader = make_loader(manifest=m, batch_size=4, size=(32, 48), training=False, num_workers=2)\n"
+            "    return [k for b in loader for k in b['key']]\n"
+            "try:\n"
+            f"    keys({str(nyu_copy)!r})\n"
+            "except Exception as e:\n"
+            "    assert 'checksum' in str(e), e\n"
+            f"print(len(keys({str(small_nyu_set / 'manifests' / 'nyu-train.json')!r})))\n")
+    res = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "8", res.stderr
+    assert "can only test a child process" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
