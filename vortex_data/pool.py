@@ -6,10 +6,11 @@ SIGKILL the worker when its parent dies (``PR_SET_PDEATHSIG``); :func:`exit_if_o
 at the start of each task, covers the platforms without it and a parent that died before the
 worker started.
 
-:func:`worker_pool` is the pool the package's commands use: its workers also ignore Ctrl-C (the
-terminal sends SIGINT to the whole process group) except inside a task, and the parent, on
-Ctrl-C or an error, cancels the queued tasks and interrupts the running ones
-(:meth:`WorkerPool.stop`) rather than letting the pool run every queued task first.
+:func:`worker_pool` is the pool the package's commands use. Its workers take Ctrl-C (the terminal
+sends SIGINT to the whole process group) only inside a task, which ends as Ctrl-C would end it;
+between tasks they note it, and the tasks still queued end at once. The parent, on Ctrl-C or an
+error, cancels the queued tasks and interrupts the running ones (:meth:`WorkerPool.stop`)
+instead of letting the pool run every queued task first.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ def exit_if_orphaned() -> None:
         os._exit(1)
 
 
-
 _STOPPING = False
 """In a worker: a stop was asked for (SIGINT); tasks that start from now on end at once."""
 _IN_TASK = False
@@ -57,8 +57,8 @@ def _start_worker(parent_pid: int) -> None:
 
 
 def _on_sigint(signum: int, frame: object) -> None:
-    # Ctrl-C reaches the whole process group, and stop_pool sends it too. Raised only inside a
-    # task: between tasks the worker is reading the pool's queue, and dying there (or being
+    # Ctrl-C reaches the whole process group, and WorkerPool.stop sends it too. Raised only inside
+    # a task: between tasks the worker is reading the pool's queue, and dying there (or being
     # killed anywhere) can leave that queue half-read and the parent waiting on it forever.
     global _STOPPING
     _STOPPING = True

@@ -203,7 +203,7 @@ def scan_shards(tasks: list[ShardTask], workers: int = 1,
                     arrived(futures[fut], fut.result())
     except KeyboardInterrupt:
         bar.close()
-        raise Interrupted(f"stopped after scanning {done + len(pending)} of {len(tasks)} shards; stats writes its report only "
-                          "at the end, so nothing was written: rerun the command to compute it") from None
+        raise Interrupted(f"stopped after scanning {done + len(pending)} of {len(tasks)} shards; stats writes its "
+                          "report only at the end, so nothing was written: rerun the command to compute it") from None
     bar.close()
     return merged, hashed

@@ -247,6 +247,7 @@ def open_folder(d: Path, fmt: int, names: Sequence[str], build: Callable[[], tup
     warning. ``source``: what it is built from, for that warning."""
     held = hold_index_folder(d)
     if held is not None and folder_problem(d, fmt, names) is None:
+        _used(d)
         return held, False
     del held
     with FileLock(str(index_build_lock(d))):
@@ -261,4 +262,13 @@ def open_folder(d: Path, fmt: int, names: Sequence[str], build: Callable[[], tup
             from .workers import return_freed_memory
 
             return_freed_memory()
+        _used(d)
         return hold_index_folder(d), problem is not None
+
+
+def _used(d: Path) -> None:
+    """The folder's mtime is its last use: the eviction order."""
+    try:
+        os.utime(d)
+    except OSError:
+        pass

@@ -36,7 +36,7 @@ from ..format.manifest import ManifestError, is_remote, join_url, load_manifest,
 from ..format.tar_index import sample_keys
 
 FORMAT = 4
-"""4: ``meta.json`` records each file's size and XXH3-64, and its own (:func:`folder_problem`)."""
+"""4: ``meta.json`` records each file's size and XXH3-64, and its own (:func:`.index_cache.folder_problem`)."""
 ARRAYS = ("shard", "key_end", "key_bytes", "member_end", "ext", "offset", "size", "xxh3", "checked")
 
 
