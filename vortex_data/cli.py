@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .convert import CONVERTERS, get_converter
 from .cpus import usable_cpus
-from .errors import InputError, VortexError
+from .errors import EXIT_INTERRUPTED, InputError, Interrupted, VortexError
 
 # Subcommands defined beside the code they run: name -> (module, function registering its parser,
 # one-line help). The help is written here only: `vortex-data --help` lists it without importing the module,
@@ -233,14 +233,42 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
-        return args.func(args)
+        args = build_parser(argv).parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return code
+    except Interrupted as e:  # the command says what it kept and what a rerun does
+        print(f"vortex-data {command}: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"vortex-data {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe (a pipe: shard's command): a real error
+        # The reader of our output left (`... | head -1`): what it read is what it wanted. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (VortexError, OSError) as e:
         # The package's own errors and the system's (a missing file, a full disk) name the file and
         # the problem; a traceback would hide them. Anything else is a bug and keeps its traceback.
-        print(f"vortex-data {args.command}: error: {e}", file=sys.stderr)
+        print(f"vortex-data {command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR)."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 if __name__ == "__main__":

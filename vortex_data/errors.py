@@ -15,3 +15,12 @@ class VortexError(Exception):
 
 class InputError(VortexError, ValueError):
     """A bad value: a file's content, an option or a setting (a ValueError, as before it existed)."""
+
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT: the exit status a shell reports for a command ended by Ctrl-C."""
+
+
+class Interrupted(VortexError):
+    """Ctrl-C (SIGINT) stopped a command; the message says what was kept and what a rerun does.
+    The command line prints it as one line and exits 130 (128 + SIGINT, as a shell reports it)."""

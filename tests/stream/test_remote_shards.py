@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vortex_data.format.integrity import SampleError
 from vortex_data.format.manifest import sha256_file
 from vortex_data.stream import shard_cache
 from vortex_data.verify import verify
@@ -179,3 +180,57 @@ def test_verify_fetches_and_checks_http_shards(served):
     assert not rep.ok and any(p.startswith(f"{url}: sha256") for p in rep.problems), rep.problems
     (root / url[len(srv.url) + 1:]).unlink()
     assert any(p.startswith(url) and "HTTP 404" in p for p in verify(manifest).problems)
+
+
+def _flip(path: Path, at: int = 700) -> None:
+    """One byte changed inside the first member's data, the file's size unchanged."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_a_cached_shard_changed_in_place_is_fetched_again_by_the_next_run(served, tmp_path):
+    """Was: its record (size, inode) still matched, so every run failed 'the bytes changed since
+    the build' and the copy was never fetched again. A write changes the copy's ctime."""
+    srv, manifest, _ = served
+    want = keys(manifest, tmp_path / "c")
+    assert len(srv.gets) == 2
+    _flip(ShardCache(tmp_path / "c").path_for(shard_urls(manifest)[0]))
+    assert keys(manifest, tmp_path / "c") == want
+    assert len(srv.gets) == 3
+
+
+def test_a_cached_shard_failing_its_checksums_is_fetched_again_once(served, tmp_path):
+    """Damage no cheap check sees (here its record is made to claim the copy is good, as after a
+    disk error): the member checksums fail, the copy is hashed, found unlike the manifest and
+    fetched again once, and the run goes on."""
+    srv, manifest, _ = served
+    want = keys(manifest, tmp_path / "c")
+    cache = ShardCache(tmp_path / "c")
+    url = shard_urls(manifest)[0]
+    path = cache.path_for(url)
+    record = cache._record(path.name)
+    size, ino, _, sha = record.read_text().split()
+    _flip(path)
+    record.write_text(f"{size} {ino} {path.stat().st_ctime_ns} {sha}\n")
+    assert keys(manifest, tmp_path / "c") == want
+    assert len(srv.gets) == 3 and sha256_file(path) == sha
+
+
+def test_a_remote_shard_unlike_its_index_names_the_url_and_the_cached_copy(served, tmp_path):
+    """The manifest's sha256 describes the damaged shard (built that way): fetching it again cannot
+    help, and the error says so, naming the URL and where its copy is."""
+    srv, manifest, root = served
+    url = shard_urls(manifest)[0]
+    remote = root / url[len(srv.url) + 1:]
+    _flip(remote)
+    m = json.loads(manifest.read_text())
+    m["shards"][0]["sha256"] = sha256_file(remote)
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(SampleError) as e:
+        keys(manifest, tmp_path / "c")
+    cached = ShardCache(tmp_path / "c").path_for(url)
+    assert url in str(e.value) and str(cached) in str(e.value) and "fetching it again cannot help" in str(e.value)
+    assert len([g for g in srv.gets if url.endswith(g)]) == 1

@@ -25,7 +25,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,13 +36,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..cpus import usable_cpus
-from ..errors import VortexError
+from ..errors import Interrupted, VortexError
 from ..format.integrity import CHECKSUM_COLUMN, member_checksums, member_spans
 from ..format.manifest import Manifest, atomic_write_bytes, compute_totals, is_labelled, write_manifest
 from ..format.schema import (IGNORE_INDEX, NUM_CLASSES, SCHEMA_VERSION, EncodeOptions, Sample, encode_sample,
                              resize_sample)
 from ..format.tar_index import dataset_split, make_key
-from ..pool import die_with_parent, exit_if_orphaned
+from ..pool import worker_pool
 from ..temporaries import reraise_naming, writer_tag
 from .base import Converter, FrameRef, Rejection, RejectFrame, is_utf8_name, printable_path
 from .build_records import group_sources, record_path, remove_stale, remove_temporaries, reusable_record, source_fingerprint
@@ -212,11 +212,6 @@ def write_group(converter: Converter, group: Group, cfg: BuildConfig) -> dict[st
     return record
 
 
-def _write_group_task(args: tuple[Converter, Group, BuildConfig]) -> dict[str, Any]:
-    exit_if_orphaned()
-    return write_group(*args)
-
-
 # ---------------------------------------------------------------- resume
 
 def split_dir(cfg: BuildConfig, dataset: str, split: str) -> Path:
@@ -278,27 +273,15 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
     reused = len(records)
     total_frames = sum(len(g.frames) for g in todo)
     bar = tqdm(total=total_frames, unit="frame", desc=f"{converter.name}", disable=not cfg.progress)
-    if cfg.workers <= 1 or len(todo) <= 1:
-        for g in todo:
-            records[(g.split, g.index)] = _slim(write_group(converter, g, cfg))
-            bar.update(len(g.frames))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
-                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_write_group_task, (converter, g, cfg)): g for g in todo}
-            try:
-                for fut in as_completed(futures):
-                    g = futures[fut]
-                    records[(g.split, g.index)] = _slim(fut.result())
-                    bar.update(len(g.frames))
-            except BrokenProcessPool:
-                left = [g for g in todo if (g.split, g.index) not in records]
-                raise BuildError(
-                    f"a worker process died (killed, out of memory, or a crash in native code) with {len(left)} "
-                    f"shard groups unfinished ({', '.join(f'{g.split}/{g.stem}' for g in left[:5])}"
-                    f"{', ...' if len(left) > 5 else ''}); finished groups are kept, so rerun to resume, "
-                    "or rerun with --workers 1 to see the frame it happens on") from None
+    try:
+        _write_groups(converter, cfg, todo, records, bar)
+    except KeyboardInterrupt:
+        # Groups finished so far (their records are on disk, even those whose result was not
+        # collected yet) are what a rerun keeps; the rest is rebuilt.
+        bar.close()
+        kept = sum(_record_path(cfg, g).is_file() for g in mine)
+        raise Interrupted(f"{kept} of {len(mine)} shard groups of {converter.name} are written and kept under "
+                          f"{cfg.out_dir}; rerun the same command to resume") from None
     bar.close()
 
     manifests = []
@@ -316,6 +299,30 @@ def build_shards(converter: Converter, cfg: BuildConfig) -> BuildResult:
             remove_stale(split_dir(cfg, converter.name, split), f"{converter.name}-{split}", keep,
                           {g.stem for g in groups})
     return BuildResult(manifests, groups_built=len(todo), groups_reused=reused)
+
+
+def _write_groups(converter: Converter, cfg: BuildConfig, todo: list[Group], records: dict, bar: tqdm) -> None:
+    """Write the groups ``todo``, adding each one's slim record to ``records`` as it finishes."""
+    if cfg.workers <= 1 or len(todo) <= 1:
+        for g in todo:
+            records[(g.split, g.index)] = _slim(write_group(converter, g, cfg))
+            bar.update(len(g.frames))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with worker_pool(min(cfg.workers, len(todo)), ctx) as pool:
+        futures = {pool.submit(write_group, converter, g, cfg): g for g in todo}
+        try:
+            for fut in as_completed(futures):
+                g = futures[fut]
+                records[(g.split, g.index)] = _slim(fut.result())
+                bar.update(len(g.frames))
+        except BrokenProcessPool:
+            left = [g for g in todo if (g.split, g.index) not in records]
+            raise BuildError(
+                f"a worker process died (killed, out of memory, or a crash in native code) with {len(left)} "
+                f"shard groups unfinished ({', '.join(f'{g.split}/{g.stem}' for g in left[:5])}"
+                f"{', ...' if len(left) > 5 else ''}); finished groups are kept, so rerun to resume, "
+                "or rerun with --workers 1 to see the frame it happens on") from None
 
 
 def _assemble_manifest(converter: Converter, cfg: BuildConfig, split: str, groups: list[Group],

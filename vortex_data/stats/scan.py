@@ -9,9 +9,8 @@ whose frames are compared with another's, 46 x 8 bytes of hashes (:mod:`phash`).
 
 from __future__ import annotations
 
-import os
 import re
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from tqdm import tqdm
 
 from ..format.schema import DEPTH_SCALE_MM, SchemaError, decode_sample
 from ..format.tar_index import TAR_ERRORS, iter_samples
-from ..pool import die_with_parent
+from ..errors import Interrupted
+from ..pool import worker_pool
 from .phash import WINDOWS, frame_hashes
 
 DEPTH_BINS_MM = 65536
@@ -191,13 +191,19 @@ def scan_shards(tasks: list[ShardTask], workers: int = 1,
             done += 1
         bar.update()
 
-    if workers <= 1:
-        for i, t in enumerate(tasks):
-            arrived(i, scan_shard(t))
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(scan_shard, t): i for i, t in enumerate(tasks)}
-            for fut in as_completed(futures):
-                arrived(futures[fut], fut.result())
+    try:
+        if workers <= 1:
+            for i, t in enumerate(tasks):
+                arrived(i, scan_shard(t))
+        else:
+            # worker_pool: a shard's error or Ctrl-C stops the scan now, not after every other shard.
+            with worker_pool(workers) as pool:
+                futures = {pool.submit(scan_shard, t): i for i, t in enumerate(tasks)}
+                for fut in as_completed(futures):
+                    arrived(futures[fut], fut.result())
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(f"stopped after scanning {done + len(pending)} of {len(tasks)} shards; stats writes its "
+                          "report only at the end, so nothing was written: rerun the command to compute it") from None
     bar.close()
     return merged, hashed

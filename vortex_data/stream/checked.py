@@ -97,11 +97,35 @@ class CheckedSamples:
         ix = self.spec.indices[src]
         try:
             key = ix.key(idx)
-            return checked_sample(ix, idx, key, raw[(src, key)], int(plan.repeat[p]), src)  # type: ignore[arg-type]
+            try:
+                return checked_sample(ix, idx, key, raw[(src, key)], int(plan.repeat[p]), src)  # type: ignore[arg-type]
+            except SampleError as e:
+                return self.refetched(ix, idx, key, int(plan.repeat[p]), src, e)
         except SampleError as e:
             if self.spec.on_error != "skip":
                 raise
             return self.replacement(plan, epoch, p, e, 1)
+
+    def refetched(self, ix: SourceIndex, i: int, key: str, repeat: int, src: int, bad: SampleError) -> RawSample:
+        """Sample ``i`` checked again after its remote shard's cached copy was checked against the
+        manifest and, if it differed, fetched again (:meth:`ShardReader.refetch`); raises ``bad``
+        for a local shard, or a SampleError that also names the URL and the cached copy."""
+        url = ix.shards[int(ix.shard_of[i])]
+        seen = self.reader.refetch(url)
+        if seen is None:
+            raise bad
+        again, path = seen
+        if again:
+            members = self.reader.read_group(url, [key], {key: ix.spans(i)})[key]
+            try:
+                return checked_sample(ix, i, key, members, repeat, src)
+            except SampleError as e:
+                bad, note = e, f"the cached copy {path} of {url} was fetched again and still fails"
+        else:
+            note = f"the cached copy {path} of {url} matches the manifest's sha256, so fetching it again cannot help"
+        if bad.key is None:
+            raise SampleError(f"{bad}; {note}") from None
+        raise SampleError(bad.shard, bad.key, bad.member, f"{bad.reason}; {note}") from None
 
     def replacement(self, plan: EpochPlan, epoch: int, p: int, bad: SampleError, n: int) -> RawSample:
         """A stand-in for the bad sample at plan position ``p`` (its ``n``-th): a sample of the same

@@ -7,7 +7,9 @@ named by a hash of the manifest, its index file and the key pattern. Every DataL
 every rank on the node maps the same files read-only, so the pages live once in the page cache;
 a :class:`SourceIndex` pickles as its folder's name (a few hundred bytes) and a worker's memory
 does not grow with the number of samples. A second loader (another rank, a restart with a kept
-cache) finds the folder and only maps it.
+cache) finds the folder, checks it against the sizes and XXH3-64 sums its ``meta.json``
+records, and maps it; a folder that does not check out is built again (:func:`load_source_index`;
+docs/reliability.md, "One shard cache per node").
 
 Layout (``n`` samples, ``m`` members in all): ``shard`` int32 (n); ``key_end`` int64 (n+1) into
 ``key_bytes`` uint8 (UTF-8 keys back to back); ``member_end`` int64 (n+1)
@@ -23,8 +25,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -35,7 +35,8 @@ from ..format.integrity import CHECKSUM_COLUMN, OFFSET_COLUMN, SIZE_COLUMN
 from ..format.manifest import ManifestError, is_remote, join_url, load_manifest, local_path, read_bytes
 from ..format.tar_index import sample_keys
 
-FORMAT = 3
+FORMAT = 4
+"""4: ``meta.json`` records each file's size and XXH3-64, and its own (:func:`.index_cache.folder_problem`)."""
 ARRAYS = ("shard", "key_end", "key_bytes", "member_end", "ext", "offset", "size", "xxh3", "checked")
 
 
@@ -94,13 +95,14 @@ class SourceIndex:
         self.name, self.directory, self.manifest = name, str(directory), manifest
         self._arrays: dict[str, np.ndarray] | None = None
         self._meta: dict[str, Any] | None = None
+        self._held: Any = None  # load_source_index's hold on the folder (index_cache.Held)
 
     # -- pickling: the folder's name only; a worker maps the files on first use
     def __getstate__(self) -> dict:
         return {"name": self.name, "directory": self.directory, "manifest": self.manifest}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _arrays=None, _meta=None)
+        self.__dict__.update(state, _arrays=None, _meta=None, _held=None)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -370,29 +372,18 @@ def index_dir(root: str | os.PathLike, manifest: str, key_pattern: str | None) -
 
 def load_source_index(manifest: str, root: str | os.PathLike, name: str | None = None,
                       key_pattern: str | None = None) -> SourceIndex:
-    """The :class:`SourceIndex` of ``manifest``, its arrays in ``root/index/<hash>`` (built there
-    unless a loader on this node already did)."""
-    d = index_dir(root, manifest, key_pattern)
-    if not (d / "meta.json").is_file():
-        arrays, meta = build_arrays(manifest, key_pattern)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
-        try:
-            for k in ARRAYS:
-                np.save(tmp / f"{k}.npy", np.ascontiguousarray(arrays[k]))
-            (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence means complete
-            try:
-                os.rename(tmp, d)
-            except OSError:
-                if not (d / "meta.json").is_file():  # another rank won the race only if it finished
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        del arrays
-        from .workers import return_freed_memory
+    """The :class:`SourceIndex` of ``manifest``, its arrays in ``root/.index/<hash>``, checked and
+    held while the index lives, built there (once per node) when absent or damaged: see
+    :mod:`.index_cache`. A new folder counts in the cache's size (an eviction pass follows)."""
+    from .index_cache import open_folder
+    from .shard_cache import ShardCache
 
-        return_freed_memory()
+    d = index_dir(root, manifest, key_pattern)
+    held, built = open_folder(d, FORMAT, ARRAYS, lambda: build_arrays(manifest, key_pattern), manifest)
+    if built:
+        ShardCache(root).evict(keep=d)
     ix = SourceIndex(name or "", d, manifest)
+    ix._held = held
     if not name:
         ix.name = str(ix.meta.get("dataset") or Path(manifest).stem)
     return ix

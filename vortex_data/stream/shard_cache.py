@@ -1,13 +1,10 @@
 """One node-local cache of remote shards (``pipe:``, ``http(s)://``), shared by every rank and worker.
 
-Where it lives:
-
-* ``cache_dir`` given to the loader, or ``$VORTEX_SHARD_CACHE``: that folder, kept after the run
-  (so the next run on the node starts warm).
-* Otherwise a temporary folder ``<$SLURM_TMPDIR or $TMPDIR or /tmp>/vortex-shards-<job>``, where
-  ``<job>`` is ``$SLURM_JOB_ID`` (else the user id): every rank of a job on a node computes the
-  same name, so they share it. Each loader process registers itself in ``.users/``; the last one to
-  exit removes the folder.
+Where it lives: ``cache_dir`` (or ``$VORTEX_SHARD_CACHE``), a folder that is kept (a warm restart).
+Otherwise a temporary folder ``<$SLURM_TMPDIR or $TMPDIR or /tmp>/vortex-shards-<job>``, where
+``<job>`` is ``$SLURM_JOB_ID`` (else the user id): every rank of a job on a node computes the
+same name, so they share it. Each loader process registers itself in ``.users/``; the last one to
+exit removes the folder.
 
 One download per shard: a process takes the shard's file lock, and downloads only if the shard is
 still absent once it holds the lock; the download goes to a temporary name in the same folder and
@@ -17,17 +14,18 @@ lock finds the finished file.
 Checked against the manifest: given the manifest's size and sha256 of a shard, a download is
 hashed as it streams and kept only if both match (one retry, then ShardReadError naming the URL);
 a cached copy is used only if its size and the sha256 recorded when it was fetched (or, for a
-copy without a record, its sha256 computed once) match, and is fetched again otherwise. A copy
-damaged in place without a change of size is not noticed here; the loader's per-member
-checksums catch it when the sample is read.
+copy without a record, its sha256 computed once) match, and is fetched again otherwise. The
+record holds the copy's inode and ctime too (a write changes the ctime), so a copy changed in
+place is hashed again. Damage without a write is caught by the loader's per-member checksums;
+the reader then asks :meth:`ShardCache.refetch`: a copy unlike the manifest is fetched again once.
 
-Temporaries of killed downloads (``<name>.tmp-<host>-<pid>-…``, held under ``flock`` while
-written) are removed by the next process that finds their lock free while it holds that
-shard's download lock, and at every eviction pass.
+Temporaries of killed downloads (``<name>.tmp-<host>-<pid>-…``, ``flock``-ed while written) are
+removed by the next fetch of that shard and at every eviction pass once their lock is free.
 
 Size limit: ``max_bytes`` (``$VORTEX_SHARD_CACHE_BYTES``, e.g. ``200G``; default half the free space
-of the cache's file system at first use). After each download the least recently used shards are
-deleted until the cache fits; the shard just fetched is never evicted. A reader that still has an
+of the cache's file system at first use). After each download the least recently used shards and
+sample-index folders (``.index/``, :mod:`.index_cache`; not one a live loader holds) are deleted
+until the cache fits; the shard just fetched is never evicted. A reader that still has an
 evicted shard open keeps reading it (POSIX unlink semantics); a later open fetches it again.
 """
 
@@ -50,7 +48,8 @@ from filelock import FileLock, Timeout
 from ..errors import InputError
 from ..format.manifest import sha256_file
 from ..format.tar_index import ShardReadError
-from ..temporaries import LockedTemp, final_name, remove_if_abandoned, writer_tag
+from ..temporaries import LockedTemp, final_name, remove_if_abandoned, reraise_naming, writer_tag
+from .index_cache import folder_bytes, index_folders, remove_abandoned_index_temporaries, remove_index_folder
 
 ENV_DIR = "VORTEX_SHARD_CACHE"
 ENV_BYTES = "VORTEX_SHARD_CACHE_BYTES"
@@ -91,6 +90,7 @@ class ShardCache:
         self.max_bytes = max_bytes
         self.downloads = 0
         self.evicted = 0
+        self._urls: dict[str, str] = {}  # cached name -> URL, for messages
 
     def path_for(self, url: str) -> Path:
         return self.directory / cache_name(url)
@@ -99,24 +99,49 @@ class ShardCache:
         """The local copy of ``url``, downloading it first if no process on this node has.
         ``expect``: the manifest's (bytes, sha256) of the shard, checked as described above."""
         dest = self.path_for(url)
+        self._urls[dest.name] = url
         if not self._usable(dest, expect, verify=False):
             with self._lock(dest.name):
                 if not self._usable(dest, expect, verify=True):
                     self._remove_abandoned(dest.name)
                     self._download(url, dest, expect)
                     self.downloads += 1
-            self._evict(keep=dest)
-        try:
-            os.utime(dest)  # mtime = last use, the eviction order
-        except FileNotFoundError:  # evicted by another process between the check and now
+            self.evict(keep=dest)
+        if not self._touch(dest):  # evicted by another process between the check and now
             return self.fetch(url, expect)
         return dest
+
+    def refetch(self, url: str, expect: tuple[int, str] | None) -> tuple[bool, Path]:
+        """After a sample of cached shard ``url`` failed its checksums: (fetched again?, the cached
+        path). The copy itself is hashed (not trusted to its record): one unlike the manifest is
+        fetched again; one like it is the manifest's shard, and fetching it again cannot help."""
+        dest = self.path_for(url)
+        with self._lock(dest.name):
+            self._record(dest.name).unlink(missing_ok=True)
+            if self._usable(dest, expect, verify=True):
+                return False, dest
+            self._download(url, dest, expect)
+            self.downloads += 1
+        self.evict(keep=dest)
+        return True, dest
 
     def _lock(self, name: str) -> FileLock:
         return FileLock(str(self.directory / ".locks" / (name + ".lock")))
 
     def _record(self, name: str) -> Path:
+        """``.locks/<name>.sha256``: "size inode ctime_ns sha256" of the copy when it was hashed;
+        its mtime is the copy's last use (touching the copy would change the copy's ctime)."""
         return self.directory / ".locks" / (name + ".sha256")
+
+    def _touch(self, dest: Path) -> bool:
+        """Mark a use of ``dest`` (the eviction order); False if it is gone."""
+        for p in (self._record(dest.name), dest):  # a copy without a record: older versions
+            try:
+                os.utime(p)
+                return dest.exists()
+            except FileNotFoundError:
+                pass
+        return False
 
     def _usable(self, dest: Path, expect: tuple[int, str] | None, verify: bool) -> bool:
         """Whether the cached copy may be used. Without the download lock (``verify=False``) only
@@ -130,8 +155,10 @@ class ShardCache:
             return True
         size, sha = expect
         try:
-            rec_size, rec_ino, rec_sha = self._record(dest.name).read_text().split()
-            recorded = rec_sha if (int(rec_size), int(rec_ino)) == (st.st_size, st.st_ino) else None
+            rec_size, rec_ino, rec_ctime, rec_sha = self._record(dest.name).read_text().split()
+            # Any write to the copy changes its ctime: a copy changed in place is hashed again.
+            recorded = rec_sha if (int(rec_size), int(rec_ino), int(rec_ctime)) == \
+                (st.st_size, st.st_ino, st.st_ctime_ns) else None
         except (OSError, ValueError):
             recorded = None
         if st.st_size == size and recorded == sha:
@@ -143,15 +170,19 @@ class ShardCache:
             self._write_record(dest, recorded)
             if recorded == sha:
                 return True
-        log.warning("%s: cached copy (%d bytes, sha256 %s...) does not match the manifest (%d bytes, %s...); "
-                    "fetching it again", dest, st.st_size, (recorded or "?")[:12], size, sha[:12])
+        log.warning("%s: cached copy %s (%d bytes, sha256 %s...) does not match the manifest (%d bytes, %s...); "
+                    "fetching it again", self._urls.get(dest.name, dest.name), dest, st.st_size,
+                    (recorded or "?")[:12], size, sha[:12])
         dest.unlink(missing_ok=True)
         self._record(dest.name).unlink(missing_ok=True)
         return False
 
     def _write_record(self, dest: Path, sha: str) -> None:
-        st = dest.stat()
-        self._record(dest.name).write_text(f"{st.st_size} {st.st_ino} {sha}\n")
+        st, rec = dest.stat(), self._record(dest.name)
+        try:
+            rec.write_text(f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {sha}\n")
+        except OSError as e:  # a full disk fails the write naming no file
+            reraise_naming(e, rec)
 
     def _download(self, url: str, dest: Path, expect: tuple[int, str] | None) -> None:
         for attempt in (1, 2):
@@ -206,22 +237,34 @@ class ShardCache:
         return [p for p in self.directory.iterdir()
                 if p.is_file() and not p.name.startswith(".") and final_name(p.name) is None]
 
-    def size(self) -> int:
-        return sum(_size(p) for p in self.cached())
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """(last use, bytes, path) of every cached shard and sample-index folder (``.index/``)."""
+        out = [(max(_mtime(self._record(p.name)), _mtime(p)), _size(p), p) for p in self.cached()]
+        return out + [(_mtime(d), folder_bytes(d), d) for d in index_folders(self.directory)]
 
-    def _evict(self, keep: Path) -> None:
+    def size(self) -> int:
+        """Bytes held: shards and sample-index folders."""
+        return sum(n for _, n, _ in self._entries())
+
+    def evict(self, keep: Path) -> None:
+        """Remove abandoned temporaries, then the least recently used shards and index folders
+        until the cache fits ``max_bytes`` (never ``keep``, nor an index folder a loader holds)."""
         with FileLock(str(self.directory / ".locks" / "evict.lock")):
             self._remove_abandoned()
-            files = sorted(self.cached(), key=_mtime)
-            total = sum(_size(p) for p in files)
-            for p in files:
+            remove_abandoned_index_temporaries(self.directory)
+            entries = sorted(self._entries(), key=lambda e: e[0])
+            total = sum(n for _, n, _ in entries)
+            for _, n, p in entries:
                 if total <= self.max_bytes:
                     break
                 if p == keep:
                     continue
-                total -= _size(p)
-                p.unlink(missing_ok=True)
-                self._record(p.name).unlink(missing_ok=True)
+                if p.is_dir() and not remove_index_folder(p):
+                    continue  # a live loader holds it
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    self._record(p.name).unlink(missing_ok=True)
+                total -= n
                 self.evicted += 1
 
 

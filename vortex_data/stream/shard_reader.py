@@ -38,6 +38,7 @@ class ShardReader:
         self._cache: ShardCache | None = None
         self._files: OrderedDict[str, int] = OrderedDict()
         self._tables: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
+        self._refetched: set[str] = set()
 
     # -- locating
     def local_path(self, url: str) -> str:
@@ -55,6 +56,27 @@ class ShardReader:
             raise  # names the URL and the cause already
         except Exception as e:  # noqa: BLE001 -- any fetch failure is this shard's problem
             raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
+
+    def refetch(self, url: str) -> tuple[bool, str] | None:
+        """After a sample of ``url`` failed its checksums: None for a local shard, else once per
+        remote shard and reader, (fetched again?, the cached copy's path) from
+        :meth:`ShardCache.refetch`; the caller reads the sample again if it was fetched again."""
+        if not is_remote(url) or url in self._refetched or self.expected.get(url) is None:
+            return None  # local, done once already, or no sha256 in the manifest to compare with
+        self._refetched.add(url)
+        self.local_path(url)  # opens the cache
+        fd = self._files.pop(url, None)
+        if fd is not None:
+            os.close(fd)  # the old copy: the next read opens the new one
+        self._tables.pop(url, None)
+        assert self._cache is not None
+        try:
+            again, path = self._cache.refetch(url, self.expected[url])
+        except ShardReadError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- as local_path: any fetch failure is this shard's problem
+            raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
+        return again, str(path)
 
     def _handle(self, url: str) -> int:
         fd = self._files.get(url)
@@ -129,4 +151,4 @@ class ShardReader:
         # Open files do not cross process boundaries; each DataLoader worker reopens its own.
         return {"cache_dir": self.cache_dir, "cache_bytes": self.cache_bytes, "max_open": self.max_open, "opens": 0,
                 "expected": self.expected,
-                "_files": OrderedDict(), "_tables": {}, "_cache": None}
+                "_files": OrderedDict(), "_tables": {}, "_cache": None, "_refetched": set()}

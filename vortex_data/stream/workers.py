@@ -8,6 +8,7 @@ while the main process can still end its workers.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -107,7 +108,13 @@ def unwrapped(e: BaseException) -> BaseException | None:
 
 
 def reraise_worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
-    """``batches``, with a worker's error re-raised under its own message (:func:`unwrapped`)."""
+    """``batches``, with a worker's error re-raised under its own message (:func:`unwrapped`).
+
+    Collects cyclic garbage first, in this process: an earlier DataLoader iterator that ended in
+    a worker's error (the caught error's traceback holds it in a cycle) would otherwise be
+    inherited by the workers ``iter(batches)`` forks and collected there, where its shutdown
+    fails with "Exception ignored ... can only test a child process"."""
+    gc.collect()
     it = iter(batches)
     while True:
         try:

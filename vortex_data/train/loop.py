@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vortex_data.errors import EXIT_INTERRUPTED
 from vortex_data.format.schema import IGNORE_INDEX
 from vortex_data.train import checkpoint, distributed
 from vortex_data.train.config import TrainConfig
@@ -256,7 +257,7 @@ class Trainer:
 
     def run(self) -> int:
         """Train until cfg.steps steps' worth of samples (see :meth:`finished`); returns 0 when done,
-        EXIT_REQUEUE after a requested stop."""
+        EXIT_REQUEUE after a requested stop, EXIT_INTERRUPTED (130) after Ctrl-C (SIGINT)."""
         cfg = self.cfg
         self.stopper.install()  # before the (possibly long) restore: a signal then stops after one step
         latest = self.find_checkpoint()
@@ -308,8 +309,13 @@ class Trainer:
         if self.saved_step != self.step:
             self.save()
         self.write_status(f"interrupted {reason}")
-        self.info("stopped", reason=reason, step=self.step, exit_code=EXIT_REQUEUE)
-        return EXIT_REQUEUE
+        # Ctrl-C is a person at a terminal: the shell's status for it, and a line saying what was kept.
+        code = EXIT_INTERRUPTED if reason == "SIGINT" else EXIT_REQUEUE
+        self.info("stopped", reason=reason, step=self.step, exit_code=code)
+        if code == EXIT_INTERRUPTED and self.dist.is_main:
+            print(f"[train] interrupted (Ctrl-C) after step {self.step}: its checkpoint is kept in "
+                  f"{self.cfg.ckpt_dir}; rerun the same command to resume", flush=True)
+        return code
 
     def profile(self, timer: StepTimer | None) -> None:
         """Once the start-of-run profile's window is complete (:class:`StartProfile`), report
@@ -360,6 +366,12 @@ def run_stage(cfg: TrainConfig, factory: LoaderFactory, stopper: StopController 
     try:
         trainer = Trainer(cfg, factory, stopper)
         return trainer.run()
+    except KeyboardInterrupt:  # Ctrl-C before the loop's stop handler was installed: nothing new to keep
+        write_status(cfg.stage_dir, "interrupted SIGINT")
+        if rank == 0:
+            print(f"[train] interrupted (Ctrl-C) before training started; {cfg.ckpt_dir} is unchanged; "
+                  "rerun the same command to resume", flush=True)
+        return EXIT_INTERRUPTED
     except BaseException as e:
         status = cfg.stage_dir / "STATUS"
         try:
