@@ -118,3 +118,16 @@ def test_a_full_disk_while_writing_the_index_cache_names_the_file(manifest, tmp_
     assert e.value.errno == 28 and ".npy.tmp-" in e.value.filename and str(tmp_path / "c" / ".index") in str(e.value)
     assert index_folders(tmp_path / "c") == []
     assert not [p for p in (tmp_path / "c" / ".index").iterdir() if p.is_dir()]  # no temporary left either
+
+
+def test_a_new_index_folder_is_evicted_against_the_loaders_cache_bytes(manifest, tmp_path, monkeypatch):
+    """make_loader(cache_bytes=) is the limit a newly built index folder evicts against, not only
+    the environment's: an unheld folder goes at once under a 1-byte limit."""
+    monkeypatch.delenv("VORTEX_SHARD_CACHE_BYTES", raising=False)
+    cache = tmp_path / "c"
+    other = build(tmp_path / "other", "diode", 6, 3)
+    dropped = load_source_index(str(other), cache)
+    first = Path(dropped.directory)
+    del dropped  # nothing holds it now
+    keys(manifest, cache, cache_bytes=1)
+    assert first not in index_folders(cache)

@@ -284,7 +284,7 @@ def make_loader(mixture: Mixture | str | None = None, split: str = "train", batc
         raise InputError(f"shuffle='blocks' orders a random plan; batching={batching!r} composes its own")
     # Per-sample arrays memory-mapped from the node's cache: the spec pickled to each worker names
     # their folder only, and every worker and rank on the node shares one copy in the page cache.
-    indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern, cache_dir)
+    indices = tuple(read_source_index(mix.manifest_path(s, split), s.name, s.key_pattern, cache_dir, cache_bytes)
                     for s in mix.sources)
     if any(is_remote(url) for ix in indices for url in ix.shards):
         cache_dir = node_cache_dir(cache_dir)  # here, in the process that outlives its workers

@@ -210,17 +210,19 @@ def plan_sequential(sizes: Sequence[int]) -> EpochPlan:
 # ---------------------------------------------------------------- manifests -> sample lists
 
 def read_source_index(manifest: str, name: str | None = None, key_pattern: str | None = None,
-                      cache_dir: str | None = None) -> SourceIndex:
+                      cache_dir: str | None = None, cache_bytes: int | None = None) -> SourceIndex:
     """Manifest (+ its Parquet per-sample index) -> :class:`SourceIndex`, its per-sample arrays
     memory-mapped from the node's cache (``cache_dir`` or the default of
     :func:`vortex_data.stream.shard_cache.node_cache_dir`), built there once per node.
 
     Without a Parquet index the shards' tar headers are listed instead (slower, same result).
+    ``cache_bytes``: the node cache's size limit a newly built folder is evicted against (the
+    loader's ``cache_bytes``; None: the environment's or the default).
     """
     from .shard_cache import node_cache_dir
 
     try:
-        return load_source_index(manifest, node_cache_dir(cache_dir), name, key_pattern)
+        return load_source_index(manifest, node_cache_dir(cache_dir), name, key_pattern, cache_bytes)
     except SampleIndexError as e:
         raise MixtureError(str(e)) from None
 

@@ -371,7 +371,7 @@ def index_dir(root: str | os.PathLike, manifest: str, key_pattern: str | None) -
 
 
 def load_source_index(manifest: str, root: str | os.PathLike, name: str | None = None,
-                      key_pattern: str | None = None) -> SourceIndex:
+                      key_pattern: str | None = None, cache_bytes: int | None = None) -> SourceIndex:
     """The :class:`SourceIndex` of ``manifest``, its arrays in ``root/.index/<hash>``, checked and
     held while the index lives, built there (once per node) when absent or damaged: see
     :mod:`.index_cache`. A new folder counts in the cache's size (an eviction pass follows)."""
@@ -381,7 +381,7 @@ def load_source_index(manifest: str, root: str | os.PathLike, name: str | None =
     d = index_dir(root, manifest, key_pattern)
     held, built = open_folder(d, FORMAT, ARRAYS, lambda: build_arrays(manifest, key_pattern), manifest)
     if built:
-        ShardCache(root).evict(keep=d)
+        ShardCache(root, cache_bytes).evict(keep=d)
     ix = SourceIndex(name or "", d, manifest)
     ix._held = held
     if not name:
