@@ -1,8 +1,9 @@
 """Scenes of built sets: the evaluation frames whose scene is also trained on.
 
 Every index records each frame's ``scene``: the unit its source says must never be on both sides
-of a train/evaluation split (an NYU scene, a SUN RGB-D frame folder, a DIODE scan, a recording, a
-sequence). ``preflight`` and ``stats`` both run this check, through :func:`scene_leakage`:
+of a train/evaluation split (an NYU scene, a SUN RGB-D frame folder, a DIODE scene, a recording, a
+TUM sequence). ``preflight`` and ``stats`` both run :func:`scene_leakage`, through
+:func:`vortex_data.stats.leakage.leakage`, which names the families of several datasets:
 
 1. **Sides.** Training manifests on one side; on the other, manifests whose split is an
    evaluation split (:data:`EVAL_SPLITS`). A manifest is never paired with itself, and a manifest
