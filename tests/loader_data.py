@@ -24,9 +24,10 @@ class SyntheticConverter(Converter):
     splits = ("train", "val")
 
     def __init__(self, name: str, n: int, size: tuple[int, int] = (48, 64), with_seg: bool = True,
-                 split: str = "train", seed: int = 0, src: Path = Path(".")):
+                 split: str = "train", seed: int = 0, src: Path = Path("."), scenes: list[str] | None = None):
         self.name, self.n, self.size, self.with_seg, self.split, self.seed, self.src = \
             name, n, size, with_seg, split, seed, src
+        self.scenes = scenes  # frame i's scene (the index's scene column), or none recorded
 
     @classmethod
     def from_args(cls, src: Path, args: argparse.Namespace) -> "SyntheticConverter":
@@ -45,7 +46,8 @@ class SyntheticConverter(Converter):
         view = random_view(rng, f, f, (w - 1) / 2, (h - 1) / 2, w, h)
         rgb, depth, seg = render(random_room(rng), view, noise_seed=int(ref.payload))
         return Sample(key="", rgb=rgb, depth_mm=depth_to_mm(depth).depth_mm, intrinsics=Intrinsics(f, f, (w - 1) / 2, (h - 1) / 2),
-                      seg=seg if self.with_seg else None, meta={"synthetic": True})
+                      seg=seg if self.with_seg else None,
+                      meta={"synthetic": True, **({"scene": self.scenes[ref.payload]} if self.scenes else {})})
 
 
 def build(root: Path, name: str, n: int, shard_samples: int, split: str = "train", **kw: Any) -> Path:

@@ -132,6 +132,31 @@ def test_a_raw_capture_source_trained_on_an_evaluation_room_is_flagged(sets, tmp
     assert code == 1 and checks["leakage"]["status"] == "fail" and "nyu-sync train/nyu val: 4 of 6" in text
 
 
+def test_a_diode_or_femto_evaluation_scene_in_training_is_flagged_and_disjoint_sets_are_not(sets, tmp_path, capsys):
+    """Every dataset is paired with its own val/test/eval manifests by exact scene name (a femto
+    recording's split is "eval"); datasets of different families are never paired."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(sets, root)
+    add_scenes(root / "manifests/diode-train.json", ["scene_00019"] * 4 + ["scene_00020"] * 4)
+    build(root, "diode", 4, 4, with_seg=False, split="val", scenes=["scene_00020"] * 3 + ["scene_00021"])
+    build(root, "femto", 4, 4, with_seg=False, scenes=["corridor_a"] * 4)
+    build(root, "femto", 4, 4, with_seg=False, split="eval", scenes=["corridor_b"] * 4)
+    mix = recipe(root, tmp_path, sources=(("nyu", 0.4), ("diode", 0.3), ("femto", 0.3)))
+    code, checks, text = run(["--recipe", mix, "--needed-rate", "1", "--fail-on-leakage"], tmp_path, capsys)
+    values = checks["leakage"]["values"]
+    assert set(values) == {"nyu train/nyu val", "diode train/diode val", "femto train/femto eval"}
+    assert values["nyu train/nyu val"] is None  # the synthetic NYU index records no scenes
+    assert values["diode train/diode val"] == {"leaked_frames": 3, "frames": 4}
+    assert values["femto train/femto eval"] == {"leaked_frames": 0, "frames": 4}
+    assert code == 1 and checks["leakage"]["status"] == "fail" and "diode train/diode val: 3 of 4" in text
+    add_scenes(root / "manifests/diode-val.json", ["scene_00021"] * 4)  # disjoint now
+    code, checks, _ = run(["--recipe", mix, "--needed-rate", "1", "--fail-on-leakage"], tmp_path, capsys)
+    assert checks["leakage"]["values"]["diode train/diode val"] == {"leaked_frames": 0, "frames": 4}
+    assert code == 0 and checks["leakage"]["status"] == "unknown"  # not a fail: only NYU's scenes are unknown
+
+
 def test_walltime_arithmetic():
     assert check_walltime(100, 1.0, 200.0, 60.0).status == "ok"
     c = check_walltime(1000, 1.0, 560.0, 60.0)

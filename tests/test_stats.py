@@ -505,3 +505,28 @@ def test_risk_plot_is_a_probability_axis(labelled):
     zero_labels = [t.get_text() for t in ax.get_legend().get_texts() if "= 0" in t.get_text()]
     assert len(zero_labels) == (3 if labelled == 1.0 else 2)
     plt.close(fig)
+
+
+def test_scene_leakage_pairs_every_dataset_with_its_own_evaluation_manifests(tmp_path, capsys):
+    """A DIODE train manifest sharing a scan's scene with DIODE val is flagged, by exact name (no NYU
+    room rule: scene_00020a is not scene_00020); a TUM pair with disjoint sequences is not;
+    datasets of different families are never paired."""
+    from vortex_data.stats.compute import plan_units
+    from vortex_data.stats.leakage import scene_leakage
+
+    from loader_data import build
+
+    paths = [build(tmp_path, "diode", 6, 6, with_seg=False, scenes=["scene_00019"] * 3 + ["scene_00020"] * 3),
+             build(tmp_path, "diode", 4, 4, with_seg=False, split="val",
+                   scenes=["scene_00020", "scene_00020a", "scene_00021", "scene_00020"]),
+             build(tmp_path, "tum", 2, 2, with_seg=False, scenes=["fr1_desk"] * 2),
+             build(tmp_path, "tum", 2, 2, with_seg=False, split="test", scenes=["fr1_room"] * 2)]
+    got = {x["pair"]: x for x in scene_leakage(plan_units(paths, None))}
+    assert got == {"diode-train/diode-val": {"pair": "diode-train/diode-val", "frames": 4, "leaked_frames": 2,
+                                             "shared_places": 1, "unknown_because": None},
+                   "tum-train/tum-test": {"pair": "tum-train/tum-test", "frames": 2, "leaked_frames": 0,
+                                          "shared_places": 0, "unknown_because": None}}
+    assert main(["stats", *map(str, paths[:2]), "--out", str(tmp_path / "r"), "--workers", "1",
+                 "--no-progress"]) == 0
+    assert "scene leakage diode-train/diode-val: 2 of 4 evaluation frames" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r/stats.json").read_text())["scene_leakage"][0]["leaked_frames"] == 2

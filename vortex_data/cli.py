@@ -30,7 +30,7 @@ PLUGINS = {
     "export": ("vortex_data.export_rerun", "add_parser",
                "write samples in another tool's format (rerun: a .rrd recording; [viz] extra)"),
     "preflight": ("vortex_data.preflight", "add_parser",
-                  "before a training job: CPUs, loader rate, label-less batches, NYU leakage, walltime -> GO/NO-GO"),
+                  "before a training job: CPUs, loader rate, label-less batches, scene leakage, walltime -> GO/NO-GO"),
 }
 
 EPILOG_BUILD = ("Each dataset has its own options: run `vortex-data build-shards --dataset NAME --help` to see them. "

@@ -12,9 +12,10 @@ names, on the node the job got, it reports:
             device present with ``--measure-steps``).
 * labels    P(a training batch holds no labelled sample), from the indexes (the formulas of
             ``vortex-data stats``).
-* leakage   NYU frames in val/test whose scene (room) is also in the training manifest of any NYU
-            source (the labelled set's own train, raw captures: nyu-sync, nyu-raw), when the
-            indexes record scenes (a ``scene`` column); otherwise "unknown".
+* leakage   val/test/eval frames whose scene is also in a training manifest of the same scene
+            family (a dataset with itself; NYU's labelled set, nyu-sync and nyu-raw together, by
+            room), from the indexes' ``scene`` column (:mod:`vortex_data.format.scenes`); "unknown"
+            where an index records no scenes.
 * walltime  whether the remaining steps fit the time left (``--time-limit`` or
             ``SLURM_JOB_END_TIME``), at the step time the two rates give.
 
@@ -127,26 +128,25 @@ def check_labels(weights: list[float], labelled: list[np.ndarray], batch: int, e
 
 
 def scene_leakage(train_scenes: list[str], other_scenes: list[str]) -> tuple[int, int]:
-    """(frames of the other split whose place is also in train, frames of the other split); a
-    place is a scene name without its capture letter, as the scenes80 split groups them."""
+    """(frames of the other split whose NYU room is also in train, frames of the other split)."""
     from .convert.nyu.splits import shared_places
 
     return shared_places(train_scenes, other_scenes)["frames"], len(other_scenes)
 
 
-def check_leakage(pairs: list[tuple[str, list[str] | None, list[str] | None, str]], fail: bool) -> Check:
-    """pairs: (label, train scenes or None, other split's scenes or None, why unknown)."""
+def check_leakage(pairs: list[dict[str, Any]], fail: bool) -> Check:
+    """pairs: the entries of :func:`vortex_data.stats.leakage.leakage` (stats.json's ``scene_leakage``)."""
     if not pairs:
-        return Check("leakage", "unknown", "no NYU training source with an NYU val/test manifest beside it "
-                     "(nothing to check)", {})
+        return Check("leakage", "unknown", "no training source with a val/test/eval manifest of its scene family "
+                     "beside it (nothing to check)", {})
     parts, values, status = [], {}, "ok"
-    for label, train, other, why in pairs:
-        if train is None or other is None:
-            parts.append(f"{label}: unknown ({why})")
+    for p in pairs:
+        label, leaked, n = p["pair"], p["leaked_frames"], p["frames"]
+        if leaked is None:
+            parts.append(f"{label}: unknown ({p['unknown_because']})")
             values[label] = None
             status = "unknown" if status == "ok" else status
             continue
-        leaked, n = scene_leakage(train, other)
         values[label] = {"leaked_frames": leaked, "frames": n}
         parts.append(f"{label}: {leaked} of {n} frames from scenes also in train")
         if leaked:
@@ -255,17 +255,17 @@ def label_inputs(cfg: Any) -> tuple[list[float], list[np.ndarray], int, str, lis
     return [u.weight for u in units], labelled, mix.epoch_size, batching, [u.name for u in units]
 
 
-def leakage_inputs(cfg: Any) -> list[tuple[str, list[str] | None, list[str] | None, str]]:
-    """Every NYU source's train manifest against every NYU source's val/test manifest present
-    (a raw-capture source against the labelled set's evaluation frames too): (label, train
-    scenes, that split's scenes, why unknown), from :func:`eval_scenes.leakage_pairs`."""
-    from .convert.nyu.eval_scenes import Side, leakage_pairs
+def leakage_inputs(cfg: Any) -> list[dict[str, Any]]:
+    """Every source's train manifest against every source's val/test/eval manifest present, paired
+    by scene family (a raw-capture NYU source against the labelled set's evaluation frames too)."""
+    from .format.scenes import EVAL_SPLITS, Side
+    from .stats.leakage import leakage
 
     mix, units = _train_units(cfg)
     train = [Side(f"{s.name} train", u.manifest, s.key_pattern) for s, u in zip(mix.sources, units)]
     held_out = [Side(f"{s.name} {split}", Path(mix.manifest_path(s, split)), s.key_pattern)
-                for s in mix.sources for split in ("val", "test")]
-    return leakage_pairs(train, [h for h in held_out if h.manifest.is_file()])
+                for s in mix.sources for split in EVAL_SPLITS]
+    return leakage(train, [h for h in held_out if h.manifest.is_file()])
 
 
 # ---------------------------------------------------------------- the whole run
@@ -351,7 +351,7 @@ def add_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argparse.Ar
                    help="seconds the job may run (default: until $SLURM_JOB_END_TIME, if set)")
     p.add_argument("--max-labelless", type=float, default=0.05,
                    help="warn when P(batch without labels) is above this (default 0.05); no labels at all fails")
-    p.add_argument("--fail-on-leakage", action="store_true", help="NYU scene leakage is a fail, not a warning")
+    p.add_argument("--fail-on-leakage", action="store_true", help="scene leakage (an evaluation scene in a training manifest) is a fail, not a warning")
     p.add_argument("--json", type=Path, help="also write the report here")
     p.set_defaults(func=run)
     return p

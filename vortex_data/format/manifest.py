@@ -43,8 +43,8 @@ INDEX_SCHEMA = pa.schema([
     ("fy", pa.float32()),
     ("cx", pa.float32()),
     ("cy", pa.float32()),
-    # the capture's scene where the source names one (NYU's ``scenes`` cell), else null: what a
-    # train/val leakage check compares (vortex-data preflight).
+    # the capture's scene where the source names one (NYU's ``scenes`` cell), else null: what the
+    # train/eval leakage check compares (format.scenes: vortex-data preflight and stats).
     ("scene", pa.string()),
     # what the key's first two parts say, as columns so DuckDB and pandas group without parsing keys
     # (absent in indexes written before them).

@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
           f"{quota}, {plan}; "
           f"{len(stats['duplicates']['pairs'])} cross-source near-duplicate pairs")
     for leak in stats["scene_leakage"]:
-        print(f"NYU scene leakage {leak['pair']}: " + (f"unknown ({leak['unknown_because']})"
+        print(f"scene leakage {leak['pair']}: " + (f"unknown ({leak['unknown_because']})"
               if leak["leaked_frames"] is None else f"{leak['leaked_frames']} of {leak['frames']} evaluation "
-              f"frames are of rooms also in training ({leak['shared_places']} rooms)"))
+              f"frames are of scenes also in training ({leak['shared_places']} scenes)"))
     return 0

@@ -1,30 +1,33 @@
-"""Evaluation leakage in `vortex-data stats`: NYU evaluation frames whose room is also trained on.
+"""Evaluation leakage in `vortex-data stats` and `preflight`: evaluation frames whose scene is also trained on.
 
-The rule (a room is a scene name without its capture letter) and the pairing of training and
-evaluation manifests live in :mod:`..convert.nyu.eval_scenes` and :mod:`..convert.nyu.splits`;
-preflight calls the same two functions, so both commands count the same frames.
+The pairing and counting live in :mod:`..format.scenes`; :func:`leakage` hands it the scene
+families whose rule a converter knows (NYU: its three datasets name the same rooms, matched by
+place), and both commands call :func:`leakage`, so they count the same frames.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..format.manifest import load_manifest
+from ..format.scenes import Family, Side, scene_leakage as pair_leakage
+
+
+def families() -> tuple[Family, ...]:
+    """Families of several datasets; every other dataset is matched with itself, by exact scene name."""
+    from ..convert.nyu.eval_scenes import FAMILY
+
+    return (FAMILY,)
+
+
+def leakage(train: Sequence[Side], held_out: Sequence[Side]) -> list[dict[str, Any]]:
+    """Every (training, evaluation) pair of one scene family: the evaluation frames whose scene is
+    also trained on (:func:`..format.scenes.scene_leakage`)."""
+    return pair_leakage(train, held_out, families())
 
 
 def scene_leakage(units: list[Any]) -> list[dict[str, Any]]:
-    """For each NYU training manifest given and each NYU val/test manifest given: the evaluation
-    frames whose room is also trained on (the check preflight runs, :mod:`..convert.nyu.eval_scenes`)."""
-    from ..convert.nyu.eval_scenes import Side, leakage_pairs
-    from ..convert.nyu.splits import shared_places
-
-    split = {u.name: load_manifest(u.manifest).split for u in units}
-    train = [Side(u.name, u.manifest, u.key_pattern) for u in units if split[u.name] == "train"]
-    held_out = [Side(u.name, u.manifest, u.key_pattern) for u in units if split[u.name] in ("val", "test")]
-    out = []
-    for label, tr, ho, why in leakage_pairs(train, held_out):
-        shared = None if tr is None or ho is None else shared_places(tr, ho)
-        out.append({"pair": label, "frames": None if ho is None else len(ho),
-                    "leaked_frames": None if shared is None else shared["frames"],
-                    "shared_places": None if shared is None else shared["scenes"], "unknown_because": why or None})
-    return out
+    """For each training manifest given and each val/test/eval manifest given of its family."""
+    sides = [Side(u.name, u.manifest, u.key_pattern) for u in units]
+    train = [s for s in sides if load_manifest(s.manifest).split == "train"]
+    return leakage(train, sides)

@@ -211,10 +211,11 @@ def _tables(s: dict[str, Any]) -> str:
     if len(pairs) > 500:
         out.append(f"<p>... and {len(pairs) - 500} more in stats.json.</p>")
     if s.get("scene_leakage"):
-        out += ["<h2>NYU scene leakage</h2>",
-                "<p>Evaluation frames (val/test manifests) whose room is also in a training manifest, from the "
-                "indexes' scene column; captures of one room (kitchen_0028a/b) count as one room.</p>",
-                _table(["training / evaluation", "evaluation frames", "of rooms also trained on", "rooms"],
+        out += ["<h2>Scene leakage</h2>",
+                "<p>Evaluation frames (val/test/eval manifests) whose scene is also in a training manifest of "
+                "the same dataset, from the indexes' scene column; NYU's datasets are matched by room, so "
+                "captures of one room (kitchen_0028a/b) count as one.</p>",
+                _table(["training / evaluation", "evaluation frames", "of scenes also trained on", "scenes"],
                        [[x["pair"], _f(x["frames"], "d"), "unknown: " + str(x["unknown_because"])
                          if x["leaked_frames"] is None else x["leaked_frames"], _f(x["shared_places"], "d")]
                         for x in s["scene_leakage"]])]

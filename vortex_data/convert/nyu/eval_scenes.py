@@ -17,9 +17,8 @@ This module is the one place that knows which rooms those are and how names matc
    names the split it belongs to) and counted in the build report by reason. Building without
    either source is refused (:func:`from_args`), unless ``--allow-eval-scenes``; then nothing is
    excluded but the report still counts the frames of evaluation scenes that were kept.
-4. **After the fact.** :func:`leakage_pairs` reads the ``scene`` column of built Parquet indexes and
-   pairs every NYU training manifest with every NYU evaluation manifest; ``preflight`` and
-   ``stats`` report the frames of shared places (:func:`.splits.shared_places`).
+4. **After the fact.** :data:`FAMILY` tells the check on built sets (:mod:`...format.scenes`, run
+   by ``preflight`` and ``stats``) that the three NYU datasets name the same rooms, matched by place.
 
 API for a converter of raw NYU captures: ``add_arguments(group)`` in its ``add_arguments``,
 ``from_args(args, dataset)`` in its ``from_args`` (returns :class:`EvalScenes` or None when
@@ -38,11 +37,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...errors import InputError
+from ...format.scenes import Family
 from ..base import FrameRef, Rejection
 from .splits import place_of, split_scenes
 
 NYU_DATASETS = ("nyu", "nyu-raw", "nyu-sync")
 """Datasets whose ``scene`` values are NYU scene names, comparable with one another."""
+FAMILY = Family("nyu", frozenset(NYU_DATASETS), place_of)
+"""The NYU datasets as one scene family of the leakage check on built sets, matched by place."""
 EVAL_SPLITS = ("official", "scenes80", "both")
 REJECT_CODE = "eval-scene"
 FLAGS = "--labelled FILE, --exclude-scenes FILE or --allow-eval-scenes"
@@ -206,70 +208,3 @@ def options(eval_scenes: EvalScenes | None) -> dict[str, Any]:
     if eval_scenes is None:
         return {"allowed": True, "source": None}
     return {"allowed": eval_scenes.allowed, **eval_scenes.origin, "excluded_places": sorted(eval_scenes.places)}
-
-
-# ---------------------------------------------------------------- built sets: preflight and stats
-
-def manifest_scenes(manifest: Path, key_pattern: str | None = None) -> tuple[list[str] | None, str]:
-    """The scene of every frame of a manifest, from its Parquet index's ``scene`` column (None and
-    why when the index records none)."""
-    from ...format.manifest import ManifestError, load_manifest
-
-    if not Path(manifest).is_file():
-        return None, f"no manifest {Path(manifest).name}"
-    try:
-        m = load_manifest(manifest)
-        index = m.index_file()
-        if "scene" not in index.schema_arrow.names:
-            return None, f"{m.index_path().name} records no scenes; rebuild NYU with a vortex-data that does"
-        t = index.read(columns=["key", "scene"])
-    except (ManifestError, OSError) as e:
-        return None, str(e)
-    keys, scenes = t.column("key").to_pylist(), t.column("scene").to_pylist()
-    if all(s is None for s in scenes):  # the column exists in every index; only some sources fill it
-        return None, f"{m.index_path().name} records no scenes"
-    if key_pattern:
-        scenes = [s for k, s in zip(keys, scenes) if re.search(key_pattern, k)]
-    if any(s is None for s in scenes):
-        return None, f"{m.index_path().name} lacks the scene of some frames"
-    return [str(s) for s in scenes], ""
-
-
-@dataclass(frozen=True)
-class Side:
-    """One manifest as a side of the check: ``name`` is how the report calls it."""
-
-    name: str
-    manifest: Path
-    key_pattern: str | None = None
-
-
-def leakage_pairs(train: Sequence[Side], held_out: Sequence[Side]) -> list[tuple[str, list[str] | None,
-                                                                                  list[str] | None, str]]:
-    """Every (training, evaluation) pair of NYU manifests: (label, train scenes, evaluation scenes,
-    why unknown). Manifests of other datasets are skipped: their scene names are not NYU's."""
-    def nyu(side: Side) -> bool:
-        from ...format.manifest import load_manifest
-
-        try:
-            return load_manifest(side.manifest).dataset in NYU_DATASETS
-        except (OSError, ValueError):
-            return False
-
-    train = [s for s in train if nyu(s)]
-    held_out = [s for s in held_out if nyu(s)]
-    cache: dict[tuple[Path, str | None], tuple[list[str] | None, str]] = {}
-
-    def scenes(s: Side) -> tuple[list[str] | None, str]:
-        k = (Path(s.manifest).resolve(), s.key_pattern)
-        if k not in cache:
-            cache[k] = manifest_scenes(s.manifest, s.key_pattern)
-        return cache[k]
-
-    out = []
-    for t in train:
-        t_scenes, why_t = scenes(t)
-        for h in held_out:
-            h_scenes, why_h = scenes(h)
-            out.append((f"{t.name}/{h.name}", t_scenes, h_scenes, why_t or why_h))
-    return out

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.io
 
 from ...errors import InputError
+from ...format.scenes import shared_scenes
 
 SCHEMES = ("scenes80", "random80", "official")
 DEFAULT_SCHEME = "scenes80"
@@ -110,9 +111,7 @@ def scene_overlap(scenes: Sequence[str], train: Sequence[int], held_out: Sequenc
 
 def shared_places(train_scenes: Sequence[str], held_out_scenes: Sequence[str]) -> dict[str, int]:
     """Held-out frames (one scene name each) whose place is also a train frame's, and how many places."""
-    in_train = {place_of(s) for s in train_scenes}
-    shared = [p for p in map(place_of, held_out_scenes) if p in in_train]
-    return {"frames": len(shared), "scenes": len(set(shared))}
+    return shared_scenes(train_scenes, held_out_scenes, place_of)
 
 
 def _read_splits_file(path: Path) -> dict[str, list[int]]:
