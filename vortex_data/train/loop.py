@@ -57,7 +57,7 @@ class MultiTaskLoss(nn.Module):
         pred = out["depth"].float()
         valid, beyond = reachable_depth(depth, self.net.depth_head.max_depth)
         losses = {"depth": berhu_loss(pred, depth, valid), "seg": seg_loss(out["seg"], seg)}
-        active = {"depth": bool(valid.any()), "seg": bool((seg != IGNORE_INDEX).any())}
+        active = {"depth": valid.any(), "seg": (seg != IGNORE_INDEX).any()}  # on the device: no host sync
         smooth = edge_aware_smoothness(pred, rgb.float())
         total = self.kendall(losses, active) + self.smooth_weight * smooth
         parts = {"loss": total.detach(), "depth": losses["depth"].detach(), "seg": losses["seg"].detach(),
