@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vortex_data.train.compiled import plain_state_dict
 from vortex_data.train.distributed import DistInfo, barrier
 
 from ..errors import InputError
@@ -223,7 +224,11 @@ def load_shared(path: Path, map_location: str | torch.device = "cpu") -> dict[st
     """train.pt of a checkpoint directory (or a file path given directly)."""
     f = path / "train.pt" if path.is_dir() else path
     # weights_only=False: the file holds optimiser/scheduler state and numpy RNG tuples we wrote ourselves
-    return torch.load(f, map_location=map_location, weights_only=False)
+    shared = torch.load(f, map_location=map_location, weights_only=False)
+    for part in ("net", "kendall"):  # saved from a torch.compile'd module by other code: same weights
+        if isinstance(shared.get(part), dict):
+            shared[part] = plain_state_dict(shared[part])
+    return shared
 
 
 def load_rank(path: Path, rank: int) -> dict[str, Any] | None:
