@@ -297,8 +297,8 @@ class Trainer:
             compute = clock.stop()
             self.step += 1
             epoch_timer.add(t1 - t0, compute)
-            if self.step - first_step == 1:
-                self.gpu_util.take()  # the warm-up step (compilation, autotuning) stays out of every figure
+            if self.step - first_step == 1:  # the warm-up step (compilation, autotuning) stays out of every figure
+                self.gpu_util.take("log"), self.gpu_util.take("profile")
             self.profile(start_profile.add(self.step - first_step, t1 - t0, compute))
             if self.step % cfg.log_every == 0 or self.finished():
                 self.log_step(parts, t1 - t0, compute)
@@ -334,7 +334,7 @@ class Trainer:
         report = diagnose(timer, self.cfg.batch_size, self.cfg.num_workers, self.cfg.starve_threshold)
         # What the scheduler will see: NVML's mean over the window when it is measured, else the
         # bound the data wait sets (the GPU runs no kernel while it waits for a batch).
-        measured = self.gpu_util.take()
+        measured = self.gpu_util.take("profile")
         predicted = measured if measured is not None else predicted_utilisation(
             report.loader_samples_per_s, report.compute_samples_per_s)
         self.info("profile", steps=timer.steps, **{key: round(v, 4) if isinstance(v, float) else v
@@ -355,7 +355,7 @@ class Trainer:
     def log_step(self, parts: dict[str, torch.Tensor], wait_s: float, compute_s: float) -> None:
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         s = self.module.kendall.log_vars.detach().cpu().tolist()
-        util = self.gpu_util.take()
+        util = self.gpu_util.take("log")
         self.info("step", step=self.step, samples=self.scheduler.samples, **{k: float(v) for k, v in parts.items()},
                   lr_encoder=lrs.get("encoder"), lr_heads=lrs.get("heads"), s_depth=s[0], s_seg=s[1],
                   wait_s=round(wait_s, 4), compute_s=round(compute_s, 4),

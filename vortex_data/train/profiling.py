@@ -143,12 +143,14 @@ class GpuUtilisation:
     (a host synchronisation, launch overhead, a data wait) as 0. Schedulers that kill jobs for low
     utilisation poll this figure (nvidia-smi, DCGM) and average it; so does this class: a daemon
     thread calls :meth:`poll` every ``period_s`` and :meth:`take` returns the mean of the samples
-    since the previous :meth:`take`. ``read`` None: unavailable, ``reason`` says why.
+    since the same reader's previous :meth:`take` (readers: the log lines, the start profile's
+    window). ``read`` None: unavailable, ``reason`` says why.
     """
 
     def __init__(self, read: Callable[[], float] | None, reason: str = "", period_s: float = 0.25) -> None:
         self.read, self.reason, self.period_s = read, reason, period_s
-        self._samples: list[float] = []
+        self._sum, self._count = 0.0, 0
+        self._marks: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -167,13 +169,18 @@ class GpuUtilisation:
             self.read, self.reason = None, f"NVML stopped answering ({type(e).__name__}: {e})"
             return
         with self._lock:
-            self._samples.append(value)
+            self._sum += value
+            self._count += 1
 
-    def take(self) -> float | None:
-        """Mean utilisation (percent) since the previous take; None when unavailable or no sample yet."""
+    def take(self, reader: str = "log") -> float | None:
+        """Mean utilisation (percent) since ``reader``'s previous take (or since the start); None
+        when unavailable or no sample came in between."""
         with self._lock:
-            samples, self._samples = self._samples, []
-        return sum(samples) / len(samples) if samples and self.available else None
+            total, count = self._sum, self._count
+        before_sum, before_count = self._marks.get(reader, (0.0, 0))
+        self._marks[reader] = (total, count)
+        n = count - before_count
+        return (total - before_sum) / n if n and self.available else None
 
     def start(self) -> "GpuUtilisation":
         if self.available and self._thread is None:
