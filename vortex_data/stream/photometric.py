@@ -63,8 +63,15 @@ def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[flo
     params = None
     if "jitter" in batch and not bool(torch.isnan(batch["jitter"]).all()):  # host tensor; all NaN: no jitter
         params = jitter_params(batch["jitter"], batch["jitter_order"], device)
-    phase = _compiled_phase() if (device.type == "cuda" if compiled is None else compiled) else device_phase
-    out["rgb"] = phase(rgb, params, rgb_table(mean, std, device))
+    table = rgb_table(mean, std, device)
+    finished = None
+    if (device.type == "cuda" if compiled is None else compiled) and not _COMPILE_FAILED:
+        try:
+            finished = _compiled_phase()(rgb, params, table)
+        except Exception as e:  # noqa: BLE001 - no compiler toolchain here: the same function, eagerly
+            _COMPILE_FAILED.append(f"{type(e).__name__}: {e}")
+            warnings.warn(f"the device phase could not be compiled, running it eagerly: {_COMPILE_FAILED[0][:300]}")
+    out["rgb"] = device_phase(rgb, params, table) if finished is None else finished
     out["depth"] = batch["depth"].to(torch.float32).mul_(1.0 / DEPTH_SCALE_MM)
     out["seg"] = batch["seg"].long()
     return out
@@ -79,6 +86,7 @@ def device_phase(rgb: torch.Tensor, params: torch.Tensor | None, table: torch.Te
 
 
 _COMPILED: list[Any] = []
+_COMPILE_FAILED: list[str] = []
 
 
 def _compiled_phase() -> Any:
