@@ -214,3 +214,14 @@ def test_trainer_on_the_cpu_reports_nvml_unavailable(tmp_path):
     (profile,) = [e for e in events if e["event"] == "profile"]
     assert profile["gpu_util"] is None and profile["gpu_util_source"].startswith("upper bound from the data wait")
     assert all(e["gpu_util"] is None for e in events if e["event"] == "step")
+
+
+def test_preflight_reports_the_predicted_utilisation_beside_its_data_rate_verdict():
+    from vortex_data.preflight import check_rate
+    from vortex_data.train.profiling import predicted_utilisation
+
+    slow = check_rate(60.0, 100.0)
+    assert slow.status == "fail" and slow.values["predicted_gpu_util"] == 60.0 == predicted_utilisation(60, 100)
+    assert "(GPU utilisation at most 60%)" in slow.detail
+    fast = check_rate(250.0, 100.0)
+    assert fast.status == "ok" and fast.values["predicted_gpu_util"] == 100.0
