@@ -89,13 +89,11 @@ def check_rate(measured: float | None, needed: float | None, error: str | None =
     if needed is None:
         return Check("loader", "unknown", f"{measured:.1f} samples/s per rank measured; needed rate unknown "
                      "(give --needed-rate or --measure-steps)", v)
-    # The GPU runs no kernel while it waits for data: the figure a scheduler's NVML poll will show
-    # at most (the trainer's start-of-run profile measures it; see train/profiling.py).
-    from .train.profiling import predicted_utilisation
+    from .train.profiling import predicted_utilisation  # at most what a scheduler's NVML poll will show
 
     v["predicted_gpu_util"] = round(predicted_utilisation(measured, needed), 1)
-    what = (f"{measured:.1f} samples/s per rank measured, training needs {needed:.1f} (GPU utilisation at most "
-            f"{v['predicted_gpu_util']:.0f}%)")
+    what = f"{measured:.1f} samples/s per rank measured, training needs {needed:.1f} (GPU utilisation at most " \
+           f"{v['predicted_gpu_util']:.0f}%)"
     if measured < needed:
         return Check("loader", "fail", what + ": the GPU would wait for data; add workers/CPUs or shrink "
                      "the images at build time (--resize)", v)

@@ -36,7 +36,7 @@ from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import SampleSchedule, build_optimizer
 from vortex_data.stream import photometric
 from vortex_data.train.profiling import (ComputeClock, StartProfile, StepTimer, diagnose, open_gpu_utilisation,
-                                         predicted_utilisation, utilisation_advice)
+                                         utilisation_profile)
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController
 
 log = logging.getLogger("vortex_data.train")
@@ -103,9 +103,8 @@ class Trainer:
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint last written or restored
         self.compile_mode = compiled.resolve_mode(cfg.compile, self.device.type)
-        # What the step calls: the module, compiled (lazily: the first step compiles) unless
-        # compile is none; run() wraps it in DDP first under several ranks. Checkpoints save and
-        # load self.module, never this wrapper, so they do not depend on the mode.
+        # What the step calls: compiled lazily (the first step compiles) unless compile is none; DDP
+        # first under several ranks (run()). Checkpoints hold self.module: they do not depend on the mode.
         self.model: nn.Module = compiled.compile_model(self.module, self.compile_mode, cfg.compile_backend)
         # NVML's utilization.gpu, polled on a thread (rank 0 reports it); unavailable off CUDA.
         self.gpu_util = open_gpu_utilisation(self.device)
@@ -282,8 +281,7 @@ class Trainer:
                   samples=self.scheduler.samples, total_samples=self.scheduler.total_samples,
                   device=str(self.device), amp=str(self.amp_dtype), compile=self.compile_mode,
                   gpu_util=self.gpu_util.describe(None) if not self.gpu_util.available else "sampled (NVML)")
-        if self.dist.is_main:
-            self.gpu_util.start()
+        self.gpu_util.start() if self.dist.is_main else None  # rank 0 reports it
         it = iter(self.loader)
         clock = ComputeClock(self.cuda)  # CUDA events, read a step late: no per-step synchronize
         epoch_timer, start_profile = StepTimer(), StartProfile(cfg.profile_steps, clock.lag)
@@ -331,23 +329,13 @@ class Trainer:
         whether data starves compute."""
         if timer is None:
             return
-        report = diagnose(timer, self.cfg.batch_size, self.cfg.num_workers, self.cfg.starve_threshold)
-        # What the scheduler will see: NVML's mean over the window when it is measured, else the
-        # bound the data wait sets (the GPU runs no kernel while it waits for a batch).
-        measured = self.gpu_util.take("profile")
-        predicted = measured if measured is not None else predicted_utilisation(
-            report.loader_samples_per_s, report.compute_samples_per_s)
+        cfg = self.cfg
+        report = diagnose(timer, cfg.batch_size, cfg.num_workers, cfg.starve_threshold)
+        fields, messages = utilisation_profile(report, self.gpu_util, cfg.min_gpu_util, cfg.decode, self.compile_mode,
+                                               cfg.batch_size)
         self.info("profile", steps=timer.steps, **{key: round(v, 4) if isinstance(v, float) else v
-                                                    for key, v in vars(report).items()},
-                  gpu_util=None if measured is None else round(measured, 1), gpu_util_predicted=round(predicted, 1),
-                  gpu_util_source="nvml" if measured is not None else
-                  f"upper bound from the data wait; NVML {self.gpu_util.describe(None)}")
-        warnings = [report.message()] if report.starving else []
-        if self.cfg.min_gpu_util is not None:
-            advice = utilisation_advice(predicted, self.cfg.min_gpu_util, report, self.cfg.decode, self.compile_mode,
-                                        self.cfg.batch_size)
-            warnings += [advice] if advice else []
-        for message in warnings:
+                                                    for key, v in vars(report).items()}, **fields)
+        for message in ([report.message()] if report.starving else []) + messages:
             log.warning(message)
             if self.dist.is_main:
                 print(f"[train] WARNING {message}", flush=True)

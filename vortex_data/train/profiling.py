@@ -255,3 +255,19 @@ def utilisation_advice(predicted: float, min_util: float, report: StarvationRepo
     levers.append(f"a larger batch (--batch-size {2 * batch_size}, now {batch_size})")
     return (f"GPU utilisation predicted {predicted:.0f}% (NVML utilization.gpu, as the scheduler sees it) is below "
             f"min_gpu_util {min_util:.0f}%; levers: " + "; ".join(levers))
+
+
+def utilisation_profile(report: StarvationReport, util: GpuUtilisation, min_util: float | None, decode: str,
+                        compile_mode: str, batch_size: int) -> tuple[dict[str, Any], list[str]]:
+    """The start-of-run profile's utilisation fields and warnings: what the scheduler will see is
+    NVML's mean over the profile's window (``util``'s ``profile`` reader) when it is measured,
+    else the bound the data wait sets (the GPU runs no kernel while it waits for a batch)."""
+    measured = util.take("profile")
+    predicted = measured if measured is not None else predicted_utilisation(
+        report.loader_samples_per_s, report.compute_samples_per_s)
+    fields = {"gpu_util": None if measured is None else round(measured, 1), "gpu_util_predicted": round(predicted, 1),
+              "gpu_util_source": "nvml" if measured is not None else
+              f"upper bound from the data wait; NVML {util.describe(None)}"}
+    advice = None if min_util is None else utilisation_advice(predicted, min_util, report, decode, compile_mode,
+                                                              batch_size)
+    return fields, [advice] if advice else []
