@@ -120,6 +120,16 @@ def test_berhu_threshold_is_set_by_valid_pixels_only():
     assert berhu_loss(pred, gt, gt > 0).item() == pytest.approx((0.5125 + 5.2) / 4, rel=1e-6)
 
 
+def test_a_nan_target_off_the_mask_leaves_gradients_finite():
+    """Indexing (the old loss) never differentiated masked-out pixels; a mask by torch.where must
+    not either (abs of a NaN residual would give 0 x NaN = NaN in backward)."""
+    pred = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    target = torch.tensor([1.5, float("nan"), 2.0])
+    valid = torch.tensor([True, False, True])
+    berhu_loss(pred, target, valid).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[1] == 0
+
+
 def test_loss_traces_without_graph_break():
     args = batch("partly-labelled")
 

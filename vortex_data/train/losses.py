@@ -44,7 +44,7 @@ def berhu_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     Invalid pixels get r = 0 before the max (r >= 0, so the max over valid pixels is unchanged)
     and are left out of the sum; with no valid pixel the loss is 0 / 1, an exact connected 0.
     """
-    r = torch.where(valid, (pred - target).abs(), 0.0)
+    r = torch.where(valid, pred - target, 0.0).abs()  # abs after the mask: a NaN target off it gets gradient 0, not NaN
     c = (BERHU_C_FRACTION * r.amax()).detach().clamp_min(1e-6)  # c = 0 only when the fit is exact
     quad = (r * r + c * c) / (2 * c)
     b = torch.where(valid & (r > c), quad, r)  # r = 0 off the mask
