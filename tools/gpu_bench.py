@@ -18,7 +18,9 @@ frames, perturbed per sample, JPEG q95), then reports
   (h) the compiled step: eager against each ``--compile`` mode, for the ceiling and for the
       loader-fed step at 2 and 4 workers, with NVML's GPU utilisation (as a scheduler polls it)
       beside images/s and the first step's time (the compilation); and ``loader.finish`` before
-      this change (a copy of the old code, below), now eagerly and now compiled.
+      this change (a copy of the old code, below), now eagerly and now compiled;
+  (l) loss curves: the trainer's loop for ``curve_steps`` steps eagerly and compiled (``default``),
+      same seed and data, compared at the end against the curve's own step-to-step noise.
 
 Every figure comes from one process on one machine; the JSON (``--out``) holds them all, and a
 table is printed. Sections stop early when ``--budget`` seconds are spent, and the JSON is
@@ -26,7 +28,7 @@ rewritten after each section, so a run cut short still leaves what it measured.
 
     python tools/gpu_bench.py --photos ../shared/samples/nyu --out gpu_bench.json
     python tools/gpu_bench.py --photos ../shared/samples/nyu --device cpu --quick   # end to end, < 1 min
-    python tools/gpu_bench.py --photos ../shared/samples/nyu --sections h --out docs/gpu/gpu_bench_4.json
+    python tools/gpu_bench.py --photos ../shared/samples/nyu --sections hl --out docs/gpu/gpu_bench_4.json
 
 ``--quick`` compiles with the ``eager`` backend (dynamo's capture only: inductor's C++ build of the
 model takes many minutes on a small CPU), so on a CPU section (h) checks the path, not the speed.
@@ -91,17 +93,19 @@ class Plan:
     compile_size: tuple[int, int]
     compile_batch: int
     compile_workers: list[int]
+    curve_steps: int
 
 
 FULL = Plan(photos=2048, sizes=[(480, 640), (384, 512)], batches=[16, 32], loader_sizes=[(384, 512), (480, 640)],
             loader_batches=[16, 32], workers=[2, 4, 8, 16], ceiling_steps=50, loader_timed_steps=40,
             finish_batches=20, train_steps=200, train_batch=16, train_size=(384, 512), train_workers=2,
             compile_modes=["none", "default", "reduce-overhead", "max-autotune"], compile_backend="inductor",
-            compile_size=(384, 512), compile_batch=16, compile_workers=[2, 4])
+            compile_size=(384, 512), compile_batch=16, compile_workers=[2, 4], curve_steps=2000)
 QUICK = Plan(photos=24, sizes=[(64, 96)], batches=[2], loader_sizes=[(64, 96)], loader_batches=[2], workers=[1],
              ceiling_steps=3, loader_timed_steps=3, finish_batches=2, train_steps=8, train_batch=2,
              train_size=(64, 96), train_workers=1, compile_modes=["none", "default"], compile_backend="eager",
-             compile_size=(64, 96), compile_batch=2, compile_workers=[])  # (b) runs the loader-fed step already
+             compile_size=(64, 96), compile_batch=2, compile_workers=[],  # (b) runs the loader-fed step already
+             curve_steps=6)
 
 
 class Budget:
@@ -467,6 +471,39 @@ def run_compile(plan: Plan, manifest: Path, device: torch.device, tmp: Path, bud
     return {"rows": rows, "finish": run_finish_before_after(plan, manifest, device, tmp)}
 
 
+def run_curves(plan: Plan, manifest: Path, device: torch.device, tmp: Path) -> dict[str, Any]:
+    """(l): ``run_stage`` eagerly and compiled (``default``) on the same data from the same seed,
+    ``curve_steps`` steps each at the compile section's size and batch, 4 workers (1 with --quick).
+    "Within noise": the last quarters' mean losses differ by less than the eager last quarter's
+    standard deviation (step-to-step spread of one curve)."""
+    size, b = plan.compile_size, plan.compile_batch
+    curves: dict[str, list[float]] = {}
+    out: dict[str, Any] = {"size": list(size), "batch": b, "steps": plan.curve_steps}
+    for mode in ("none", "default"):
+        cfg = config(tmp / f"curve-{mode}", manifest, size, b, 1 if plan.curve_steps < 100 else 4, plan.curve_steps,
+                     device, compile=mode, compile_backend=plan.compile_backend)
+        cfg = dataclasses.replace(cfg, log_every=1, ckpt_every=plan.curve_steps)
+        t0 = time.perf_counter()
+        code = run_stage(cfg, stream_loader)
+        events = [json.loads(line) for line in (cfg.stage_dir / "log.jsonl").read_text().splitlines()]
+        curves[mode] = [e["loss"] for e in events if e["event"] == "step"]
+        util = [e["gpu_util"] for e in events if e["event"] == "step" and e.get("gpu_util") is not None]
+        out[mode] = {"exit_code": code, "wall_s": round(time.perf_counter() - t0, 1),
+                     "gpu_util_mean": round(statistics.mean(util), 1) if util else None}
+        torch._dynamo.reset()
+    k = max(2, plan.curve_steps // 4)
+    eager_last, comp_last = curves["none"][-k:], curves["default"][-k:]
+    noise = statistics.stdev(eager_last)
+    diff = statistics.mean(comp_last) - statistics.mean(eager_last)
+    out.update(eager_last_quarter_mean=round(statistics.mean(eager_last), 4),
+               compiled_last_quarter_mean=round(statistics.mean(comp_last), 4), difference=round(diff, 4),
+               eager_last_quarter_std=round(noise, 4), within_noise=abs(diff) < noise,
+               first_loss_relative_difference=round(abs(curves["default"][0] - curves["none"][0]) / abs(curves["none"][0]), 6),
+               losses={m: [round(v, 4) for v in c] for m, c in curves.items()})
+    print(f"[gpu_bench] curves {({k: v for k, v in out.items() if k != 'losses'})}", flush=True)
+    return out
+
+
 def finish_before(batch: dict[str, Any], mean: Any, std: Any) -> torch.Tensor:
     """``loader.finish``'s RGB as it was before the fused device phase (kept here to time it
     against the new one on the same card): jitter per operation on index-selected subsets with
@@ -556,6 +593,9 @@ def table(result: dict[str, Any]) -> str:
             lines.append(head + f"{r['images_per_s']:>8} {str(r.get('speedup_vs_eager')):>7} {str(r.get('gpu_util')):>6} "
                                 f"{100 * r['data_wait_fraction']:>6.1f} {r['first_step_s']:>10}")
         lines += [f"finish before/after: {json.dumps(result['compile']['finish'])}"]
+    if "curves" in result:
+        lines += ["", "(l) loss curves, eager vs compiled: " + json.dumps({k: v for k, v in result["curves"].items()
+                                                                         if k != "losses"})]
     return "\n".join(lines)
 
 
@@ -571,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", help="loader worker counts for (b) (default 2 4 8 16)")
     p.add_argument("--set-dir", type=Path, help="build the photo set here (default: a temporary folder)")
     p.add_argument("--sections", default="agcebh", help="which of a, b, c, e, g (one step's time by phase), h (compile "
-                                                        "modes, NVML, finish before/after) to run (d is part of each; "
-                                                        "f needs b and e)")
+                                                        "modes, NVML, finish before/after), l (loss curves eager vs "
+                                                        "compiled) to run (d is part of each; f needs b and e)")
     p.add_argument("--compile-modes", nargs="+", help="modes for (h) (default: none default reduce-overhead max-autotune; "
                                                       "max-autotune's compilation takes minutes)")
     args = p.parse_args(argv)
@@ -598,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vortex-gpu-bench-") as tmpname:
         tmp = Path(tmpname)
         manifest = Path()
-        if set(args.sections) & set("bceh"):
+        if set(args.sections) & set("bcehl"):
             t0 = time.perf_counter()
             manifest = build_photo_set(args.photos, args.set_dir or tmp / "photos", plan.photos, workers=usable_cpus())
             result["photo_set"] = {"samples": plan.photos, "build_s": round(time.perf_counter() - t0, 1)}
@@ -624,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
             result["compile"] = {"gpu_util_source": "nvml" if util.available else util.describe(None),
                                  **run_compile(plan, manifest, device, tmp, budget, util)}
             util.stop()
+            save()
+        if "l" in args.sections:
+            result["curves"] = run_curves(plan, manifest, device, tmp)
             save()
         if "training" in result and "loader" in result:
             result["workers"] = workers_verdict(result["loader"], result["training"], threshold)
