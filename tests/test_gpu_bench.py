@@ -62,3 +62,10 @@ def test_quick_cpu_run_measures_every_section(tmp_path, nyu_photos):
     b = r["breakdown"]
     assert b["forward_ms"] > 0 and b["backward_ms"] > 0 and b["step_ms"] > 0
     assert "(a) compute ceiling" in res.stdout and "(f) workers" in res.stdout
+    c = r["compile"]  # (h): eager vs compiled (the eager backend on a CPU), NVML unavailable here, finish before/after
+    assert [(row["mode"], row["feed"]) for row in c["rows"]] == [("none", "resident"), ("default", "resident")]
+    assert all(row["images_per_s"] > 0 and row["gpu_util"] is None for row in c["rows"])
+    assert c["rows"][1]["speedup_vs_eager"] > 0 and c["gpu_util_source"].startswith("unavailable (no CUDA device")
+    assert c["finish"]["before_ms"] > 0 and c["finish"]["eager_ms"] > 0
+    assert c["finish"]["before_vs_eager_max_abs"] == 0.0  # the fused phase gives the old phase's values
+    assert "(h) compiled step" in res.stdout

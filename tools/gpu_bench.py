@@ -14,7 +14,13 @@ frames, perturbed per sample, JPEG q95), then reports
   (d) peak device memory of every configuration;
   (e) a real training run (the trainer's loop, checkpoints and all): loss falls, no NaN;
   (f) the workers the trainer's start-of-run profile says are needed (run with 2 workers) next
-      to the fewest workers with which (b) kept the data wait under the profile's threshold.
+      to the fewest workers with which (b) kept the data wait under the profile's threshold;
+  (h) the compiled step: eager against each ``--compile`` mode, for the ceiling and for the
+      loader-fed step at 2 and 4 workers, with NVML's GPU utilisation (as a scheduler polls it)
+      beside images/s and the first step's time (the compilation); and ``loader.finish`` before
+      this change (a copy of the old code, below), now eagerly and now compiled;
+  (l) loss curves: the trainer's loop for ``curve_steps`` steps eagerly and compiled (``default``),
+      same seed and data, compared at the end against the curve's own step-to-step noise.
 
 Every figure comes from one process on one machine; the JSON (``--out``) holds them all, and a
 table is printed. Sections stop early when ``--budget`` seconds are spent, and the JSON is
@@ -22,6 +28,10 @@ rewritten after each section, so a run cut short still leaves what it measured.
 
     python tools/gpu_bench.py --photos ../shared/samples/nyu --out gpu_bench.json
     python tools/gpu_bench.py --photos ../shared/samples/nyu --device cpu --quick   # end to end, < 1 min
+    python tools/gpu_bench.py --photos ../shared/samples/nyu --sections hl --out docs/gpu/gpu_bench_4.json
+
+``--quick`` compiles with the ``eager`` backend (dynamo's capture only: inductor's C++ build of the
+model takes many minutes on a small CPU), so on a CPU section (h) checks the path, not the speed.
 """
 
 from __future__ import annotations
@@ -54,7 +64,8 @@ from vortex_data.stream import photometric  # noqa: E402
 from vortex_data.train.config import TrainConfig  # noqa: E402
 from vortex_data.train.data import stream_loader, train_request  # noqa: E402
 from vortex_data.train.loop import Trainer, run_stage  # noqa: E402
-from vortex_data.train.profiling import ComputeClock, StepTimer, diagnose  # noqa: E402
+from vortex_data.train.profiling import ComputeClock, GpuUtilisation, StepTimer, diagnose  # noqa: E402
+from vortex_data.train.profiling import open_gpu_utilisation  # noqa: E402
 
 MODES = {"device-photometric": "cpu", "device-decode": "device"}
 """Loader mode name -> make_loader's ``decode`` (both with ``photometric="device"``, as the trainer)."""
@@ -77,14 +88,24 @@ class Plan:
     train_batch: int
     train_size: tuple[int, int]
     train_workers: int
+    compile_modes: list[str]
+    compile_backend: str
+    compile_size: tuple[int, int]
+    compile_batch: int
+    compile_workers: list[int]
+    curve_steps: int
 
 
 FULL = Plan(photos=2048, sizes=[(480, 640), (384, 512)], batches=[16, 32], loader_sizes=[(384, 512), (480, 640)],
             loader_batches=[16, 32], workers=[2, 4, 8, 16], ceiling_steps=50, loader_timed_steps=40,
-            finish_batches=20, train_steps=200, train_batch=16, train_size=(384, 512), train_workers=2)
+            finish_batches=20, train_steps=200, train_batch=16, train_size=(384, 512), train_workers=2,
+            compile_modes=["none", "default", "reduce-overhead", "max-autotune"], compile_backend="inductor",
+            compile_size=(384, 512), compile_batch=16, compile_workers=[2, 4], curve_steps=2000)
 QUICK = Plan(photos=24, sizes=[(64, 96)], batches=[2], loader_sizes=[(64, 96)], loader_batches=[2], workers=[1],
              ceiling_steps=3, loader_timed_steps=3, finish_batches=2, train_steps=8, train_batch=2,
-             train_size=(64, 96), train_workers=1)
+             train_size=(64, 96), train_workers=1, compile_modes=["none", "default"], compile_backend="eager",
+             compile_size=(64, 96), compile_batch=2, compile_workers=[],  # (b) runs the loader-fed step already
+             curve_steps=6)
 
 
 class Budget:
@@ -169,19 +190,30 @@ def resident_batch(size: tuple[int, int], batch: int, device: torch.device) -> d
             "depth": depth.to(device), "seg": seg.to(device), "has_seg": torch.ones(batch, dtype=torch.bool)}
 
 
-def timed_steps(trainer: Trainer, warm: int, timed: int, budget: Budget) -> dict[str, Any]:
+def timed_steps(trainer: Trainer, warm: int, timed: int, budget: Budget,
+                util: GpuUtilisation | None = None) -> dict[str, Any]:
     """``warm`` then ``timed`` steps of the trainer's own step: wall images/s, data-wait fraction
-    (wait in ``next()`` vs compute by CUDA events, as the trainer's profile counts them)."""
+    (wait in ``next()`` vs compute by CUDA events, as the trainer's profile counts them), the
+    first step's seconds (compilation, autotuning) and, with ``util``, NVML's mean utilisation
+    over the timed steps."""
     device, b = trainer.device, trainer.cfg.batch_size
     it = iter(trainer.loader)
     clock, timer = ComputeClock(trainer.cuda), StepTimer()
     trainer.module.train()
     n = 0
     t_start = 0.0
+    first_step_s = 0.0
     for i in range(warm + timed):
+        if i == 1:
+            sync(device)
+            first_step_s = time.perf_counter() - t_first
         if i == warm:
             sync(device)
             t_start = time.perf_counter()
+            if util is not None:
+                util.take("bench")
+        if i == 0:
+            t_first = time.perf_counter()
         t0 = time.perf_counter()
         it, batch = trainer.next_batch(it)
         t1 = time.perf_counter()
@@ -195,8 +227,12 @@ def timed_steps(trainer: Trainer, warm: int, timed: int, budget: Budget) -> dict
                 break
     sync(device)
     wall = time.perf_counter() - t_start
-    return {"steps": n, "images_per_s": round(n * b / wall, 1), "wall_s": round(wall, 3),
-            "data_wait_fraction": round(timer.wait_fraction, 4), "timer": timer}
+    out = {"steps": n, "images_per_s": round(n * b / wall, 1), "wall_s": round(wall, 3),
+           "data_wait_fraction": round(timer.wait_fraction, 4), "first_step_s": round(first_step_s, 2), "timer": timer}
+    if util is not None:
+        util.poll()  # at least one sample inside the window, however short
+        out["gpu_util"] = _round(util.take("bench"), 1)
+    return out
 
 
 def run_ceiling(plan: Plan, device: torch.device, tmp: Path, budget: Budget) -> list[dict[str, Any]]:
@@ -388,6 +424,136 @@ def workers_verdict(loader_rows: list[dict[str, Any]], train: dict[str, Any], th
             "measured_workers": sorted(r["workers"] for r in rows)}
 
 
+def run_compile(plan: Plan, manifest: Path, device: torch.device, tmp: Path, budget: Budget,
+                util: GpuUtilisation) -> dict[str, Any]:
+    """(h): every compile mode against eager, on the ceiling (resident batch) and fed by the
+    streaming loader (``photometric="device"``, CPU decode) at ``compile_workers`` workers."""
+    size, b = plan.compile_size, plan.compile_batch
+    rows = []
+    for mode in plan.compile_modes:
+        for workers in [0, *plan.compile_workers]:  # 0: the ceiling
+            row: dict[str, Any] = {"mode": mode, "backend": plan.compile_backend, "size": list(size), "batch": b,
+                                   "feed": "resident" if workers == 0 else f"loader w{workers}"}
+            if budget.left() < 0:
+                rows.append({**row, "skipped": "time budget spent"})
+                continue
+            reset_peak(device)
+            kw = dict(compile=mode, compile_backend=plan.compile_backend)
+            if workers == 0:
+                data = resident_batch(size, b, device)
+                trainer = Trainer(config(tmp / "compile", None, size, b, 0, 10**6, device, **kw),
+                                  lambda req, d=data: ResidentBatches(d))
+                steps = plan.ceiling_steps
+            else:
+                trainer = Trainer(config(tmp / "compile", manifest, size, b, workers, 10**6, device, **kw),
+                                  stream_loader)
+                steps = max(plan.loader_timed_steps, 4 * workers)
+            try:
+                r = timed_steps(trainer, warm=max(3, 2 * workers), timed=steps, budget=budget, util=util)
+            except Exception as e:  # noqa: BLE001 - one mode failing (e.g. CUDA graphs) must not lose the others
+                rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+                print(f"[gpu_bench] compile {mode} {row['feed']}: {rows[-1]['error']}", flush=True)
+                continue
+            finally:
+                close = getattr(trainer.loader, "close", None)
+                if close is not None:
+                    close()
+            r.pop("timer")
+            rows.append({**row, **r, "peak_gib": _round(peak_gib(device), 2)})
+            print(f"[gpu_bench] compile {mode} {row['feed']}: {r['images_per_s']} img/s, gpu_util {r.get('gpu_util')}, "
+                  f"first step {r['first_step_s']} s", flush=True)
+            del trainer
+            torch._dynamo.reset()  # each configuration compiles from scratch (its first step says how long)
+    eager = {r["feed"]: r["images_per_s"] for r in rows if r["mode"] == "none" and "images_per_s" in r}
+    for r in rows:
+        if "images_per_s" in r and eager.get(r["feed"]):
+            r["speedup_vs_eager"] = round(r["images_per_s"] / eager[r["feed"]], 3)
+    return {"rows": rows, "finish": run_finish_before_after(plan, manifest, device, tmp)}
+
+
+def run_curves(plan: Plan, manifest: Path, device: torch.device, tmp: Path) -> dict[str, Any]:
+    """(l): ``run_stage`` eagerly and compiled (``default``) on the same data from the same seed,
+    ``curve_steps`` steps each at the compile section's size and batch, 4 workers (1 with --quick).
+    "Within noise": the last quarters' mean losses differ by less than the eager last quarter's
+    standard deviation (step-to-step spread of one curve)."""
+    size, b = plan.compile_size, plan.compile_batch
+    curves: dict[str, list[float]] = {}
+    out: dict[str, Any] = {"size": list(size), "batch": b, "steps": plan.curve_steps}
+    for mode in ("none", "default"):
+        cfg = config(tmp / f"curve-{mode}", manifest, size, b, 1 if plan.curve_steps < 100 else 4, plan.curve_steps,
+                     device, compile=mode, compile_backend=plan.compile_backend)
+        cfg = dataclasses.replace(cfg, log_every=1, ckpt_every=plan.curve_steps)
+        t0 = time.perf_counter()
+        code = run_stage(cfg, stream_loader)
+        events = [json.loads(line) for line in (cfg.stage_dir / "log.jsonl").read_text().splitlines()]
+        curves[mode] = [e["loss"] for e in events if e["event"] == "step"]
+        util = [e["gpu_util"] for e in events if e["event"] == "step" and e.get("gpu_util") is not None]
+        out[mode] = {"exit_code": code, "wall_s": round(time.perf_counter() - t0, 1),
+                     "gpu_util_mean": round(statistics.mean(util), 1) if util else None}
+        torch._dynamo.reset()
+    k = max(2, plan.curve_steps // 4)
+    eager_last, comp_last = curves["none"][-k:], curves["default"][-k:]
+    noise = statistics.stdev(eager_last)
+    diff = statistics.mean(comp_last) - statistics.mean(eager_last)
+    out.update(eager_last_quarter_mean=round(statistics.mean(eager_last), 4),
+               compiled_last_quarter_mean=round(statistics.mean(comp_last), 4), difference=round(diff, 4),
+               eager_last_quarter_std=round(noise, 4), within_noise=abs(diff) < noise,
+               first_loss_relative_difference=round(abs(curves["default"][0] - curves["none"][0]) / abs(curves["none"][0]), 6),
+               losses={m: [round(v, 4) for v in c] for m, c in curves.items()})
+    print(f"[gpu_bench] curves {({k: v for k, v in out.items() if k != 'losses'})}", flush=True)
+    return out
+
+
+def finish_before(batch: dict[str, Any], mean: Any, std: Any) -> torch.Tensor:
+    """``loader.finish``'s RGB as it was before the fused device phase (kept here to time it
+    against the new one on the same card): jitter per operation on index-selected subsets with
+    the selections made on the host, then normalisation in float64."""
+    from vortex_data.stream.photometric import ADJUST
+
+    factors, order, x = batch["jitter"].cpu(), batch["jitter_order"].cpu(), batch["rgb"]
+    applied = ~torch.isnan(factors)
+    for step in range(order.shape[1]):
+        y = x.clone()
+        for op, fn in ADJUST.items():
+            sel = (order[:, step] == op) & applied[:, op]
+            if int(sel.sum()):
+                idx = sel.nonzero().flatten().to(x.device, non_blocking=True)
+                y.index_copy_(0, idx, fn(x.index_select(0, idx), factors[sel, op]))
+        x = y
+    m = torch.tensor(mean, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+    return x.to(torch.float64).div_(255.0).sub_(m).div_(s).to(torch.float32).contiguous(memory_format=torch.channels_last)
+
+
+def run_finish_before_after(plan: Plan, manifest: Path, device: torch.device, tmp: Path) -> dict[str, Any]:
+    """``finish`` per batch of ``compile_batch`` at ``compile_size`` (photometric on the device,
+    CPU decode): before (:func:`finish_before`), now eagerly, now compiled (the trainer's
+    default on CUDA), each the median over ``finish_batches`` batches; and how far the compiled
+    RGB is from the eager one, in grey levels."""
+    size, b = plan.compile_size, plan.compile_batch
+    loader = stream_loader(train_request(config(tmp, manifest, size, b, 0, 1, device)))
+    it = iter(loader)
+    raws = [photometric.to_device(next(it), device) for _ in range(plan.finish_batches)]
+    mean, std = loader.spec.mean, loader.spec.std
+    ways = {"before": lambda r: finish_before(r, mean, std),
+            "eager": lambda r: photometric.finish_batch(r, mean, std, compiled=False)["rgb"],
+            "compiled": lambda r: photometric.finish_batch(r, mean, std, compiled=True)["rgb"]}
+    if device.type != "cuda":
+        ways.pop("compiled")  # inductor's C++ build on a small CPU takes minutes; the GPU run measures it
+    out: dict[str, Any] = {"size": list(size), "batch": b}
+    for name, fn in ways.items():
+        for r in raws[:2]:
+            fn(r)  # warm-up (compilation, kernels)
+        out[f"{name}_ms"] = round(statistics.median(median_ms(lambda r=r: fn(r), device, 3) for r in raws), 3)
+    if "compiled" in ways:
+        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        diff = max(float(((ways["compiled"](r) - ways["eager"](r)) * std_t * 255).abs().max()) for r in raws)
+        out["compiled_vs_eager_max_grey_levels"] = round(diff, 3)
+    out["before_vs_eager_max_abs"] = max(float((ways["before"](r) - ways["eager"](r)).abs().max()) for r in raws)
+    print(f"[gpu_bench] finish before/after {out}", flush=True)
+    return out
+
+
 def _round(v: float | None, nd: int) -> float | None:
     return None if v is None else round(v, nd)
 
@@ -416,6 +582,20 @@ def table(result: dict[str, Any]) -> str:
         lines += ["", f"(e) training run: {json.dumps(t)}"]
     if "workers" in result:
         lines += ["", f"(f) workers: {json.dumps(result['workers'])}"]
+    if "compile" in result:
+        lines += ["", "(h) compiled step (NVML utilisation as a scheduler polls it; first step = compilation)",
+                  f"{'mode':>16} {'feed':>10} {'img/s':>8} {'x eager':>7} {'gpu %':>6} {'wait %':>6} {'1st step s':>10}"]
+        for r in result["compile"]["rows"]:
+            head = f"{r['mode']:>16} {r['feed']:>10} "
+            if "images_per_s" not in r:
+                lines.append(head + r.get("skipped", r.get("error", "")))
+                continue
+            lines.append(head + f"{r['images_per_s']:>8} {str(r.get('speedup_vs_eager')):>7} {str(r.get('gpu_util')):>6} "
+                                f"{100 * r['data_wait_fraction']:>6.1f} {r['first_step_s']:>10}")
+        lines += [f"finish before/after: {json.dumps(result['compile']['finish'])}"]
+    if "curves" in result:
+        lines += ["", "(l) loss curves, eager vs compiled: " + json.dumps({k: v for k, v in result["curves"].items()
+                                                                         if k != "losses"})]
     return "\n".join(lines)
 
 
@@ -430,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which remaining measurements are skipped")
     p.add_argument("--workers", type=int, nargs="+", help="loader worker counts for (b) (default 2 4 8 16)")
     p.add_argument("--set-dir", type=Path, help="build the photo set here (default: a temporary folder)")
-    p.add_argument("--sections", default="agceb", help="which of a, b, c, e, g (one step's time by phase) to run (d is part of each; f needs b and e)")
+    p.add_argument("--sections", default="agcebh", help="which of a, b, c, e, g (one step's time by phase), h (compile "
+                                                        "modes, NVML, finish before/after), l (loss curves eager vs "
+                                                        "compiled) to run (d is part of each; f needs b and e)")
+    p.add_argument("--compile-modes", nargs="+", help="modes for (h) (default: none default reduce-overhead max-autotune; "
+                                                      "max-autotune's compilation takes minutes)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -438,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = dataclasses.replace(QUICK if args.quick else FULL)
     if args.workers:
         plan.workers = args.workers
+    if args.compile_modes:
+        plan.compile_modes = args.compile_modes
     threshold = TrainConfig.starve_threshold
     budget = Budget(args.budget)
     if device.type == "cuda":
@@ -452,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vortex-gpu-bench-") as tmpname:
         tmp = Path(tmpname)
         manifest = Path()
-        if set(args.sections) & set("bce"):
+        if set(args.sections) & set("bcehl"):
             t0 = time.perf_counter()
             manifest = build_photo_set(args.photos, args.set_dir or tmp / "photos", plan.photos, workers=usable_cpus())
             result["photo_set"] = {"samples": plan.photos, "build_s": round(time.perf_counter() - t0, 1)}
@@ -472,6 +658,15 @@ def main(argv: list[str] | None = None) -> int:
             save()
         if "b" in args.sections:
             result["loader"] = run_loader(plan, manifest, device, tmp, budget, threshold)
+            save()
+        if "h" in args.sections:
+            util = open_gpu_utilisation(device, period_s=0.1).start()
+            result["compile"] = {"gpu_util_source": "nvml" if util.available else util.describe(None),
+                                 **run_compile(plan, manifest, device, tmp, budget, util)}
+            util.stop()
+            save()
+        if "l" in args.sections:
+            result["curves"] = run_curves(plan, manifest, device, tmp)
             save()
         if "training" in result and "loader" in result:
             result["workers"] = workers_verdict(result["loader"], result["training"], threshold)

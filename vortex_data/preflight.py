@@ -88,7 +88,11 @@ def check_rate(measured: float | None, needed: float | None, error: str | None =
     if needed is None:
         return Check("loader", "unknown", f"{measured:.1f} samples/s per rank measured; needed rate unknown "
                      "(give --needed-rate or --measure-steps)", v)
-    what = f"{measured:.1f} samples/s per rank measured, training needs {needed:.1f}"
+    from .train.profiling import predicted_utilisation  # at most what a scheduler's NVML poll will show
+
+    v["predicted_gpu_util"] = round(predicted_utilisation(measured, needed), 1)
+    what = f"{measured:.1f} samples/s per rank measured, training needs {needed:.1f} (GPU utilisation at most " \
+           f"{v['predicted_gpu_util']:.0f}%)"
     if measured < needed:
         return Check("loader", "fail", what + ": the GPU would wait for data; add workers/CPUs or shrink "
                      "the images at build time (--resize)", v)

@@ -11,9 +11,15 @@ depth mm -> metres and labels -> int64. With ``decode="device"`` it first decode
 The jitter follows torchvision.transforms.v2's tensor kernels op for op (blend =
 ``img*f + other*(1-f)`` clamped and truncated, grayscale ``0.2989R + 0.587G + 0.114B`` floored,
 contrast against the mean grayscale, hue through torchvision's hexcone HSV) with the factor a
-per-sample tensor instead of a Python float, so one kernel serves the whole batch. The jitter
-parameters stay on the host (see :func:`to_device`): choosing which samples get which operation
-at each of the four steps then needs no device-to-host synchronisation.
+per-sample tensor instead of a Python float, so one kernel serves the whole batch.
+
+The device phase is one function of device tensors with fixed shapes and no data-dependent
+branch (:func:`device_phase`): the jitter parameters go to the device in one copy, and at each
+of the four steps every operation runs on the whole batch and ``torch.where`` keeps, per sample,
+the one that sample draws there. On CUDA it runs compiled (``torch.compile``, a handful of fused
+kernels instead of a few hundred small ones and no host synchronisation); elsewhere eagerly.
+Normalisation is the CPU path's float32 table (:func:`vortex_data.stream.batch.rgb_lut`) gathered
+on the device: float32 throughout, the same bits as the workers' OpenCV path.
 """
 
 from __future__ import annotations
@@ -41,9 +47,11 @@ def is_finished(batch: dict[str, Any]) -> bool:
     return "jpeg" not in batch and batch["rgb"].is_floating_point()
 
 
-def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[float],
+                 compiled: bool | None = None) -> dict[str, Any]:
     """Raw (``photometric="device"``) batch -> finished batch on the batch's device; a batch that
-    is already finished is returned as it is. Fields: see ``make_loader``."""
+    is already finished is returned as it is. Fields: see ``make_loader``. ``compiled``: run
+    :func:`device_phase` through torch.compile (None: on CUDA only)."""
     if is_finished(batch):
         return batch
     out = {k: v for k, v in batch.items() if k not in HOST_FIELDS}
@@ -52,21 +60,70 @@ def finish_batch(batch: dict[str, Any], mean: Sequence[float], std: Sequence[flo
         rgb = decode_jpeg_batch(batch["jpeg"], batch["crop"], batch["flip"], tuple(batch["depth"].shape[-2:]), device)
     else:
         rgb = batch["rgb"]
-    if "jitter" in batch and not bool(torch.isnan(batch["jitter"]).all()):  # all NaN: evaluation, no jitter
-        rgb = color_jitter_batch(rgb, batch["jitter"], batch["jitter_order"])
-    out["rgb"] = normalise(rgb, mean, std)
+    params = None
+    if "jitter" in batch and not bool(torch.isnan(batch["jitter"]).all()):  # host tensor; all NaN: no jitter
+        params = jitter_params(batch["jitter"], batch["jitter_order"], device)
+    table = rgb_table(mean, std, device)
+    finished = None
+    if (device.type == "cuda" if compiled is None else compiled) and not _COMPILE_FAILED:
+        try:
+            finished = _compiled_phase()(rgb, params, table)
+        except Exception as e:  # noqa: BLE001 - no compiler toolchain here: the same function, eagerly
+            _COMPILE_FAILED.append(f"{type(e).__name__}: {e}")
+            warnings.warn(f"the device phase could not be compiled, running it eagerly: {_COMPILE_FAILED[0][:300]}")
+    out["rgb"] = device_phase(rgb, params, table) if finished is None else finished
     out["depth"] = batch["depth"].to(torch.float32).mul_(1.0 / DEPTH_SCALE_MM)
     out["seg"] = batch["seg"].long()
     return out
 
 
+def device_phase(rgb: torch.Tensor, params: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> colour-jittered (``params`` from :func:`jitter_params`; None: none) and
+    normalised float32, channels-last. Device tensors in, no host synchronisation, fixed shapes."""
+    if params is not None:
+        rgb = color_jitter_device(rgb, params)
+    return normalise_by_table(rgb, table)
+
+
+_COMPILED: list[Any] = []
+_COMPILE_FAILED: list[str] = []
+
+
+def _compiled_phase() -> Any:
+    """:func:`device_phase` through torch.compile, made once per process (static shapes: a
+    batch of another size compiles once more)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(device_phase, dynamic=False))
+    return _COMPILED[0]
+
+
+_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def rgb_table(mean: Sequence[float], std: Sequence[float], device: torch.device | str) -> torch.Tensor:
+    """The CPU path's normalisation table (:func:`vortex_data.stream.batch.rgb_lut`) as a flat
+    (3*256,) float32 tensor on ``device``, channel-major; made once per device."""
+    key = (tuple(mean), tuple(std), str(device))
+    if key not in _TABLES:
+        from .batch import rgb_lut
+
+        lut = torch.from_numpy(rgb_lut(mean, std).reshape(256, 3).T.copy())  # (3, 256)
+        _TABLES[key] = lut.reshape(-1).to(device)
+    return _TABLES[key]
+
+
 def normalise(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 -> ``(x/255 - mean) / std`` float32, computed in float64 and rounded once: the same
-    bits as the CPU path's 256-entry table (:func:`vortex_data.stream.batch.rgb_lut`). Keeps channels-last memory."""
-    m = torch.tensor(mean, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
-    out = rgb.to(torch.float64).div_(255.0).sub_(m).div_(s).to(torch.float32)
-    return out.contiguous(memory_format=torch.channels_last)
+    """uint8 (B,3,H,W) -> ``(x/255 - mean) / std`` float32, channels-last: the same bits as the
+    CPU path's table (:func:`vortex_data.stream.batch.rgb_lut`), which it gathers from."""
+    return normalise_by_table(rgb, rgb_table(mean, std, rgb.device))
+
+
+def normalise_by_table(rgb: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """:func:`normalise` with the table (:func:`rgb_table`) given: one gather, in (B,H,W,3)
+    order, so the result is channels-last without a copy."""
+    nhwc = rgb.permute(0, 2, 3, 1).to(torch.int64)
+    offset = torch.arange(3, device=rgb.device, dtype=torch.int64).mul_(256)
+    return table.take(nhwc + offset).permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------- ColorJitter, batched
@@ -120,6 +177,16 @@ def _rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
 
 
 _SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
+_SELECT_ON: dict[str, torch.Tensor] = {}
+
+
+def _select_table(device: torch.device) -> torch.Tensor:
+    """``_SELECT`` on ``device``, copied there once (a copy per call would wait for the stream)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(_SELECT, dtype=torch.long, device=device)  # a constant of the graph
+    if str(device) not in _SELECT_ON:
+        _SELECT_ON[str(device)] = torch.tensor(_SELECT, dtype=torch.long, device=device)
+    return _SELECT_ON[str(device)]
 
 
 def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
@@ -136,7 +203,7 @@ def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
     p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
     i.remainder_(6)
     vpqt = torch.stack((v, p, q, t), dim=-3)
-    select = torch.tensor(_SELECT, dtype=torch.long, device=img.device)[:, i].moveaxis(0, -3)
+    select = _select_table(img.device)[:, i].moveaxis(0, -3)
     return vpqt.gather(-3, select)
 
 
@@ -151,28 +218,43 @@ def adjust_hue(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 ADJUST = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast, SATURATION: adjust_saturation, HUE: adjust_hue}
 
 
-def color_jitter_batch(rgb: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Per-sample ColorJitter of a uint8 (B,3,H,W) batch: at step k sample i gets operation
-    ``order[i, k]`` with factor ``factors[i, op]`` (NaN: skipped). Each step runs each operation
-    once, on the samples that have it at that step."""
-    factors, order = factors.cpu(), order.cpu()  # no-ops for host tensors (the intended case)
+def jitter_params(factors: torch.Tensor, order: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """(B,4) factors (NaN: not applied) and (B,4) order -> one (B,8) float64 tensor on ``device``
+    (factors, then order), moved in one asynchronous copy: from pinned memory on CUDA, since a
+    copy from pageable memory waits for the device's stream first."""
+    params = torch.cat([factors.to(torch.float64), order.to(torch.float64)], dim=1)
+    if torch.device(device).type == "cuda" and not params.is_cuda:
+        params = params.pin_memory()
+    return params.to(device, non_blocking=True)
+
+
+_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+"""A factor that leaves the image as it is, per operation (brightness, contrast, saturation, hue)."""
+
+
+def color_jitter_device(rgb: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Per-sample ColorJitter of a uint8 (B,3,H,W) batch with :func:`jitter_params`' tensor: at
+    step k sample i gets operation ``order[i, k]`` with factor ``factors[i, op]`` (NaN: skipped).
+    Each step runs every operation on the whole batch and keeps per sample the one it draws
+    (``torch.where``): fixed shapes and no host decision, so it compiles to a few kernels."""
+    factors, order = params[:, :4], params[:, 4:].to(torch.int64)
     applied = ~torch.isnan(factors)
+    factors = torch.where(applied, factors, torch.tensor(_NEUTRAL, dtype=factors.dtype, device=factors.device))
     x = rgb
     for step in range(order.shape[1]):
-        y = x.clone() if not bool(applied.gather(1, order[:, step:step + 1]).all()) else torch.empty_like(x)
-        for op, fn in ADJUST.items():
-            sel = (order[:, step] == op) & applied[:, op]
-            n = int(sel.sum())
-            if n == 0:
-                continue
-            f = factors[sel, op]
-            if n == len(sel):
-                y = fn(x, f)
-                continue
-            idx = sel.nonzero().flatten().to(x.device, non_blocking=True)
-            y.index_copy_(0, idx, fn(x.index_select(0, idx), f))
+        op = order[:, step:step + 1]
+        f = factors.gather(1, op).view(-1)
+        on = applied.gather(1, op).view(-1)
+        y = x
+        for k, fn in ADJUST.items():
+            y = torch.where(((op.view(-1) == k) & on).view(-1, 1, 1, 1), fn(x, f), y)
         x = y
     return x
+
+
+def color_jitter_batch(rgb: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """:func:`color_jitter_device` with the loader's (B,4) ``jitter`` and ``jitter_order`` fields."""
+    return color_jitter_device(rgb, jitter_params(factors, order, rgb.device))
 
 
 # ---------------------------------------------------------------- JPEG decode on the device

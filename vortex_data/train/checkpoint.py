@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vortex_data.train.compiled import plain_state_dict
 from vortex_data.train.distributed import DistInfo, barrier
 
 from ..errors import InputError
@@ -261,7 +262,7 @@ def load_shared(path: Path, map_location: str | torch.device = "cpu") -> dict[st
     f = path / "train.pt" if path.is_dir() else path
     try:
         # weights_only=False: the file holds optimiser/scheduler state and numpy RNG tuples we wrote ourselves
-        return torch.load(f, map_location=map_location, weights_only=False)
+        shared = torch.load(f, map_location=map_location, weights_only=False)
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{f}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     except RuntimeError as e:
@@ -269,6 +270,10 @@ def load_shared(path: Path, map_location: str | torch.device = "cpu") -> dict[st
             raise
         raise CheckpointError(f"{f}: not a readable checkpoint, truncated or damaged "
                               f"({str(e).splitlines()[0]})") from None
+    for part in ("net", "kendall"):  # saved from a torch.compile'd module by other code: same weights
+        if isinstance(shared.get(part), dict):
+            shared[part] = plain_state_dict(shared[part])
+    return shared
 
 
 def load_rank(path: Path, rank: int) -> dict[str, Any] | None:

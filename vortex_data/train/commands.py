@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vortex_data.errors import VortexError
-from vortex_data.train.config import FIELDS, build_config, load_recipe
+from vortex_data.train.config import COMPILE_MODES, FIELDS, build_config, load_recipe
 from vortex_data.train.protocol import PROTOCOLS
 
 # CLI flag -> TrainConfig field, for the settings worth overriding without editing a recipe.
@@ -17,7 +17,7 @@ _OVERRIDES = {
     "steps_per_epoch": int, "batch_size": int, "num_workers": int, "seed": int, "encoder_weights": str,
     "lr_encoder": float, "lr_heads": float, "warmup_steps": int, "amp": str, "ckpt_every": int,
     "time_limit_s": float, "stop_margin_s": float, "stop_file": str, "profile_steps": int, "log_every": int,
-    "init_from": str, "on_error": str, "decode": str,
+    "init_from": str, "on_error": str, "decode": str, "compile": str, "min_gpu_util": float,
 }
 assert set(_OVERRIDES) <= FIELDS
 
@@ -43,13 +43,20 @@ def add_train_parser(subparsers: argparse._SubParsersAction, **kw: Any) -> argpa
                                          "other settings still apply)")
     for name, typ in _OVERRIDES.items():
         flag = "--" + name.replace("_", "-")
-        if name not in ("time_limit_s", "on_error", "decode", "mixture", "manifest"):
+        if name not in ("time_limit_s", "on_error", "decode", "mixture", "manifest", "compile", "min_gpu_util"):
             p.add_argument(flag, dest=name, type=typ, help=f"override the recipe's {name}")
     p.add_argument("--on-error", dest="on_error", choices=("raise", "skip"),
                    help="a sample failing its checksum or decode: raise (default: stop naming shard, key, member) "
                         "or skip (replace it from the same source deterministically, log it, count it per epoch)")
     p.add_argument("--decode", dest="decode", choices=("cpu", "device"),
                    help="where RGB JPEGs are decoded: cpu (the loader workers; default) or device (torchvision on the GPU)")
+    p.add_argument("--compile", dest="compile", choices=COMPILE_MODES,
+                   help="torch.compile the model and loss: auto (the recipe's default: 'default' on CUDA, none "
+                        "elsewhere), none (eager), default, max-autotune (longer compile, tuned kernels) or "
+                        "reduce-overhead (CUDA graphs)")
+    p.add_argument("--min-gpu-util", dest="min_gpu_util", type=float, metavar="PERCENT",
+                   help="warn at the start when the profile predicts GPU utilisation (NVML, as the scheduler "
+                        "sees it) below PERCENT, naming the lever (workers, decode, compile, batch size)")
     p.set_defaults(func=run_train)
     return p
 

@@ -41,6 +41,14 @@ class TrainConfig:
     smooth_weight: float = 1e-3
     amp: str = "bf16"
     channels_last: bool = True
+    compile: str = "auto"
+    """torch.compile of the model and loss: 'none', 'default', 'max-autotune', 'reduce-overhead'
+    (CUDA graphs), or 'auto': 'default' on CUDA, 'none' elsewhere (see docs/train.md)."""
+    compile_backend: str = "inductor"
+    """torch.compile's backend. 'inductor' generates kernels; 'aot_eager' traces forward and backward
+    exactly as inductor would see them but runs them eagerly (no C++/Triton build: the CPU tests)."""
+    min_gpu_util: float | None = None
+    """Percent; when the start-of-run profile predicts NVML GPU utilisation below it, warn and name the levers."""
     ckpt_every: int = 1000
     keep_checkpoints: int = 2
     time_limit_s: float | None = None
@@ -67,6 +75,9 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in fields(TrainConfig)}
+
+COMPILE_MODES = ("auto", "none", "default", "max-autotune", "reduce-overhead")
+"""``compile`` values; see :func:`vortex_data.train.compiled.resolve_mode`."""
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any] | None:
@@ -110,6 +121,8 @@ def build_config(recipe: dict[str, Any] | None, stage: int, overrides: dict[str,
             if layer.get(name) is not None:
                 values[other] = None
         values.update(layer)
+    if values.get("compile", "auto") not in COMPILE_MODES:
+        raise InputError(f"compile = {values['compile']!r}: must be one of {', '.join(COMPILE_MODES)}")
     if "image_size" in values:
         values["image_size"] = tuple(int(v) for v in values["image_size"])
     return TrainConfig(**values)

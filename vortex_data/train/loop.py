@@ -29,14 +29,15 @@ import torch.nn as nn
 
 from vortex_data.errors import EXIT_INTERRUPTED
 from vortex_data.format.schema import IGNORE_INDEX
-from vortex_data.train import checkpoint, distributed
+from vortex_data.train import checkpoint, compiled, distributed
 from vortex_data.train.config import TrainConfig
 from vortex_data.train.data import LoaderFactory, StatefulLoader, train_request
 from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import SampleSchedule, build_optimizer
 from vortex_data.stream import photometric
-from vortex_data.train.profiling import ComputeClock, StartProfile, StepTimer, diagnose
+from vortex_data.train.profiling import (ComputeClock, StartProfile, StepTimer, diagnose, open_gpu_utilisation,
+                                         utilisation_profile)
 from vortex_data.train.stopping import EXIT_REQUEUE, StopController
 
 log = logging.getLogger("vortex_data.train")
@@ -58,7 +59,7 @@ class MultiTaskLoss(nn.Module):
         pred = out["depth"].float()
         valid, beyond = reachable_depth(depth, self.net.depth_head.max_depth)
         losses = {"depth": berhu_loss(pred, depth, valid), "seg": seg_loss(out["seg"], seg)}
-        active = {"depth": bool(valid.any()), "seg": bool((seg != IGNORE_INDEX).any())}
+        active = {"depth": valid.any(), "seg": (seg != IGNORE_INDEX).any()}  # on the device: no host sync
         smooth = edge_aware_smoothness(pred, rgb.float())
         total = self.kendall(losses, active) + self.smooth_weight * smooth
         parts = {"loss": total.detach(), "depth": losses["depth"].detach(), "seg": losses["seg"].detach(),
@@ -91,7 +92,7 @@ class Trainer:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(net.encoder_parameters(), net.head_parameters(),
                                          list(self.module.kendall.parameters()), cfg.lr_encoder, cfg.lr_heads,
-                                         cfg.weight_decay)
+                                         cfg.weight_decay, cuda=self.cuda)
         self.global_batch = cfg.batch_size * self.dist.world_size
         # warmup_steps / steps count steps of the global batch the stage starts with (restore()
         # keeps the checkpoint's), so a resume at another world size continues by samples seen.
@@ -102,7 +103,12 @@ class Trainer:
         self.loader: StatefulLoader = factory(train_request(cfg, self.dist.rank, self.dist.world_size))
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint last written or restored
-        self.model: nn.Module = self.module
+        self.compile_mode = compiled.resolve_mode(cfg.compile, self.device.type)
+        # What the step calls: compiled lazily (the first step compiles) unless compile is none; DDP
+        # first under several ranks (run()). Checkpoints hold self.module: they do not depend on the mode.
+        self.model: nn.Module = compiled.compile_model(self.module, self.compile_mode, cfg.compile_backend)
+        # NVML's utilization.gpu, polled on a thread (rank 0 reports it); unavailable off CUDA.
+        self.gpu_util = open_gpu_utilisation(self.device)
 
     # ------------------------------------------------------------ state
 
@@ -238,6 +244,8 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         rgb, depth, seg = self.to_device(batch)
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be overwritten now
         with autocast:
             total, parts = self.model(rgb, depth, seg)
         self.optimizer.zero_grad(set_to_none=True)
@@ -266,12 +274,15 @@ class Trainer:
         elif (src := self.init_source()) is not None:
             self.initialise_from(src)
         if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.cuda else None)
+            ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.cuda else None)
+            self.model = compiled.compile_model(ddp, self.compile_mode, self.cfg.compile_backend)
         self.write_status("running")  # an exception turns it into 'failed' (run_stage); a hard kill leaves it
         self.module.train()
         self.info("start", stage=cfg.stage, step=self.step, steps=cfg.steps, world_size=self.dist.world_size,
                   samples=self.scheduler.samples, total_samples=self.scheduler.total_samples,
-                  device=str(self.device), amp=str(self.amp_dtype))
+                  device=str(self.device), amp=str(self.amp_dtype), compile=self.compile_mode,
+                  gpu_util=self.gpu_util.describe(None) if not self.gpu_util.available else "sampled (NVML)")
+        self.gpu_util.start() if self.dist.is_main else None  # rank 0 reports it
         it = iter(self.loader)
         clock = ComputeClock(self.cuda)  # CUDA events, read a step late: no per-step synchronize
         epoch_timer, start_profile = StepTimer(), StartProfile(cfg.profile_steps, clock.lag)
@@ -285,6 +296,8 @@ class Trainer:
             compute = clock.stop()
             self.step += 1
             epoch_timer.add(t1 - t0, compute)
+            if self.step - first_step == 1:  # the warm-up step (compilation, autotuning) stays out of every figure
+                self.gpu_util.take("log"), self.gpu_util.take("profile")
             self.profile(start_profile.add(self.step - first_step, t1 - t0, compute))
             if self.step % cfg.log_every == 0 or self.finished():
                 self.log_step(parts, t1 - t0, compute)
@@ -322,22 +335,31 @@ class Trainer:
         whether data starves compute."""
         if timer is None:
             return
-        report = diagnose(timer, self.cfg.batch_size, self.cfg.num_workers, self.cfg.starve_threshold)
+        cfg = self.cfg
+        report = diagnose(timer, cfg.batch_size, cfg.num_workers, cfg.starve_threshold)
+        fields, messages = utilisation_profile(report, self.gpu_util, cfg.min_gpu_util, cfg.decode, self.compile_mode,
+                                               cfg.batch_size)
         self.info("profile", steps=timer.steps, **{key: round(v, 4) if isinstance(v, float) else v
-                                                    for key, v in vars(report).items()})
-        if report.starving:
-            log.warning(report.message())
+                                                    for key, v in vars(report).items()}, **fields)
+        for message in ([report.message()] if report.starving else []) + messages:
+            log.warning(message)
             if self.dist.is_main:
-                print(f"[train] WARNING {report.message()}", flush=True)
+                print(f"[train] WARNING {message}", flush=True)
 
     def log_step(self, parts: dict[str, torch.Tensor], wait_s: float, compute_s: float) -> None:
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         s = self.module.kendall.log_vars.detach().cpu().tolist()
+        util = self.gpu_util.take("log")
         self.info("step", step=self.step, samples=self.scheduler.samples, **{k: float(v) for k, v in parts.items()},
                   lr_encoder=lrs.get("encoder"), lr_heads=lrs.get("heads"), s_depth=s[0], s_seg=s[1],
-                  wait_s=round(wait_s, 4), compute_s=round(compute_s, 4))
+                  wait_s=round(wait_s, 4), compute_s=round(compute_s, 4),
+                  gpu_util=None if util is None else round(util, 1))
+        # STATUS keeps its first line for the sbatch scripts (head -n 1); the second is for people.
+        self.write_status(f"running\ngpu_util {self.gpu_util.describe(util)} at step {self.step} "
+                          f"(NVML utilization.gpu, mean since the previous log line)")
 
     def close(self) -> None:
+        self.gpu_util.stop()
         distributed.shutdown()
 
 

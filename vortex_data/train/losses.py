@@ -3,9 +3,16 @@
 Every loss returns a scalar that stays attached to the prediction's graph even when the batch
 holds nothing to supervise (it is then an exact 0 with zero gradients), so DDP never sees an
 unused parameter and the optimiser never sees a NaN.
+
+None of them reads a tensor's value on the host: a mean over the pixels a mask keeps is the
+masked sum divided by ``clamp_min(count, 1)`` (0 / 1 = 0 when the mask is empty), and a choice
+that depends on the data is a ``torch.where``. So a step issues no device-to-host
+synchronisation, and ``torch.compile`` traces forward + loss as one graph (no graph break).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -14,11 +21,6 @@ import torch.nn.functional as F
 from vortex_data.format.schema import IGNORE_INDEX
 
 BERHU_C_FRACTION = 0.2
-
-
-def _zero_like_graph(t: torch.Tensor) -> torch.Tensor:
-    """An exact 0.0 connected to ``t``'s graph (gradient 0 everywhere, never NaN)."""
-    return (t * 0).sum()
 
 
 def reachable_depth(target: torch.Tensor, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,24 +41,25 @@ def berhu_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
 
     With r = |pred - target| on valid pixels and c = 0.2 * max(r) over the batch (c carries no
     gradient):  B(r) = r if r <= c else (r^2 + c^2) / (2c);  the loss is the mean of B(r).
+    Invalid pixels get r = 0 before the max (r >= 0, so the max over valid pixels is unchanged)
+    and are left out of the sum; with no valid pixel the loss is 0 / 1, an exact connected 0.
     """
-    if not bool(valid.any()):
-        return _zero_like_graph(pred)
-    r = (pred - target).abs()[valid]
-    c = (BERHU_C_FRACTION * r.max()).detach().clamp_min(1e-6)  # c = 0 only when the fit is exact
+    r = torch.where(valid, pred - target, 0.0).abs()  # abs after the mask: a NaN target off it gets gradient 0, not NaN
+    c = (BERHU_C_FRACTION * r.amax()).detach().clamp_min(1e-6)  # c = 0 only when the fit is exact
     quad = (r * r + c * c) / (2 * c)
-    return torch.where(r <= c, r, quad).mean()
+    b = torch.where(valid & (r > c), quad, r)  # r = 0 off the mask
+    return b.sum() / valid.sum().clamp_min(1)
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross-entropy over labelled pixels: -1/N sum_p log softmax(logits_p)[y_p], y_p != 255.
 
     PyTorch's mean reduction divides by the number of labelled pixels, which is 0/0 = NaN when a
-    batch has no labels (all samples label-less); that case returns an exact, connected 0 instead.
+    batch has no labels (all samples label-less); the sum over labelled pixels divided by
+    ``clamp_min(N, 1)`` is the same mean, and an exact, connected 0 then.
     """
-    if not bool((target != ignore_index).any()):
-        return _zero_like_graph(logits)
-    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp_min(1)
 
 
 def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,8 @@ def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Ten
     return (dx_d * torch.exp(-dx_i)).mean() + (dy_d * torch.exp(-dy_i)).mean()
 
 
-def kendall_combine(losses: list[torch.Tensor], log_vars: torch.Tensor, active: list[bool]) -> torch.Tensor:
+def kendall_combine(losses: list[torch.Tensor], log_vars: torch.Tensor,
+                    active: Sequence[bool | torch.Tensor]) -> torch.Tensor:
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
     L = sum_i exp(-s_i) L_i + s_i with s_i = log sigma_i^2 learned per task. The paper writes
@@ -81,13 +85,15 @@ def kendall_combine(losses: list[torch.Tensor], log_vars: torch.Tensor, active: 
     doubled), which has the same minimiser s_i = log L_i for every task and treats
     regression and classification alike.
 
-    A task that is not ``active`` (no supervision in this batch) contributes 0 * s_i: including
-    its +s_i term would push s_i down on every label-less batch and blow up the task's weight.
+    A task that is not ``active`` (no supervision in this batch; a bool or a 0-d bool tensor,
+    so the choice stays on the device) contributes 0 * s_i: including its +s_i term would push
+    s_i down on every label-less batch and blow up the task's weight.
     """
-    total = _zero_like_graph(log_vars)
+    total = (log_vars * 0).sum()  # an exact 0 on the graph, so every s_i gets a gradient
     for i, (loss, on) in enumerate(zip(losses, active)):
         s = log_vars[i]
-        total = total + (torch.exp(-s) * loss + s if on else loss * 0 + s * 0)
+        total = total + torch.where(torch.as_tensor(on, device=s.device), torch.exp(-s) * loss + s,
+                                    loss * 0 + s * 0)
     return total
 
 
@@ -99,5 +105,5 @@ class KendallWeights(nn.Module):
         self.tasks = tasks
         self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
 
-    def forward(self, losses: dict[str, torch.Tensor], active: dict[str, bool]) -> torch.Tensor:
+    def forward(self, losses: dict[str, torch.Tensor], active: dict[str, bool | torch.Tensor]) -> torch.Tensor:
         return kendall_combine([losses[t] for t in self.tasks], self.log_vars, [active[t] for t in self.tasks])

@@ -16,8 +16,12 @@ def _split_decay(params: list[nn.Parameter]) -> tuple[list[nn.Parameter], list[n
 
 
 def build_optimizer(encoder: list[nn.Parameter], heads: list[nn.Parameter], kendall: list[nn.Parameter],
-                    lr_encoder: float, lr_heads: float, weight_decay: float) -> torch.optim.AdamW:
-    """Groups in a fixed order (checkpoints depend on it): encoder, encoder-no-decay, heads, heads-no-decay, Kendall."""
+                    lr_encoder: float, lr_heads: float, weight_decay: float, cuda: bool = False) -> torch.optim.AdamW:
+    """Groups in a fixed order (checkpoints depend on it): encoder, encoder-no-decay, heads, heads-no-decay, Kendall.
+
+    On CUDA the fused implementation (one kernel per group and step instead of a handful per
+    parameter tensor); elsewhere the foreach one. Their state is the same, so a checkpoint moves
+    between them (a fused optimiser keeps its step counts on the device; loading moves them)."""
     enc_d, enc_nd = _split_decay(encoder)
     head_d, head_nd = _split_decay(heads)
     groups = [
@@ -27,7 +31,8 @@ def build_optimizer(encoder: list[nn.Parameter], heads: list[nn.Parameter], kend
         {"name": "heads_no_decay", "params": head_nd, "lr": lr_heads, "weight_decay": 0.0},
         {"name": "kendall", "params": list(kendall), "lr": lr_heads, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+    kind = {"fused": True} if cuda else {"foreach": True}
+    return torch.optim.AdamW([g for g in groups if g["params"]], **kind)
 
 
 class WarmupCosine:
