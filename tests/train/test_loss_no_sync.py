@@ -145,7 +145,7 @@ def test_loss_traces_without_graph_break():
 
 def test_forward_and_loss_trace_without_graph_break():
     """The trainer's module (EfficientViT-B1 + decoder + every loss term), as torch.compile sees it."""
-    from vortex_data.train.loop import MultiTaskLoss
+    from vortex_data.train.losses import MultiTaskLoss
     from vortex_data.train.model import DepthSegNet
 
     torch.manual_seed(0)

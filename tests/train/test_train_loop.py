@@ -353,3 +353,19 @@ def test_a_raw_batch_without_finish_is_a_clear_error(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     with pytest.raises(TypeError, match="torch.uint8 RGB.*NoFinish has none"):
         Trainer(tiny_config(tmp_path / "run", steps=1), loader).run()
+
+
+def test_a_stage_run_from_python_puts_the_signal_handlers_back(tmp_path: Path) -> None:
+    """run_stage installs stop handlers for SIGTERM/SIGUSR1/SIGINT while it trains; afterwards a
+    Ctrl-C in the same process (a notebook, a sweep, the next test) is the caller's again, not a
+    flag on a controller that is gone."""
+    def mine(signum, frame):
+        pass
+
+    before = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        assert run_stage(tiny_config(tmp_path, steps=1), synthetic) == 0
+        assert all(signal.getsignal(s) is mine for s in before)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

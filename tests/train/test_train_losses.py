@@ -109,7 +109,7 @@ def test_targets_beyond_the_head_range_are_left_out_and_counted() -> None:
 def test_multitask_loss_ignores_unreachable_depth_and_logs_the_count() -> None:
     """The reproduction: one 30 m pixel (a DIODE-like far wall) sets berHu's threshold and dominates
     the mean unless it is left out."""
-    from vortex_data.train.loop import MultiTaskLoss
+    from vortex_data.train.losses import MultiTaskLoss
     from vortex_data.train.model import DepthSegNet
 
     torch.manual_seed(0)

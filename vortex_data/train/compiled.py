@@ -1,7 +1,7 @@
 """torch.compile of the training step: which mode runs, and checkpoints that do not depend on it.
 
 What is compiled is the module that maps a finished batch to the loss (network, every loss term,
-Kendall weighting: :class:`~vortex_data.train.loop.MultiTaskLoss`), wrapped in DDP first when
+Kendall weighting: :class:`~vortex_data.train.losses.MultiTaskLoss`), wrapped in DDP first when
 there are several ranks (DDP's own compiled-module support splits the graph at gradient-bucket
 boundaries). Backward is compiled with it (AOTAutograd); the optimiser step is not (fused AdamW
 on CUDA is already one kernel per group). Shapes are static (``dynamic=False``): the loader

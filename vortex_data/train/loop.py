@@ -28,11 +28,10 @@ import torch
 import torch.nn as nn
 
 from vortex_data.errors import EXIT_INTERRUPTED
-from vortex_data.format.schema import IGNORE_INDEX
 from vortex_data.train import checkpoint, compiled, distributed
 from vortex_data.train.config import TrainConfig
 from vortex_data.train.data import LoaderFactory, StatefulLoader, train_request
-from vortex_data.train.losses import KendallWeights, berhu_loss, edge_aware_smoothness, reachable_depth, seg_loss
+from vortex_data.train.losses import MultiTaskLoss
 from vortex_data.train.model import DepthSegNet
 from vortex_data.train.optim import SampleSchedule, build_optimizer
 from vortex_data.stream import photometric
@@ -43,28 +42,6 @@ from vortex_data.train.stopping import EXIT_REQUEUE, StopController
 log = logging.getLogger("vortex_data.train")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-
-
-class MultiTaskLoss(nn.Module):
-    """Network + Kendall weights + smoothness in one module, so DDP sees (and syncs) every parameter."""
-
-    def __init__(self, net: DepthSegNet, smooth_weight: float) -> None:
-        super().__init__()
-        self.net = net
-        self.kendall = KendallWeights(("depth", "seg"))
-        self.smooth_weight = smooth_weight
-
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.net(rgb)
-        pred = out["depth"].float()
-        valid, beyond = reachable_depth(depth, self.net.depth_head.max_depth)
-        losses = {"depth": berhu_loss(pred, depth, valid), "seg": seg_loss(out["seg"], seg)}
-        active = {"depth": valid.any(), "seg": (seg != IGNORE_INDEX).any()}  # on the device: no host sync
-        smooth = edge_aware_smoothness(pred, rgb.float())
-        total = self.kendall(losses, active) + self.smooth_weight * smooth
-        parts = {"loss": total.detach(), "depth": losses["depth"].detach(), "seg": losses["seg"].detach(),
-                 "smooth": smooth.detach(), "depth_px_beyond_range": beyond.detach().float()}
-        return total, parts
 
 
 def pick_device(info: distributed.DistInfo) -> torch.device:
@@ -359,6 +336,7 @@ class Trainer:
                           f"(NVML utilization.gpu, mean since the previous log line)")
 
     def close(self) -> None:
+        self.stopper.uninstall()
         self.gpu_util.stop()
         distributed.shutdown()
 

@@ -107,3 +107,26 @@ class KendallWeights(nn.Module):
 
     def forward(self, losses: dict[str, torch.Tensor], active: dict[str, bool | torch.Tensor]) -> torch.Tensor:
         return kendall_combine([losses[t] for t in self.tasks], self.log_vars, [active[t] for t in self.tasks])
+
+
+class MultiTaskLoss(nn.Module):
+    """Network + Kendall weights + smoothness in one module, so DDP sees (and syncs) every parameter
+    and torch.compile captures forward + loss as one graph (no host sync inside)."""
+
+    def __init__(self, net: nn.Module, smooth_weight: float) -> None:
+        super().__init__()
+        self.net = net
+        self.kendall = KendallWeights(("depth", "seg"))
+        self.smooth_weight = smooth_weight
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.net(rgb)
+        pred = out["depth"].float()
+        valid, beyond = reachable_depth(depth, self.net.depth_head.max_depth)
+        losses = {"depth": berhu_loss(pred, depth, valid), "seg": seg_loss(out["seg"], seg)}
+        active = {"depth": valid.any(), "seg": (seg != IGNORE_INDEX).any()}  # on the device: no host sync
+        smooth = edge_aware_smoothness(pred, rgb.float())
+        total = self.kendall(losses, active) + self.smooth_weight * smooth
+        parts = {"loss": total.detach(), "depth": losses["depth"].detach(), "seg": losses["seg"].detach(),
+                 "smooth": smooth.detach(), "depth_px_beyond_range": beyond.detach().float()}
+        return total, parts

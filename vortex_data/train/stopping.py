@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 from ..errors import InputError
@@ -46,6 +47,7 @@ class StopController:
                              f"limit or a smaller --stop-margin-s")
         self._clock = clock
         self._signal: str | None = None
+        self._previous: dict[int, Any] = {}
         self.stop_file = Path(stop_file) if stop_file else None
         deadlines = [d for d in (slurm_deadline(), None if time_limit_s is None else clock() + time_limit_s) if d]
         self.deadline = min(deadlines) - margin_s if deadlines else None
@@ -55,7 +57,17 @@ class StopController:
         if threading.current_thread() is not threading.main_thread():
             return
         for name in STOP_SIGNALS:
-            signal.signal(getattr(signal, name), self._on_signal)
+            num = getattr(signal, name)
+            self._previous.setdefault(num, signal.signal(num, self._on_signal))
+
+    def uninstall(self) -> None:
+        """Put back the handlers :meth:`install` replaced: a stage run from Python (a notebook, a
+        test, a sweep) must not leave Ctrl-C setting the flag of a controller that is gone."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
+        self._previous.clear()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signal = signal.Signals(signum).name
