@@ -242,10 +242,10 @@ def scatter_min(pix: np.ndarray, z: np.ndarray, size: int) -> np.ndarray:
     """(size,) uint16: at each flat pixel the smallest of the depths ``z`` (integers 1..65534;
     :data:`NO_DEPTH` = none) sent to it by ``pix``, 0 where none is sent.
 
-    One pass of torch's ``scatter_reduce_`` (amin), exact whatever the collisions; numpy has no
-    scatter-min but the slow ``np.minimum.at``. It runs on one torch thread: the conversions call
-    it from one process per core, and its threaded path costs several times the CPU time (0.34 ms
-    against 3.6 ms for 300k points on a 2-core machine).
+    One pass of torch's ``scatter_reduce_`` (amin), exact whatever the collisions: 0.33 ms for the
+    300k points of a Kinect frame, against 0.52 ms for numpy's ``np.minimum.at`` and ~1 ms for a
+    numpy scatter-and-check loop. It runs on one torch thread: the conversions call it from one
+    process per core, and its threaded path cost ten times the CPU time on a busy 2-core machine.
     """
     import torch  # here, not at the top: only the registration paths need it, and it takes a second to import
 
