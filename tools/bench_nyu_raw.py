@@ -7,7 +7,8 @@ sample (JPEG 95 + zstd depth + JSON), measured two ways: ``encode_sample`` alone
 writer's whole per-sample work short of the tar write (encode, member checksums, index row), which
 every converter's frames pay. Conversion: ``load`` (byte swap, noise mask, disparity -> metres,
 RGB undistortion, projection, z-buffer) + the same encoding. Both are timed on the same frames, interleaved, as CPU time of the one thread doing the
-work (per frame per core; waiting for a core on a shared machine does not count), and printed side
+work (per frame per core; waiting for a core on a shared machine does not count; the z-buffer's
+torch scatter runs on one thread by itself), and printed side
 by side: the median of all timings and the median over frames of each frame's best round.
 
 Frames: a scene folder in the dumps' true layout, built from the real NYU frames in --photos

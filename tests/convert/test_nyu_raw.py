@@ -172,6 +172,20 @@ def test_the_precomputed_warp_is_the_registration_it_stands_for():
     assert (fast > 0).mean() > 0.6 and (fast != ref).mean() < 1e-3  # float32 may round a border point the other way
 
 
+def test_depths_beyond_the_range_are_projected_as_at_its_far_end():
+    """The toolbox caps depth at 10 m before projecting; the warp's depth range is that cap."""
+    warp = DepthToColorWarp(DEPTH_CAMERA, RGB_CAMERA, R_DEPTH_TO_RGB, T_DEPTH_TO_RGB, z_range=(0.7, 10.0))
+    valid = np.ones((480, 640), np.uint8)
+    far, at_cap = (warp.from_metres(np.full((480, 640), z, np.float32), valid) for z in (25.0, 10.0))
+    np.testing.assert_array_equal(far, at_cap)
+    assert (far > 0).mean() > 0.6 and np.median(far[far > 0]) == pytest.approx(10000, abs=20)
+    valid[:, :320] = 0  # invalid pixels reach no output pixel
+    half = warp.from_metres(np.full((480, 640), 2.0, np.float32), valid)
+    assert half[:, :250].max() == 0 and (half[:, 330:] > 0).mean() > 0.8
+    with pytest.raises(InputError, match="behind the colour camera"):
+        DepthToColorWarp(DEPTH_CAMERA, RGB_CAMERA, R_DEPTH_TO_RGB, T_DEPTH_TO_RGB, z_range=(-1.0, 10.0))
+
+
 def test_scatter_min_keeps_the_nearest_depth_per_pixel():
     rng = np.random.default_rng(1)
     pix = rng.integers(0, 50, 5000)
@@ -179,9 +193,12 @@ def test_scatter_min_keeps_the_nearest_depth_per_pixel():
     want = np.zeros(60, np.uint16)
     for p in range(50):
         want[p] = z[pix == p].min()
-    np.testing.assert_array_equal(scatter_min(pix, z, 60), want)  # ~100 per pixel: runs into the sort fallback
+    np.testing.assert_array_equal(scatter_min(pix, z, 60), want)  # ~100 per pixel
     np.testing.assert_array_equal(scatter_min(pix[:40], z[:40], 60)[:50][np.unique(pix[:40])],
                                   [z[:40][pix[:40] == p].min() for p in np.unique(pix[:40])])
+    # 65535 stands for no depth: it loses to any other and leaves a pixel empty on its own
+    np.testing.assert_array_equal(scatter_min(np.array([3, 3, 7]), np.array([65535, 900, 65535]), 10),
+                                  [0, 0, 0, 900, 0, 0, 0, 0, 0, 0])
 
 
 def test_real_raw_frames_convert_when_present(samples_dir):

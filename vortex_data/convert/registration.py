@@ -230,39 +230,36 @@ def zbuffer(uv: np.ndarray, z_mm: np.ndarray, width: int, height: int) -> np.nda
     col = np.rint(uv[:, 0]).astype(np.int64)
     row = np.rint(uv[:, 1]).astype(np.int64)
     z = np.rint(z_mm).astype(np.int64)
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (z > 0) & (z <= 65535)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (z > 0) & (z < NO_DEPTH)
     return scatter_min(row[inside] * width + col[inside], z[inside].astype(np.uint16), width * height).reshape(height, width)
 
 
-_SCATTER_ROUNDS = 4
+NO_DEPTH = 65535
+"""A depth sent to :func:`scatter_min` that stands for none: it loses to every real depth."""
 
 
 def scatter_min(pix: np.ndarray, z: np.ndarray, size: int) -> np.ndarray:
-    """(size,) uint16: at each flat pixel the smallest of the depths ``z`` (uint16, > 0) sent to
-    it by ``pix``, 0 where none is sent.
+    """(size,) uint16: at each flat pixel the smallest of the depths ``z`` (integers 1..65534;
+    :data:`NO_DEPTH` = none) sent to it by ``pix``, 0 where none is sent.
 
-    A plain scatter keeps one arbitrary depth per pixel; the depths it beat that are smaller
-    than what it kept are scattered again, and so on. Each round strictly lowers every pixel it
-    touches, so the result is exactly the minimum, and after a warp of a camera onto a nearby one
-    (few collisions) two or three rounds over a shrinking remainder cost about two scatters,
-    several times faster than sorting (pixel, depth) keys or ``np.minimum.at``. A pathological
-    remainder finishes with that sort after :data:`_SCATTER_ROUNDS` rounds.
+    One pass of torch's ``scatter_reduce_`` (amin), exact whatever the collisions: 0.33 ms for the
+    300k points of a Kinect frame, against 0.52 ms for numpy's ``np.minimum.at`` and ~1 ms for a
+    numpy scatter-and-check loop. It runs on one torch thread: the conversions call it from one
+    process per core, and its threaded path cost ten times the CPU time on a busy 2-core machine.
     """
-    pix = np.asarray(pix, np.intp)  # an index of another type would be converted at every use below
-    out = np.zeros(size, np.uint16)
-    out[pix] = z
-    for _ in range(_SCATTER_ROUNDS):
-        lost = np.flatnonzero(z < out[pix])  # few: an index is cheaper than two boolean selections
-        if not len(lost):
-            return out
-        pix, z = pix[lost], z[lost]
-        out[pix] = z
-    key = np.sort((pix.astype(np.int64) << 16) | z)
-    first = np.ones(len(key), bool)
-    first[1:] = (key[1:] >> 16) != (key[:-1] >> 16)
-    p, m = key[first] >> 16, (key[first] & 0xFFFF).astype(np.uint16)
-    out[p] = np.minimum(out[p], m)
-    return out
+    import torch  # here, not at the top: only the registration paths need it, and it takes a second to import
+
+    out = np.full(size, NO_DEPTH, np.int32)
+    index = torch.from_numpy(np.ascontiguousarray(pix, np.int64))
+    src = torch.from_numpy(np.ascontiguousarray(z, np.int32))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.from_numpy(out).scatter_reduce_(0, index, src, "amin")
+    finally:
+        torch.set_num_threads(threads)
+    _, res = cv2.threshold(out.astype(np.uint16), NO_DEPTH - 1, 0, cv2.THRESH_TOZERO_INV)
+    return res.reshape(-1)
 
 
 def _warp_samples(rays: np.ndarray, z: np.ndarray, R: np.ndarray, t: np.ndarray,
@@ -363,12 +360,10 @@ def register_color_to_depth(rgb: np.ndarray, depth_mm: np.ndarray, depth_cam: Ca
 
 
 @lru_cache(maxsize=8)
-def undistort_maps(cam: CameraModel, fixed_point: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def undistort_maps(cam: CameraModel) -> tuple[np.ndarray, np.ndarray]:
     """cv2.remap's maps from ``cam.undistorted()`` to ``cam``; cached, so a recording computes them
-    once per process. ``fixed_point``: OpenCV's CV_16SC2 form (1/32 px), which bilinear remap
-    reads faster; not for nearest-neighbour remap, which would floor instead of round."""
-    return cv2.initUndistortRectifyMap(cam.K, np.asarray(cam.dist), None, cam.K, cam.size,
-                                       cv2.CV_16SC2 if fixed_point else cv2.CV_32FC1)
+    once per process."""
+    return cv2.initUndistortRectifyMap(cam.K, np.asarray(cam.dist), None, cam.K, cam.size, cv2.CV_32FC1)
 
 
 def undistort_image(image: np.ndarray, cam: CameraModel, nearest: bool = False) -> np.ndarray:

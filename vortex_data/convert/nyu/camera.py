@@ -67,7 +67,8 @@ def disparity_to_metres(raw: np.ndarray) -> np.ndarray:
     """depth_rel2depth_abs.m without its clip: 351.3 / (1092.5 - raw), float32 (inf or negative
     at and beyond 1092.5)."""
     with np.errstate(divide="ignore"):
-        return np.float32(DISPARITY_PARAM_1) / (np.float32(DISPARITY_PARAM_2) - raw.astype(np.float32))
+        z = np.subtract(np.float32(DISPARITY_PARAM_2), raw, dtype=np.float32)
+        return np.divide(np.float32(DISPARITY_PARAM_1), z, out=z)
 
 
 def metres_to_disparity(depth_m: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ from ..image_files import read_image
 from ..registration import undistort_maps
 from ..rig_warp import DepthToColorWarp
 from . import eval_scenes as evs
-from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_1, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
+from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
                      RGB_CAMERA, T_DEPTH_TO_RGB, WIDTH, disparity_to_metres)
 
 NAME = re.compile(r"^([adr])-(\d+)\.(\d+)-(\d+)\.(pgm|ppm|dump)$")
@@ -130,16 +130,13 @@ _GROW = np.ones((3, 3), np.uint8)
 def raw_to_metres(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Disparities (H, W) -> (depth-camera metres float32, valid mask uint8 0/255) with the
     toolbox's rules: disparities MIN_RAW..1092 are valid, no return (2047) grown by one pixel is
-    not, depth is capped at MAX_DEPTH_M. Metres are computed everywhere; the mask says which count."""
+    not. Metres are computed everywhere (the mask says which count) and not yet capped: the
+    projection clips them to its depth range, whose far end is MAX_DEPTH_M (``_warper``)."""
     valid = cv2.inRange(raw, MIN_RAW, LAST_VALID_RAW)
     no_return = cv2.inRange(raw, NO_RETURN, NO_RETURN)
     if cv2.countNonZero(no_return):
         cv2.subtract(valid, cv2.dilate(no_return, _GROW), dst=valid)
-    with np.errstate(divide="ignore"):
-        z = np.float32(DISPARITY_PARAM_2) - raw
-        np.divide(np.float32(DISPARITY_PARAM_1), z, out=z)
-    np.minimum(z, np.float32(MAX_DEPTH_M), out=z)
-    return z, valid
+    return disparity_to_metres(raw), valid
 
 
 class NyuRawConverter(Converter):
@@ -307,7 +304,10 @@ class NyuRawConverter(Converter):
 
     def _warper(self) -> DepthToColorWarp:
         if self._warp is None:
-            self._warp = DepthToColorWarp(DEPTH_CAMERA, RGB_CAMERA, R_DEPTH_TO_RGB, T_DEPTH_TO_RGB)
+            # Depths are clipped to what a valid disparity gives, capped at MAX_DEPTH_M as the toolbox does.
+            z_min = float(disparity_to_metres(np.array([MIN_RAW]))[0])
+            self._warp = DepthToColorWarp(DEPTH_CAMERA, RGB_CAMERA, R_DEPTH_TO_RGB, T_DEPTH_TO_RGB,
+                                          z_range=(z_min, MAX_DEPTH_M))
         return self._warp
 
     def source_root(self) -> Path:
@@ -323,11 +323,15 @@ class NyuRawConverter(Converter):
         if rgb.shape != (HEIGHT, WIDTH, 3):
             raise RejectFrame("bad-shape", f"{rgb_rel}: RGB is {rgb.shape[1]}x{rgb.shape[0]}, expected {WIDTH}x{HEIGHT}",
                               rgb_rel)
-        map_xy, map_frac = undistort_maps(RGB_CAMERA, fixed_point=True)
-        rgb = cv2.remap(rgb, map_xy, map_frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        # Through RGBA: OpenCV's vectorised bilinear remap covers 4-channel 8-bit images with float
+        # maps, and 3-channel ones take a slower path (~1.0 ms with the conversions, against 1.35-1.6 ms).
+        map_x, map_y = undistort_maps(RGB_CAMERA)
+        rgba = cv2.remap(cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA), map_x, map_y, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT)
+        rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
         # project_depth_map.m caps the projected depth at maxDepth too
         depth = self._warper().from_metres(*raw_to_metres(raw), max_mm=round(MAX_DEPTH_M * 1000))
-        if not depth.any():
+        if not cv2.countNonZero(depth):
             raise RejectFrame("no-valid-depth", f"{depth_rel}: no depth pixel survives the noise mask and projection",
                               depth_rel)
         p = ref.payload
