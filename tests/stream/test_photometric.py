@@ -244,6 +244,18 @@ def test_device_phase_matches_torchvision_v2_within_one_grey_level():
         assert levels.max() <= 1 + 1e-3 and (levels > 1e-3).float().mean() < 0.02, i
 
 
+def test_jitter_on_the_cpu_runs_each_operation_on_its_samples_only_with_the_same_bits():
+    """On the CPU each operation runs on the samples that draw it (about a quarter of the work of
+    running all four on every sample, which the compiled device graph does); the values are the
+    masked graph's, bit for bit, and the batch keeps its memory format."""
+    img, factors, order = raw_jitter_batch()
+    params = P.jitter_params(factors, order, "cpu")
+    selected = P.color_jitter_device(img, params)  # the CPU default
+    masked = P.color_jitter_device(img, params, select=False)
+    assert torch.equal(selected, masked) and not torch.equal(selected, img)
+    assert selected.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_device_phase_is_one_graph_and_compiles_to_the_same_values():
     """No graph break (a host decision inside would be one, and a synchronisation on a GPU); the
     traced graph run by aot_eager gives the eager bits (inductor's own kernels run on the GPU, in

@@ -232,11 +232,17 @@ _NEUTRAL = (1.0, 1.0, 1.0, 0.0)
 """A factor that leaves the image as it is, per operation (brightness, contrast, saturation, hue)."""
 
 
-def color_jitter_device(rgb: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def color_jitter_device(rgb: torch.Tensor, params: torch.Tensor, select: bool | None = None) -> torch.Tensor:
     """Per-sample ColorJitter of a uint8 (B,3,H,W) batch with :func:`jitter_params`' tensor: at
     step k sample i gets operation ``order[i, k]`` with factor ``factors[i, op]`` (NaN: skipped).
     Each step runs every operation on the whole batch and keeps per sample the one it draws
-    (``torch.where``): fixed shapes and no host decision, so it compiles to a few kernels."""
+    (``torch.where``): fixed shapes and no host decision, so it compiles to a few kernels.
+
+    ``select`` (None: on the CPU, eagerly): each operation runs only on the samples that draw it,
+    picked by index. Every operation is per sample, so the values are the same; on the CPU there is
+    no device to wait for, and running all four on every sample costs about four times as much."""
+    if select is None:
+        select = rgb.device.type == "cpu" and not torch.compiler.is_compiling()
     factors, order = params[:, :4], params[:, 4:].to(torch.int64)
     applied = ~torch.isnan(factors)
     factors = torch.where(applied, factors, torch.tensor(_NEUTRAL, dtype=factors.dtype, device=factors.device))
@@ -245,9 +251,15 @@ def color_jitter_device(rgb: torch.Tensor, params: torch.Tensor) -> torch.Tensor
         op = order[:, step:step + 1]
         f = factors.gather(1, op).view(-1)
         on = applied.gather(1, op).view(-1)
-        y = x
+        y = x.clone() if select else x
         for k, fn in ADJUST.items():
-            y = torch.where(((op.view(-1) == k) & on).view(-1, 1, 1, 1), fn(x, f), y)
+            pick = (op.view(-1) == k) & on
+            if select:
+                i = pick.nonzero().view(-1)
+                if len(i):
+                    y[i] = fn(x[i], f[i])
+            else:
+                y = torch.where(pick.view(-1, 1, 1, 1), fn(x, f), y)
         x = y
     return x
 
