@@ -90,7 +90,7 @@ def test_duckdb_groups_the_indexes_by_dataset_and_split(demo, monkeypatch):
     ns = run("DuckDB over the indexes", demo, monkeypatch)
     want = sorted((m.dataset, m.split, m.totals["written"], m.totals["labelled"])
                   for m in map(load_manifest, demo.glob("manifests/*.json")))
-    assert ns["counts"].fetchall() == want and len(want) == 7
+    assert ns["counts"].fetchall() == want and len(want) == len(list(demo.glob("manifests/*.json"))) >= 7
     # every sample names its scene, and no scene is on both sides of a dataset's split
     both = ns["duckdb"].sql("SELECT dataset, scene, count(DISTINCT split) AS n, count(*) FILTER (scene IS NULL) AS none "
                             "FROM 'manifests/*.parquet' GROUP BY ALL HAVING n > 1 OR none > 0").fetchall()

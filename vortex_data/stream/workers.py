@@ -107,14 +107,21 @@ def unwrapped(e: BaseException) -> BaseException | None:
         return None
 
 
+_WORKER_ERRORS: list[str] = []
+"""Errors a loader iterator ended in since the last collection (see :func:`reraise_worker_errors`)."""
+
+
 def reraise_worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
     """``batches``, with a worker's error re-raised under its own message (:func:`unwrapped`).
 
-    Collects cyclic garbage first, in this process: an earlier DataLoader iterator that ended in
-    a worker's error (the caught error's traceback holds it in a cycle) would otherwise be
-    inherited by the workers ``iter(batches)`` forks and collected there, where its shutdown
-    fails with "Exception ignored ... can only test a child process"."""
-    gc.collect()
+    After a worker's error, collects cyclic garbage first, in this process: the iterator that
+    ended in it (the caught error's traceback holds it in a cycle) would otherwise be inherited by
+    the workers ``iter(batches)`` forks and collected there, where its shutdown fails with
+    "Exception ignored ... can only test a child process". Only then: a full collection in a
+    large training process costs tens to hundreds of milliseconds at every epoch's start."""
+    if _WORKER_ERRORS:
+        _WORKER_ERRORS.clear()
+        gc.collect()
     it = iter(batches)
     while True:
         try:
@@ -122,6 +129,7 @@ def reraise_worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
         except StopIteration:
             return
         except Exception as e:
+            _WORKER_ERRORS.append(type(e).__name__)
             original = unwrapped(e)
             if original is None:
                 raise
