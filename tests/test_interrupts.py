@@ -165,6 +165,29 @@ def test_ctrl_c_before_the_training_loop_is_interrupted_not_failed(tmp_path, cap
     assert "interrupted (Ctrl-C) before training started" in capsys.readouterr().out
 
 
+def test_ctrl_c_in_the_sbatch_entry_point_is_one_line(monkeypatch, capsys):
+    """`python -m vortex_data.train` (what the sbatch scripts run): a Ctrl-C outside a stage's own
+    handling (loading the recipe, between stages) was a KeyboardInterrupt traceback."""
+    pytest.importorskip("timm")
+    from vortex_data.train import commands
+
+    def interrupted(args):
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, under Python's default handler
+        time.sleep(5)
+        raise AssertionError("the signal did not arrive")
+
+    monkeypatch.setattr(commands, "run_train", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = commands.main(["--recipe", "v6"])
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt escaped main (a traceback for the user)")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == "python -m vortex_data.train train: interrupted"
+
+
 def test_a_loader_after_a_worker_error_makes_no_noise(nyu_copy, small_nyu_set):
     """A loader whose worker failed is left as cyclic garbage (the caught error's traceback holds
     it); the next loader's forked workers used to inherit it and collect it themselves, printing

@@ -87,3 +87,14 @@ def test_the_cli_says_what_is_missing_without_a_traceback(tmp_path: Path, capsys
                  "--batch-size", "1", "--image-size", "64", "64", "--num-workers", "0", "--steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "stage1/STATUS does not exist" in err and "Traceback" not in err
+
+
+def test_init_from_a_damaged_train_pt_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
+    """--init-from given the train.pt file itself (not its folder) is verified against the
+    checksums.json beside it, as eval verifies it: a truncated copy was a torch traceback."""
+    run = tmp_path / "run"
+    assert run_stage(config(run, 1, steps=1), synthetic_loader) == 0
+    pt = run / "stage1" / "checkpoints" / "step_00000001" / "train.pt"
+    pt.write_bytes(pt.read_bytes()[:1000])
+    with pytest.raises(checkpoint.CheckpointError, match=r"--init-from: checkpoint .*step_00000001: .*damaged"):
+        run_stage(replace(config(run, 2), init_from=str(pt)), synthetic_loader)

@@ -7,7 +7,7 @@ from typing import Any
 import sys
 from pathlib import Path
 
-from vortex_data.errors import VortexError
+from vortex_data.errors import EXIT_INTERRUPTED, VortexError
 from vortex_data.train.config import COMPILE_MODES, FIELDS, build_config, load_recipe
 from vortex_data.train.protocol import PROTOCOLS
 
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # before or after a stage (run_stage reports its own): one line, as `vortex-data`
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (VortexError, OSError) as e:
         # As `vortex-data`: the message names the file or setting and the problem; STATUS has it too.
         # Other errors (torch runtime, a lost peer, a bug) keep their traceback.

@@ -137,14 +137,15 @@ class Trainer:
         self.info("initialised", path=str(path))
 
     def init_source(self) -> Path | None:
-        """Where a fresh stage takes its network from: ``init_from`` as given (verified when it is a
-        checkpoint directory with checksums), or the final checkpoint of stage ``init_from_stage``,
+        """Where a fresh stage takes its network from: ``init_from`` as given (a ``train.pt``, a step
+        directory, a stage's checkpoints: verified as ``eval`` verifies them,
+        :func:`checkpoint.for_reading`), or the final checkpoint of stage ``init_from_stage``,
         which must have finished (STATUS ``done``) and verify (rank 0 checks, every rank uses it)."""
         if self.cfg.init_from:
-            path = Path(self.cfg.init_from)
-            if path.is_dir() and (path / checkpoint.CHECKSUMS).is_file() and (why := checkpoint.problem(path)):
-                raise checkpoint.CheckpointError(f"--init-from {path} does not verify: {why}")
-            return path
+            try:
+                return checkpoint.for_reading(Path(self.cfg.init_from))[0]
+            except checkpoint.CheckpointError as e:
+                raise checkpoint.CheckpointError(f"--init-from: {e}") from None
         if not self.cfg.init_from_stage:
             return None
         choice: tuple[str, str] = ("ok", "")
