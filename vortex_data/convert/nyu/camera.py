@@ -75,3 +75,7 @@ def metres_to_disparity(depth_m: np.ndarray) -> np.ndarray:
     """The inverse model (for rendering raw captures): raw = 1092.5 - 351.3 / z, unrounded."""
     with np.errstate(divide="ignore"):
         return DISPARITY_PARAM_2 - DISPARITY_PARAM_1 / np.asarray(depth_m, np.float64)
+
+
+MIN_DEPTH_M = float(disparity_to_metres(np.array([MIN_RAW]))[0])
+"""The nearest depth a valid disparity gives (0.713 m): the near end of every raw frame's range."""

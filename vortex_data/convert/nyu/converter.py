@@ -22,10 +22,9 @@ from ...format.schema import Sample, depth_to_mm
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, RejectFrame, input_sha256
 from ..labels import LabelMappingError, load_nyu40_to_6, nyu40_table, nyu894_to_6, nyu894_to_6_lut
-from .camera import RGB_CAMERA
+from .camera import HEIGHT, RGB_CAMERA, WIDTH
 from .splits import DEFAULT_SCHEME, SCHEME_SPLITS, SCHEMES, SEEDED_SCHEMES, make_split, scene_overlap, split_scenes
 
-HEIGHT, WIDTH = 480, 640
 # The undistorted Kinect RGB camera (the toolbox's camera_params.m, camera.py); the labeled depth
 # is already registered to it.
 NYU_INTRINSICS = RGB_CAMERA.intrinsics()

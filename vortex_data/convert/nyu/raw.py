@@ -45,10 +45,10 @@ from ...format.schema import Sample
 from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from ..image_files import read_image
-from ..registration import undistort_maps
+from ..registration import undistort_image
 from ..rig_warp import DepthToColorWarp
 from . import eval_scenes as evs
-from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
+from .camera import (DEPTH_CAMERA, DISPARITY_PARAM_2, HEIGHT, MAX_DEPTH_M, MIN_DEPTH_M, MIN_RAW, NO_RETURN, R_DEPTH_TO_RGB,
                      RGB_CAMERA, T_DEPTH_TO_RGB, WIDTH, disparity_to_metres)
 
 NAME = re.compile(r"^([adr])-(\d+)\.(\d+)-(\d+)\.(pgm|ppm|dump)$")
@@ -184,9 +184,9 @@ class NyuRawConverter(Converter):
 
     # ------------------------------------------------------------ enumerate
 
-    def _scene_dirs(self) -> tuple[Path, list[Path], list[Rejection]]:
-        """(root the frame paths are relative to, scene folders, rejections); --src is the folder of
-        scene folders or one scene folder."""
+    def _scene_dirs(self) -> tuple[Path, list[Path]]:
+        """(root the frame paths are relative to, scene folders); --src is the folder of scene
+        folders or one scene folder."""
         if not self.src.is_dir():
             raise InputError(f"{self.src}: not a folder; --src is the folder holding the NYU raw scene folders "
                              "(<scene>/d-*.pgm, r-*.ppm, INDEX.txt)")
@@ -194,17 +194,18 @@ class NyuRawConverter(Converter):
         if err is not None:
             raise InputError(f"{self.src}: cannot be listed ({os_reason(err)})")
         if any(parse_name(p.name) for p in entries):  # --src is one scene folder
-            return self.src.parent, [self.src], []
+            return self.src.parent, [self.src]
         scenes = [p for p in entries if p.is_dir()]
         if not scenes:
             raise InputError(f"{self.src}: no scene folders (<scene>/d-*.pgm, r-*.ppm) found; is this the NYU raw root?")
-        return self.src, scenes, []
+        return self.src, scenes
 
     def enumerate(self, splits: set[str] | None) -> Enumeration:
         unknown = sorted(set(splits or ()) - set(self.splits))
         if unknown:
             raise InputError(f"nyu-raw has one split, train (scenes are excluded or kept whole), not {unknown}")
-        root, scenes, rejected = self._scene_dirs()
+        root, scenes = self._scene_dirs()
+        rejected: list[Rejection] = []
         self._root = root
         with ThreadPoolExecutor(max_workers=min(16, len(scenes))) as pool:  # listing is I/O: threads overlap it
             results = list(pool.map(lambda d: self._scene(root, d), scenes))
@@ -251,11 +252,12 @@ class NyuRawConverter(Converter):
             return [], [Rejection(rel, "train", "unreadable", f"{rel}: folder cannot be listed ({os_reason(err)}); "
                                   "none of its frames is converted", rel)], counts, {}, np.zeros(0)
         by_kind: dict[str, list[RawFile]] = {"d": [], "r": [], "a": []}
-        bad_depth_names = []
+        bad_depth_names, dump_names = [], set()
         for p in entries:
             parsed = parse_name(p.name)
             if parsed is not None:
                 by_kind[parsed[0]].append(parsed[1])
+                dump_names.add(p.name)
             elif p.name.startswith("d-"):
                 bad_depth_names.append(p.name)
             elif p.name != "INDEX.txt":
@@ -265,7 +267,7 @@ class NyuRawConverter(Converter):
         rejected = [Rejection(f"{scene}/{n}", "train", "bad-name",
                               f"{rel}/{n}: not a fakenect depth name d-<sec>.<usec>-<timestamp>.pgm", f"{rel}/{n}")
                     for n in bad_depth_names]
-        index = _compare_index(scene_dir, entries)
+        index = _compare_index(scene_dir, dump_names)
         if not depth:
             return [], rejected, counts, index, np.zeros(0)
         if not rgb:
@@ -305,9 +307,8 @@ class NyuRawConverter(Converter):
     def _warper(self) -> DepthToColorWarp:
         if self._warp is None:
             # Depths are clipped to what a valid disparity gives, capped at MAX_DEPTH_M as the toolbox does.
-            z_min = float(disparity_to_metres(np.array([MIN_RAW]))[0])
             self._warp = DepthToColorWarp(DEPTH_CAMERA, RGB_CAMERA, R_DEPTH_TO_RGB, T_DEPTH_TO_RGB,
-                                          z_range=(z_min, MAX_DEPTH_M))
+                                          z_range=(MIN_DEPTH_M, MAX_DEPTH_M))
         return self._warp
 
     def source_root(self) -> Path:
@@ -323,12 +324,7 @@ class NyuRawConverter(Converter):
         if rgb.shape != (HEIGHT, WIDTH, 3):
             raise RejectFrame("bad-shape", f"{rgb_rel}: RGB is {rgb.shape[1]}x{rgb.shape[0]}, expected {WIDTH}x{HEIGHT}",
                               rgb_rel)
-        # Through RGBA: OpenCV's vectorised bilinear remap covers 4-channel 8-bit images with float
-        # maps, and 3-channel ones take a slower path (~1.0 ms with the conversions, against 1.35-1.6 ms).
-        map_x, map_y = undistort_maps(RGB_CAMERA)
-        rgba = cv2.remap(cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA), map_x, map_y, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT)
-        rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+        rgb = undistort_image(rgb, RGB_CAMERA)
         # project_depth_map.m caps the projected depth at maxDepth too
         depth = self._warper().from_metres(*raw_to_metres(raw), max_mm=round(MAX_DEPTH_M * 1000))
         if not cv2.countNonZero(depth):
@@ -345,14 +341,14 @@ class NyuRawConverter(Converter):
             accel, why = read_accel(root / ref.files[2], ref.files[2])
             meta.update({"accel": accel, "accel_filename": ref.files[2]} if accel else {"accel_unread": why})
         return Sample(key=make_key(self.name, ref.split, ref.frame_id), rgb=rgb, depth_mm=depth,
-                      intrinsics=RGB_CAMERA.intrinsics(), meta=meta, depth_range_m=(0.71, MAX_DEPTH_M))
+                      intrinsics=RGB_CAMERA.intrinsics(), meta=meta, depth_range_m=(MIN_DEPTH_M, MAX_DEPTH_M))
 
 
 def _frame_id(scene: str, depth: RawFile) -> str:
     return f"{scene}/{Path(depth.name).stem}"
 
 
-def _compare_index(scene_dir: Path, entries: list[Path]) -> dict[str, Any]:
+def _compare_index(scene_dir: Path, on_disk: set[str]) -> dict[str, Any]:
     """INDEX.txt against the folder: what it lists that is missing, and dump files it does not list
     (empty when they agree). The folder, not the index, decides what is converted, as in the toolbox."""
     index = scene_dir / "INDEX.txt"
@@ -362,7 +358,6 @@ def _compare_index(scene_dir: Path, entries: list[Path]) -> dict[str, Any]:
         return {"index": "missing"}
     except OSError as e:
         return {"index": f"unreadable ({os_reason(e)})"}
-    on_disk = {p.name for p in entries if parse_name(p.name)}
     missing, unlisted = sorted(listed - on_disk), sorted(on_disk - listed)
     out: dict[str, Any] = {}
     if missing:

@@ -35,7 +35,7 @@ from ...format.tar_index import make_key
 from ..base import Converter, Enumeration, FrameRef, Rejection, RejectFrame, os_reason, scan_folder
 from ..image_files import read_image
 from . import eval_scenes as evs
-from .converter import HEIGHT, NYU_INTRINSICS, WIDTH
+from .camera import HEIGHT, MAX_DEPTH_M, RGB_CAMERA, WIDTH
 
 RGB_NAME = re.compile(r"rgb_(\d+)\.jpg")
 DEPTH_NAME = re.compile(r"sync_depth_(\d+)\.png")
@@ -147,9 +147,9 @@ class NyuSyncConverter(Converter):
                                           "listed again; converted once", ref.files[0]))
                 continue
             seen.add(ref.frame_id)
-            if abs(focal - NYU_INTRINSICS.fx) > FOCAL_TOLERANCE_PX:
+            if abs(focal - RGB_CAMERA.fx) > FOCAL_TOLERANCE_PX:
                 rejected.append(Rejection(ref.frame_id, SPLIT, "bad-focal", f"{where}:{lineno}: focal {focal:g} px, "
-                                          f"but the NYU RGB camera's fx is {NYU_INTRINSICS.fx:g}: a list for another "
+                                          f"but the NYU RGB camera's fx is {RGB_CAMERA.fx:g}: a list for another "
                                           "camera or resized frames", ref.files[0]))
                 continue
             if ref.files not in present:
@@ -187,10 +187,10 @@ class NyuSyncConverter(Converter):
             key=make_key(self.name, ref.split, ref.frame_id),
             rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
             depth_mm=depth,
-            intrinsics=NYU_INTRINSICS,
+            intrinsics=RGB_CAMERA.intrinsics(),
             meta={"source": "nyu_depth_v2_sync", "source_files": list(ref.files), "scene": scene_of(ref),
                   "sensor": "Microsoft Kinect v1", "depth_source": "raw capture projected to RGB (NYU toolbox)"},
-            depth_range_m=(0.0, 10.0),
+            depth_range_m=(0.0, MAX_DEPTH_M),
         )
 
 
