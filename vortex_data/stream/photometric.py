@@ -121,9 +121,9 @@ def normalise(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 def normalise_by_table(rgb: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """:func:`normalise` with the table (:func:`rgb_table`) given: one gather, in (B,H,W,3)
     order, so the result is channels-last without a copy."""
-    nhwc = rgb.permute(0, 2, 3, 1).to(torch.int64)
-    offset = torch.arange(3, device=rgb.device, dtype=torch.int64).mul_(256)
-    return table.take(nhwc + offset).permute(0, 3, 1, 2)
+    nhwc = rgb.permute(0, 2, 3, 1).to(torch.int64)  # a new tensor (uint8 in): offset in place
+    nhwc.add_(torch.arange(3, device=rgb.device, dtype=torch.int64).mul_(256))
+    return table.take(nhwc).permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------- ColorJitter, batched

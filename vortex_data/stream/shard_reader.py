@@ -45,17 +45,20 @@ class ShardReader:
         """The local file for a shard URL, fetching a remote shard into the cache once."""
         if not is_remote(url):
             return local_path(url)
+        try:
+            return str(self._shard_cache().fetch(url, self.expected.get(url)))
+        except ShardReadError:
+            raise  # names the URL and the cause already
+        except Exception as e:  # noqa: BLE001 -- any fetch failure is this shard's problem
+            raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
+
+    def _shard_cache(self) -> ShardCache:
         if self._cache is None:
             # make_loader resolves (and registers) the node's default folder in the main process;
             # a reader used on its own falls back to the same default.
             self.cache_dir = Path(node_cache_dir(self.cache_dir))
             self._cache = ShardCache(self.cache_dir, self.cache_bytes)
-        try:
-            return str(self._cache.fetch(url, self.expected.get(url)))
-        except ShardReadError:
-            raise  # names the URL and the cause already
-        except Exception as e:  # noqa: BLE001 -- any fetch failure is this shard's problem
-            raise ShardReadError(f"{url}: could not fetch shard ({e})") from e
+        return self._cache
 
     def refetch(self, url: str) -> tuple[bool, str] | None:
         """After a sample of ``url`` failed its checksums: None for a local shard, else once per
@@ -64,14 +67,12 @@ class ShardReader:
         if not is_remote(url) or url in self._refetched or self.expected.get(url) is None:
             return None  # local, done once already, or no sha256 in the manifest to compare with
         self._refetched.add(url)
-        self.local_path(url)  # opens the cache
         fd = self._files.pop(url, None)
         if fd is not None:
             os.close(fd)  # the old copy: the next read opens the new one
         self._tables.pop(url, None)
-        assert self._cache is not None
         try:
-            again, path = self._cache.refetch(url, self.expected[url])
+            again, path = self._shard_cache().refetch(url, self.expected[url])
         except ShardReadError:
             raise
         except Exception as e:  # noqa: BLE001 -- as local_path: any fetch failure is this shard's problem
